@@ -1,0 +1,42 @@
+"""Tiny random models (2 layers, hidden 64) of several architectures, saved as HF folders.
+
+Weights are initialised with a large std so that next-token distributions are peaked:
+parity tests compare greedy tokens, and a flat distribution would make ties likely.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+VOCAB = 320
+
+_CONFIGS: dict[str, dict] = {
+    "llama": dict(
+        model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+    ),
+    "qwen2": dict(
+        model_type="qwen2", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+    ),
+    "gpt2": dict(model_type="gpt2", n_embd=64, n_layer=2, n_head=4, n_positions=256),
+}
+
+ARCHS = tuple(_CONFIGS)
+
+
+def make_tiny_model(arch: str, path: Path, *, seed: int = 0, dtype: torch.dtype = torch.float32) -> Path:
+    """Build a random model of `arch` and save it (safetensors) under `path`."""
+    spec = dict(_CONFIGS[arch])
+    model_type = spec.pop("model_type")
+    config = AutoConfig.for_model(
+        model_type, vocab_size=VOCAB, bos_token_id=1, eos_token_id=2, pad_token_id=0, **spec
+    )
+    config.initializer_range = 0.2
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.save_pretrained(path)
+    return path
