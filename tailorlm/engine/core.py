@@ -1,0 +1,192 @@
+"""The scheduler: continuous batching over the slot cache, one synchronous `step()` at a time.
+
+Each step first admits waiting requests (prefilling their prompts into free slots, up to a
+token budget), then decodes one token for every running request in a single forward.
+Requests join and leave between steps; nobody waits for anybody else to finish.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from tailorlm.engine.runner import ModelRunner
+from tailorlm.engine.sampling import RowState, SampleResult, sample
+from tailorlm.engine.types import SamplingParams, TokenEvent
+from tailorlm.errors import ContextOverflowError, InvalidRequestError
+
+log = logging.getLogger(__name__)
+
+Sink = Callable[[TokenEvent], None]
+
+
+@dataclass
+class Request:
+    """A request as the scheduler sees it: ids in, ids out."""
+
+    id: str
+    prompt: list[int]
+    params: SamplingParams
+    sink: Sink
+    max_tokens: int
+    row: RowState
+    slot: int = -1
+    output: list[int] = field(default_factory=list)
+    arrived: float = field(default_factory=time.monotonic)
+    first_token_at: float | None = None
+
+    @property
+    def length(self) -> int:
+        """Tokens whose keys/values are in the cache."""
+        return len(self.prompt) + len(self.output) - 1
+
+
+class EngineCore:
+    """Token-level continuous-batching scheduler. Not thread-safe: one caller drives `step()`."""
+
+    def __init__(self, runner: ModelRunner, *, vocab_size: int, context_length: int,
+                 eos_token_ids: list[int], max_batch: int, prefill_budget: int = 512) -> None:
+        self.runner = runner
+        self.vocab_size = vocab_size
+        self.context_length = context_length
+        self.eos_token_ids = set(eos_token_ids)
+        self.max_batch = max_batch
+        self.prefill_budget = prefill_budget
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []  # running[i].slot == i
+        self.by_id: dict[str, Request] = {}
+        self.steps = 0
+
+    # -- admission ---------------------------------------------------------------------
+    def make_request(self, request_id: str, prompt: list[int], params: SamplingParams, sink: Sink) -> Request:
+        """Validate and build a request; raises before anything is queued."""
+        if not prompt:
+            raise InvalidRequestError("The prompt is empty: give at least one token.", param="prompt")
+        if min(prompt) < 0 or max(prompt) >= self.vocab_size:
+            raise InvalidRequestError(
+                f"The prompt holds a token id outside the vocabulary (0..{self.vocab_size - 1}).", param="prompt"
+            )
+        params.validate(self.vocab_size)
+        room = self.context_length - len(prompt)
+        max_tokens = params.max_tokens if params.max_tokens is not None else room
+        if max_tokens < 1 or len(prompt) + max_tokens > self.context_length:
+            raise ContextOverflowError(len(prompt), max(max_tokens, 1), self.context_length)
+        row = RowState.create(params, prompt, self.vocab_size)
+        return Request(request_id, list(prompt), params, sink, max_tokens, row)
+
+    def add(self, req: Request) -> None:
+        if req.id in self.by_id:
+            raise InvalidRequestError(f"request id {req.id} is already in use.", param="request_id")
+        self.by_id[req.id] = req
+        self.waiting.append(req)
+
+    @torch.inference_mode()
+    def abort(self, request_id: str) -> bool:
+        """Drop a request now, freeing its slot; False when it already finished."""
+        req = self.by_id.get(request_id)
+        if req is None:
+            return False
+        if req.slot >= 0:
+            self._release(req)
+        else:
+            self.waiting.remove(req)
+            self.by_id.pop(req.id, None)
+        req.sink(TokenEvent(req.id, None, finish_reason="abort"))
+        return True
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    # -- the step ----------------------------------------------------------------------
+    @torch.inference_mode()
+    def step(self) -> None:
+        """Admit what fits, then decode one token for every running request."""
+        self.steps += 1
+        budget = self.prefill_budget
+        decoding = list(self.running)
+        while self.waiting and len(self.running) < self.max_batch and budget > 0:
+            req = self.waiting.popleft()
+            budget -= len(req.prompt)
+            self._prefill(req)
+        if decoding:
+            self._decode(decoding)
+
+    def _prefill(self, req: Request) -> None:
+        req.slot = len(self.running)
+        self.running.append(req)
+        try:
+            chunk = max(self.prefill_budget, 1)
+            logits = None
+            for start in range(0, len(req.prompt), chunk):
+                logits = self.runner.prefill(req.slot, req.prompt[start : start + chunk], start)
+        except Exception as exc:  # a fault in one request must not take the engine down
+            log.exception("prefill failed for %s", req.id)
+            self._fail([req], exc)
+            return
+        self._emit([req], sample(logits[-1:], [req.row]))
+
+    def _decode(self, reqs: list[Request]) -> None:
+        # Requests admitted during this step already got their first token from prefill.
+        reqs = [r for r in reqs if r.slot >= 0]
+        if not reqs:
+            return
+        assert [r.slot for r in reqs] == list(range(len(reqs)))
+        try:
+            logits = self.runner.decode([r.output[-1] for r in reqs], [r.length for r in reqs])
+        except Exception as exc:
+            log.exception("decode step failed")
+            self._fail(reqs, exc)
+            return
+        self._emit(reqs, sample(logits, [r.row for r in reqs]))
+
+    def _emit(self, reqs: list[Request], result: SampleResult) -> None:
+        now = time.monotonic()
+        done: list[tuple[Request, str]] = []
+        for i, req in enumerate(reqs):
+            tok = result.tokens[i]
+            req.output.append(tok)
+            if req.first_token_at is None:
+                req.first_token_at = now
+            reason = None
+            stops = req.params.stop_token_ids
+            if (tok in self.eos_token_ids and not req.params.ignore_eos) or tok in stops:
+                reason = "stop"
+            elif len(req.output) >= req.max_tokens:
+                reason = "length"
+            req.sink(TokenEvent(req.id, tok, result.logprobs[i], result.top_logprobs[i], reason))
+            if reason:
+                done.append((req, reason))
+        for req, _ in done:
+            self._release(req)
+
+    def _fail(self, reqs: list[Request], exc: Exception) -> None:
+        for req in reqs:
+            if req.slot >= 0:
+                self._release(req)
+            req.sink(TokenEvent(req.id, None, finish_reason="error", error=f"{type(exc).__name__}: {exc}"))
+
+    def reset(self, exc: Exception) -> None:
+        """Last resort after an unexpected fault: fail every request and start clean."""
+        reqs = list(self.by_id.values())
+        self.waiting.clear()
+        self.running.clear()
+        self.by_id.clear()
+        for req in reqs:
+            req.slot = -1
+            req.sink(TokenEvent(req.id, None, finish_reason="error", error=f"{type(exc).__name__}: {exc}"))
+
+    def _release(self, req: Request) -> None:
+        """Free req's slot, moving the last running request into the hole to stay contiguous."""
+        slot, last = req.slot, self.running[-1]
+        if last is not req:
+            self.runner.cache.move(last.slot, slot, last.length)
+            last.slot = slot
+            self.running[slot] = last
+        self.running.pop()
+        req.slot = -1
+        self.by_id.pop(req.id, None)

@@ -1,0 +1,145 @@
+"""The engine: an `EngineCore` driven by one background thread, fed from any thread.
+
+Callers `submit()` token ids and get a `RequestHandle` whose events arrive as the scheduler
+produces them; `cancel()` frees the request's slot before the next step. The engine knows
+tokens only: no text, no HTTP.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+from collections.abc import Iterator
+from typing import Callable
+
+import torch
+
+from tailorlm.engine.core import EngineCore
+from tailorlm.engine.loader import LoadedModel
+from tailorlm.engine.runner import ModelRunner
+from tailorlm.engine.types import SamplingParams, TokenEvent
+
+log = logging.getLogger(__name__)
+
+
+class RequestHandle:
+    """What `submit` returns: iterate it for events; `cancel()` to stop early."""
+
+    def __init__(self, engine: "Engine", request_id: str, prompt_tokens: int) -> None:
+        self.engine = engine
+        self.id = request_id
+        self.prompt_tokens = prompt_tokens
+        self.queue: queue.SimpleQueue[TokenEvent] = queue.SimpleQueue()
+        self.finish_reason: str | None = None
+
+    def __iter__(self) -> Iterator[TokenEvent]:
+        while self.finish_reason is None:
+            event = self.queue.get()
+            if event.finish_reason is not None:
+                self.finish_reason = event.finish_reason
+            yield event
+
+    def cancel(self) -> None:
+        if self.finish_reason is None:
+            self.engine.abort(self.id)
+
+    def tokens(self) -> list[int]:
+        """Run to completion and return the generated ids (stop tokens included)."""
+        return [e.token_id for e in self if e.token_id is not None]
+
+
+class Engine:
+    """Thread-safe front of the scheduler for one loaded model."""
+
+    def __init__(self, loaded: LoadedModel, *, max_batch: int = 32, prefill_budget: int = 512) -> None:
+        self.loaded = loaded
+        self.name = loaded.name
+        runner = ModelRunner(loaded.model, max_slots=max_batch, context_length=loaded.context_length)
+        self.core = EngineCore(
+            runner, vocab_size=loaded.vocab_size, context_length=loaded.context_length,
+            eos_token_ids=loaded.eos_token_ids, max_batch=max_batch, prefill_budget=prefill_budget,
+        )
+        self._inbox: queue.SimpleQueue[tuple[str, object]] = queue.SimpleQueue()
+        self._ids = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._stopped = False
+
+    @property
+    def context_length(self) -> int:
+        return self.loaded.context_length
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        return self.loaded.eos_token_ids
+
+    # -- public API (any thread) ---------------------------------------------------------
+    def submit(self, prompt: list[int], params: SamplingParams | None = None, *,
+               request_id: str | None = None,
+               sink: Callable[[TokenEvent], None] | None = None) -> RequestHandle:
+        """Queue a request; validation errors (context overflow, bad params) raise here."""
+        params = params or SamplingParams()
+        rid = request_id or f"req-{next(self._ids)}"
+        handle = RequestHandle(self, rid, len(prompt))
+        deliver = handle.queue.put if sink is None else sink
+        req = self.core.make_request(rid, prompt, params, deliver)
+        self._ensure_thread()
+        self._inbox.put(("add", req))
+        return handle
+
+    def abort(self, request_id: str) -> None:
+        self._inbox.put(("abort", request_id))
+
+    def generate(self, prompt: list[int], params: SamplingParams | None = None) -> list[TokenEvent]:
+        """Blocking convenience: all events of one request."""
+        return list(self.submit(prompt, params))
+
+    def stats(self) -> dict[str, int]:
+        return {"running": len(self.core.running), "waiting": len(self.core.waiting), "steps": self.core.steps}
+
+    def shutdown(self) -> None:
+        """Cancel everything in flight and stop the thread."""
+        self._stopped = True
+        self._inbox.put(("stop", None))
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    # -- the loop ------------------------------------------------------------------------
+    def _ensure_thread(self) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name=f"engine-{self.name}", daemon=True)
+                self._thread.start()
+
+    def _handle(self, cmd: str, arg: object) -> bool:
+        if cmd == "add":
+            self.core.add(arg)  # type: ignore[arg-type]
+        elif cmd == "abort":
+            self.core.abort(arg)  # type: ignore[arg-type]
+        elif cmd == "stop":
+            for rid in list(self.core.by_id):
+                self.core.abort(rid)
+            return False
+        return True
+
+    def _loop(self) -> None:
+        torch.set_grad_enabled(False)
+        while True:
+            try:
+                if not self.core.has_work():
+                    if not self._handle(*self._inbox.get()):
+                        return
+                while True:
+                    try:
+                        cmd = self._inbox.get_nowait()
+                    except queue.Empty:
+                        break
+                    if not self._handle(*cmd):
+                        return
+                if self.core.has_work():
+                    self.core.step()
+            except Exception as exc:  # keep serving: fail what was in flight, start clean
+                log.exception("engine loop error")
+                self.core.reset(exc)

@@ -1,0 +1,74 @@
+"""Load a stored model for the engine: verify digests, pick dtype and attention, read limits."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, PreTrainedModel
+
+from tailorlm.errors import UnsupportedModelError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for the engine, with the token-level facts it needs."""
+
+    name: str
+    path: Path
+    model: PreTrainedModel
+    context_length: int
+    vocab_size: int
+    eos_token_ids: list[int]
+    load_seconds: float
+
+
+def _eos_ids(model: PreTrainedModel, path: Path) -> list[int]:
+    ids: list[int] = []
+    sources = [getattr(model, "generation_config", None), model.config]
+    try:
+        sources.insert(0, GenerationConfig.from_pretrained(path))
+    except (OSError, ValueError):
+        pass
+    for src in sources:
+        eos = getattr(src, "eos_token_id", None) if src is not None else None
+        for tok in eos if isinstance(eos, (list, tuple)) else [eos]:
+            if tok is not None and tok not in ids:
+                ids.append(int(tok))
+    return ids
+
+
+def context_length_of(config) -> int:
+    cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx"):
+        value = getattr(cfg, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 2048
+
+
+def load_model(path: Path, *, name: str | None = None, dtype: str = "auto") -> LoadedModel:
+    """Load an HF-format folder (safetensors only) as a causal LM for the engine."""
+    start = time.perf_counter()
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise UnsupportedModelError(f"cannot read the model config in {path}: {exc}") from None
+    torch_dtype = DTYPES.get(dtype, "auto") if dtype != "auto" else "auto"
+    kwargs = dict(dtype=torch_dtype, use_safetensors=True)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa", **kwargs)
+    except ValueError as exc:
+        if "sdpa" not in str(exc).lower() and "attention" not in str(exc).lower():
+            raise UnsupportedModelError(f"transformers cannot load {path} as a causal LM: {exc}") from None
+        model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager", **kwargs)
+    model.eval()
+    vocab = model.get_output_embeddings().weight.shape[0]
+    return LoadedModel(
+        name=name or path.name, path=path, model=model, context_length=context_length_of(config),
+        vocab_size=vocab, eos_token_ids=_eos_ids(model, path), load_seconds=time.perf_counter() - start,
+    )

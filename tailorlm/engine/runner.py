@@ -1,0 +1,91 @@
+"""Runs a transformers causal LM over the shared slot cache: prefill one request, decode many.
+
+The model's own modules do the math; this file only decides positions, masks and which
+cache slots each row reads and writes, and returns next-token logits.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import PreTrainedModel
+
+from tailorlm.engine.kv_cache import SlotKVCache
+
+
+def _text_config(config):
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+class ModelRunner:
+    """Owns the model and its KV cache; every method is a pure forward with no scheduling."""
+
+    def __init__(self, model: PreTrainedModel, *, max_slots: int, context_length: int) -> None:
+        self.model = model.eval()
+        cfg = _text_config(model.config)
+        self.config = cfg
+        self.dtype = next(model.parameters()).dtype
+        heads = cfg.num_attention_heads
+        kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+        self.cache = SlotKVCache(
+            cfg.num_hidden_layers, kv_heads, head_dim, dtype=self.dtype,
+            max_slots=max_slots, max_len=context_length,
+        )
+        self.eager = model.config._attn_implementation == "eager"
+        layer_types = getattr(cfg, "layer_types", None) or []
+        self.window = getattr(cfg, "sliding_window", None)
+        self.mask_kinds = sorted(set(layer_types)) if "sliding_attention" in layer_types else None
+        if self.mask_kinds is None and getattr(cfg, "use_sliding_window", True) is False:
+            self.window = None
+        if layer_types and "sliding_attention" not in layer_types:
+            self.window = None
+
+    # -- masks ---------------------------------------------------------------------
+    def _finish_mask(self, allowed: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor):
+        """allowed: [B, 1, S, T] bool causal mask; add sliding-window variants the model expects."""
+        def convert(m: torch.Tensor) -> torch.Tensor:
+            if not self.eager:
+                return m
+            return torch.zeros(m.shape, dtype=self.dtype).masked_fill_(~m, torch.finfo(self.dtype).min)
+
+        if self.window is None:
+            return convert(allowed)
+        sliding = allowed & (k_pos > q_pos - self.window)
+        if self.mask_kinds is None:  # every layer slides (e.g. Mistral)
+            return convert(sliding)
+        return {"full_attention": convert(allowed), "sliding_attention": convert(sliding)}
+
+    # -- forwards --------------------------------------------------------------------
+    @torch.inference_mode()
+    def prefill(self, slot: int, token_ids: list[int], start: int, all_logits: bool = False) -> torch.Tensor:
+        """Write `token_ids` (positions start..) into `slot`; return logits [S or 1, V]."""
+        n = len(token_ids)
+        self.cache.reserve(slot + 1, start + n)
+        self.cache.prepare_prefill(slot, start, n)
+        q_pos = torch.arange(start, start + n).view(1, 1, n, 1)
+        k_pos = torch.arange(start + n).view(1, 1, 1, start + n)
+        mask = self._finish_mask(k_pos <= q_pos, q_pos, k_pos)
+        ids = torch.tensor([token_ids], dtype=torch.long)
+        pos = torch.arange(start, start + n).unsqueeze(0)
+        out = self.model(
+            input_ids=ids, position_ids=pos, attention_mask=mask, cache=self.cache,
+            use_cache=True, logits_to_keep=0 if all_logits else 1,
+        )
+        return out.logits[0]
+
+    @torch.inference_mode()
+    def decode(self, token_ids: list[int], positions: list[int]) -> torch.Tensor:
+        """One token for each of rows 0..B-1 (slot b = row b); return logits [B, V]."""
+        b = len(token_ids)
+        pos = torch.tensor(positions, dtype=torch.long)
+        self.cache.reserve(b, int(pos.max()) + 1)
+        self.cache.prepare_decode(pos)
+        t = int(pos.max()) + 1
+        q_pos = pos.view(b, 1, 1, 1)
+        k_pos = torch.arange(t).view(1, 1, 1, t)
+        mask = self._finish_mask(k_pos <= q_pos, q_pos, k_pos)
+        out = self.model(
+            input_ids=torch.tensor(token_ids, dtype=torch.long).unsqueeze(1),
+            position_ids=pos.unsqueeze(1), attention_mask=mask, cache=self.cache, use_cache=True,
+        )
+        return out.logits[:, -1]

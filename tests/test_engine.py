@@ -1,0 +1,180 @@
+"""Engine: parity with transformers `generate`, continuous batching, limits and cancellation."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from tailorlm.engine import Engine, SamplingParams, load_model
+from tailorlm.engine.core import EngineCore
+from tailorlm.errors import ContextOverflowError, InvalidRequestError
+from tests.tiny import ARCHS, make_tiny_model
+
+PROMPTS = [[5, 6, 7, 8], [9, 10], list(range(20, 50)), [3], [7] * 90]
+
+
+def greedy(max_tokens: int, **kw) -> SamplingParams:
+    return SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True, **kw)
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def tiny(request, tmp_path_factory) -> tuple[str, Path]:
+    path = make_tiny_model(request.param, tmp_path_factory.mktemp(request.param))
+    return request.param, path
+
+
+@pytest.fixture(scope="module")
+def engine64(tiny):
+    eng = Engine(load_model(tiny[1], dtype="float64"), max_batch=8)
+    yield eng
+    eng.shutdown()
+
+
+def reference(path: Path, prompt: list[int], n: int, dtype=torch.float64) -> list[int]:
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    out = model.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False,
+                         eos_token_id=None, pad_token_id=0, attention_mask=torch.ones(1, len(prompt), dtype=torch.long))
+    return out[0, len(prompt):].tolist()
+
+
+def test_greedy_parity_with_transformers(tiny, engine64):
+    _, path = tiny
+    for i, prompt in enumerate(PROMPTS):
+        n = 12 + 4 * i
+        assert engine64.submit(prompt, greedy(n)).tokens() == reference(path, prompt, n)
+
+
+def test_batched_equals_alone(engine64):
+    lengths = [12 + 4 * i for i in range(len(PROMPTS))]
+    alone = [engine64.submit(p, greedy(n)).tokens() for p, n in zip(PROMPTS, lengths)]
+    handles = [engine64.submit(p, greedy(n)) for p, n in zip(PROMPTS, lengths)]
+    assert [h.tokens() for h in handles] == alone
+
+
+def test_requests_join_and_leave_between_steps(tiny):
+    """A late request joins a running batch at once; an early finisher leaves without waiting."""
+    eng = Engine(load_model(tiny[1], dtype="float64"), max_batch=4)
+    core: EngineCore = eng.core
+    events: dict[str, list] = {"long": [], "late": [], "short": []}
+    def add(rid, prompt, n):
+        core.add(core.make_request(rid, prompt, greedy(n), events[rid].append))
+    add("long", PROMPTS[0], 30)
+    add("short", PROMPTS[1], 3)
+    core.step()
+    core.step()
+    assert len(core.running) == 2
+    add("late", PROMPTS[2], 10)
+    core.step()  # admitted and prefilled in this very step while "long" keeps decoding
+    assert len(core.running) == 2 and {r.id for r in core.running} == {"long", "late"}
+    assert len(events["late"]) == 1 and len(events["long"]) == 3 and events["short"][-1].finish_reason == "length"
+    while core.has_work():
+        core.step()
+    got = {k: [e.token_id for e in v] for k, v in events.items()}
+    for rid, prompt, n in [("long", PROMPTS[0], 30), ("short", PROMPTS[1], 3), ("late", PROMPTS[2], 10)]:
+        assert got[rid] == eng.submit(prompt, greedy(n)).tokens()
+    eng.shutdown()
+
+
+def test_float32_batched_equals_alone(tiny):
+    eng = Engine(load_model(tiny[1]), max_batch=8)
+    alone = [eng.submit(p, greedy(16)).tokens() for p in PROMPTS]
+    assert [h.tokens() for h in [eng.submit(p, greedy(16)) for p in PROMPTS]] == alone
+    eng.shutdown()
+
+
+def test_stop_token_and_length(engine64):
+    full = engine64.submit(PROMPTS[0], greedy(10)).tokens()
+    stop_at = full[4]
+    first = full.index(stop_at)
+    events = engine64.generate(PROMPTS[0], greedy(10, stop_token_ids=[stop_at]))
+    assert [e.token_id for e in events] == full[: first + 1]
+    assert events[-1].finish_reason == "stop"
+    assert engine64.generate(PROMPTS[0], greedy(3))[-1].finish_reason == "length"
+
+
+def test_eos_stops_unless_ignored(tiny):
+    loaded = load_model(tiny[1], dtype="float64")
+    full = Engine(loaded).submit(PROMPTS[0], greedy(10)).tokens()
+    loaded.eos_token_ids = [full[2]]
+    eng = Engine(loaded)
+    events = eng.generate(PROMPTS[0], SamplingParams(temperature=0, max_tokens=10))
+    assert [e.token_id for e in events] == full[: full.index(full[2]) + 1]
+    assert events[-1].finish_reason == "stop"
+    eng.shutdown()
+
+
+def test_context_overflow_is_an_error(engine64):
+    ctx = engine64.context_length
+    with pytest.raises(ContextOverflowError) as info:
+        engine64.submit([5] * (ctx - 4), greedy(10))
+    assert str(ctx) in info.value.message and "max_tokens" == info.value.param
+    with pytest.raises(ContextOverflowError):
+        engine64.submit([5] * (ctx + 1), SamplingParams())
+    # Without max_tokens, generation may run up to the context length and no further.
+    events = engine64.generate([5] * (ctx - 3), SamplingParams(temperature=0, ignore_eos=True))
+    assert len(events) == 3 and events[-1].finish_reason == "length"
+
+
+def test_bad_parameters_name_the_param(engine64):
+    for params, name in [
+        (SamplingParams(temperature=-1), "temperature"),
+        (SamplingParams(top_p=0), "top_p"),
+        (SamplingParams(logprobs=99), "logprobs"),
+        (SamplingParams(logit_bias={10**6: 1.0}), "logit_bias"),
+        (SamplingParams(max_tokens=0), "max_tokens"),
+    ]:
+        with pytest.raises(InvalidRequestError) as info:
+            engine64.submit([1, 2], params)
+        assert info.value.param == name
+    with pytest.raises(InvalidRequestError):
+        engine64.submit([], SamplingParams())
+    with pytest.raises(InvalidRequestError):
+        engine64.submit([10**6], SamplingParams())
+
+
+def test_cancel_frees_slot_at_once(tiny):
+    eng = Engine(load_model(tiny[1]), max_batch=2)
+    core = eng.core
+    sink: list = []
+    core.add(core.make_request("a", PROMPTS[0], greedy(200), sink.append))
+    core.add(core.make_request("b", PROMPTS[1], greedy(200), sink.append))
+    core.step()
+    assert len(core.running) == 2
+    assert core.abort("a")
+    assert [r.id for r in core.running] == ["b"] and core.running[0].slot == 0
+    assert sink[-1].finish_reason == "abort" and sink[-1].request_id == "a"
+    core.step()  # "b" keeps going from its moved slot
+    # Through the threaded front: cancel mid-stream ends the stream and frees the slot.
+    handle = eng.submit(PROMPTS[2], greedy(200))
+    seen = 0
+    for event in handle:
+        seen += 1
+        if seen == 3:
+            handle.cancel()
+    assert handle.finish_reason == "abort" and seen < 200
+    deadline = time.monotonic() + 5
+    while eng.stats()["running"] > 1 and time.monotonic() < deadline:  # "b" may still run
+        time.sleep(0.01)
+    assert "req" not in {r.id[:3] for r in core.running}
+    eng.shutdown()
+
+
+def test_logprobs_match_reference(tiny, engine64):
+    _, path = tiny
+    prompt = PROMPTS[0]
+    events = engine64.generate(prompt, greedy(4, logprobs=3))
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float64)
+    ids = prompt + [e.token_id for e in events]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), dim=-1)
+    for i, e in enumerate(events):
+        row = logp[len(prompt) - 1 + i]
+        assert e.logprob == pytest.approx(float(row[e.token_id]), abs=1e-4)
+        assert len(e.top_logprobs) == 3
+        assert e.top_logprobs[0][0] == e.token_id  # greedy picks the top alternative
+        values = [lp for _, lp in e.top_logprobs]
+        assert values == sorted(values, reverse=True)
