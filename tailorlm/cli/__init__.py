@@ -22,9 +22,25 @@ def _register() -> None:
     from tailorlm.cli import models, run  # noqa: F401
 
 
+def _quiet_libraries() -> None:
+    """Library progress bars and warnings are noise on a CLI; our own progress uses rich."""
+    import logging
+    import os
+    import warnings
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore")
+    logging.getLogger("tailorlm").setLevel(logging.CRITICAL)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def main() -> None:
     """Entry point: one plain line and a non-zero exit for every user error."""
     _register()
+    _quiet_libraries()
     try:
         app()
     except TailorError as exc:

@@ -7,6 +7,7 @@ tokens only: no text, no HTTP.
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import logging
 import queue
@@ -36,7 +37,10 @@ class RequestHandle:
 
     def __iter__(self) -> Iterator[TokenEvent]:
         while self.finish_reason is None:
-            event = self.queue.get()
+            try:  # a timeout keeps the wait interruptible by Ctrl-C
+                event = self.queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
             if event.finish_reason is not None:
                 self.finish_reason = event.finish_reason
             yield event
@@ -65,7 +69,6 @@ class Engine:
         self._ids = itertools.count()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        self._stopped = False
 
     @property
     def context_length(self) -> int:
@@ -101,10 +104,10 @@ class Engine:
 
     def shutdown(self) -> None:
         """Cancel everything in flight and stop the thread."""
-        self._stopped = True
-        self._inbox.put(("stop", None))
-        if self._thread is not None:
+        if self._thread is not None and self._thread.is_alive():
+            self._inbox.put(("stop", None))
             self._thread.join(timeout=30)
+        atexit.unregister(self.shutdown)
 
     # -- the loop ------------------------------------------------------------------------
     def _ensure_thread(self) -> None:
@@ -112,6 +115,7 @@ class Engine:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._loop, name=f"engine-{self.name}", daemon=True)
                 self._thread.start()
+                atexit.register(self.shutdown)
 
     def _handle(self, cmd: str, arg: object) -> bool:
         if cmd == "add":

@@ -1,0 +1,7 @@
+"""Ties the layers together for callers (CLI now, server later): a stored model opened as
+engine + tokenizer, and text generation streamed from it."""
+
+from tailorlm.runtime.model import OpenModel, open_model
+from tailorlm.runtime.textgen import Completion, TextDelta, chat_prompt, stream_text
+
+__all__ = ["OpenModel", "open_model", "Completion", "TextDelta", "chat_prompt", "stream_text"]
