@@ -12,7 +12,7 @@ from rich.console import Console
 from tailorlm.cli import app
 from tailorlm.engine import SamplingParams
 from tailorlm.errors import InvalidRequestError
-from tailorlm.runtime import Completion, OpenModel, chat_prompt, open_model, stream_text
+from tailorlm.runtime import ChatSession, Completion, OpenModel, chat_prompt, open_model, stream_text
 
 MaxTokens = Annotated[Optional[int], typer.Option("--max-tokens", "-n", help="Most tokens to generate.")]
 Temperature = Annotated[float, typer.Option("--temperature", "-t", help="0 is greedy.")]
@@ -103,9 +103,9 @@ def chat(
     console = Console(highlight=False)
     model = _open(model_name)
     params = _params(max_tokens, temperature, top_p, top_k, seed)
-    history: list[dict] = []
+    session = ChatSession(model, params, system)
     interactive = sys.stdin.isatty()
-    chat_prompt(model, [{"role": "user", "content": "hi"}])  # fail now, not at the first turn, without a template
+    chat_prompt(model, [{"role": "user", "content": "hi"}])  # no template: fail now, not at the first turn
     console.print(f"[bold]{model.name}[/bold] — {CHAT_HELP}", style="dim")
     try:
         while True:
@@ -121,27 +121,24 @@ def chat(
                 if cmd in ("/bye", "/exit", "/quit"):
                     break
                 if cmd == "/reset":
-                    history.clear()
+                    session.reset()
                     console.print("conversation cleared", style="dim")
                 elif cmd == "/system":
-                    system = arg.strip() or None
-                    console.print(f"system prompt {'set' if system else 'cleared'}", style="dim")
+                    session.system = arg.strip() or None
+                    console.print(f"system prompt {'set' if session.system else 'cleared'}", style="dim")
                 else:
                     console.print(CHAT_HELP, style="dim")
                 continue
-            history.append({"role": "user", "content": line})
-            messages = ([{"role": "system", "content": system}] if system else []) + history
-            answer = Completion()
+            stream = session.send(line)
             try:
-                for delta in stream_text(model, chat_prompt(model, messages), params, None, answer):
+                for delta in stream:
                     sys.stdout.write(delta.text)
                     sys.stdout.flush()
             except KeyboardInterrupt:  # stop this answer, stay in the chat
-                answer.finish_reason = "abort"
+                stream.close()
                 sys.stdout.write(" [stopped]")
             sys.stdout.write("\n")
             sys.stdout.flush()
-            history.append({"role": "assistant", "content": answer.text})
     except KeyboardInterrupt:
         pass
     finally:

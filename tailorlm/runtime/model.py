@@ -37,7 +37,7 @@ def open_model(name: str | None = None, *, settings: Settings | None = None,
     store = store or ModelStore(settings.home)
     name = name or settings.default_model
     start = time.perf_counter()
-    manifest = store.ensure(name)
+    manifest = store.ensure(name, show_progress=show_progress)
     if settings.verify_digests:
         store.verify(manifest.name)
     if settings.threads:

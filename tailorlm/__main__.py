@@ -1,0 +1,5 @@
+"""`python -m tailorlm` is the `tailor` command."""
+
+from tailorlm.cli import main
+
+main()
