@@ -67,7 +67,7 @@ def load_model(path: Path, *, name: str | None = None, dtype: str = "auto") -> L
             raise UnsupportedModelError(f"transformers cannot load {path} as a causal LM: {exc}") from None
         model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager", **kwargs)
     model.eval()
-    vocab = model.get_output_embeddings().weight.shape[0]
+    vocab = model.config.get_text_config().vocab_size
     return LoadedModel(
         name=name or path.name, path=path, model=model, context_length=context_length_of(config),
         vocab_size=vocab, eos_token_ids=_eos_ids(model, path), load_seconds=time.perf_counter() - start,

@@ -9,7 +9,9 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel
 
+from tailorlm.engine import attention
 from tailorlm.engine.kv_cache import SlotKVCache
+from tailorlm.engine.layout import to_inference_layout
 
 
 def _text_config(config):
@@ -21,6 +23,7 @@ class ModelRunner:
 
     def __init__(self, model: PreTrainedModel, *, max_slots: int, context_length: int) -> None:
         self.model = model.eval()
+        to_inference_layout(model)
         cfg = _text_config(model.config)
         self.config = cfg
         self.dtype = next(model.parameters()).dtype
@@ -31,6 +34,9 @@ class ModelRunner:
             cfg.num_hidden_layers, kv_heads, head_dim, dtype=self.dtype,
             max_slots=max_slots, max_len=context_length,
         )
+        if model.config._attn_implementation == "sdpa":
+            model.set_attn_implementation(attention.NAME)
+        self.fast_causal = model.config._attn_implementation == attention.NAME
         self.eager = model.config._attn_implementation == "eager"
         layer_types = getattr(cfg, "layer_types", None) or []
         self.window = getattr(cfg, "sliding_window", None)
@@ -41,6 +47,10 @@ class ModelRunner:
             self.window = None
 
     # -- masks ---------------------------------------------------------------------
+    def _plain(self, kv_len: int) -> bool:
+        """True when a causal mask over kv_len keys needs no explicit tensor."""
+        return self.fast_causal and (self.window is None or kv_len <= self.window)
+
     def _finish_mask(self, allowed: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor):
         """allowed: [B, 1, S, T] bool causal mask; add sliding-window variants the model expects."""
         def convert(m: torch.Tensor) -> torch.Tensor:
@@ -62,9 +72,12 @@ class ModelRunner:
         n = len(token_ids)
         self.cache.reserve(slot + 1, start + n)
         self.cache.prepare_prefill(slot, start, n)
-        q_pos = torch.arange(start, start + n).view(1, 1, n, 1)
-        k_pos = torch.arange(start + n).view(1, 1, 1, start + n)
-        mask = self._finish_mask(k_pos <= q_pos, q_pos, k_pos)
+        if start == 0 and self._plain(start + n):
+            mask = attention.CAUSAL
+        else:
+            q_pos = torch.arange(start, start + n).view(1, 1, n, 1)
+            k_pos = torch.arange(start + n).view(1, 1, 1, start + n)
+            mask = self._finish_mask(k_pos <= q_pos, q_pos, k_pos)
         ids = torch.tensor([token_ids], dtype=torch.long)
         pos = torch.arange(start, start + n).unsqueeze(0)
         out = self.model(
@@ -81,9 +94,12 @@ class ModelRunner:
         self.cache.reserve(b, int(pos.max()) + 1)
         self.cache.prepare_decode(pos)
         t = int(pos.max()) + 1
-        q_pos = pos.view(b, 1, 1, 1)
-        k_pos = torch.arange(t).view(1, 1, 1, t)
-        mask = self._finish_mask(k_pos <= q_pos, q_pos, k_pos)
+        if int(pos.min()) + 1 == t and self._plain(t):  # every row sees all t keys
+            mask = attention.CAUSAL
+        else:
+            q_pos = pos.view(b, 1, 1, 1)
+            k_pos = torch.arange(t).view(1, 1, 1, t)
+            mask = self._finish_mask(k_pos <= q_pos, q_pos, k_pos)
         out = self.model(
             input_ids=torch.tensor(token_ids, dtype=torch.long).unsqueeze(1),
             position_ids=pos.unsqueeze(1), attention_mask=mask, cache=self.cache, use_cache=True,

@@ -1,0 +1,53 @@
+"""Shared benchmark helpers: machine description, the default model, fixed prompts."""
+
+from __future__ import annotations
+
+import datetime as dt
+import platform
+import subprocess
+
+import torch
+import transformers
+
+QUESTIONS = [
+    "Explain how a refrigerator keeps food cold.",
+    "Write a short story about a lighthouse keeper.",
+    "What are the main causes of the French Revolution?",
+    "Describe the water cycle to a ten-year-old.",
+    "Give me three tips for learning a new language.",
+    "Why is the sky blue?",
+    "Summarize the plot of Romeo and Juliet.",
+    "How do vaccines train the immune system?",
+    "What is the difference between weather and climate?",
+    "Write a poem about autumn leaves.",
+    "How does a bicycle stay upright?",
+    "Explain what a database index is.",
+    "What should I pack for a week of hiking?",
+    "Describe how bread rises.",
+    "What is photosynthesis?",
+    "Give a recipe for a simple tomato soup.",
+]
+
+
+def machine() -> dict[str, str]:
+    cpu = "unknown"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        rev = ""
+    return {
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": cpu,
+        "threads": str(torch.get_num_threads()),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "commit": rev,
+    }

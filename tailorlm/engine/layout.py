@@ -1,0 +1,73 @@
+"""Inference weight layout: keep every Linear weight transposed ([in, out], contiguous).
+
+For the single-row matmuls of decoding, `x @ W_t` with a contiguous [in, out] weight streams memory
+better on CPU than `linear(x, W)` with W as [out, in]: measured on the default model with 2 threads,
+a decode step drops from 36.8 ms to 30.3 ms (docs/decisions.md). The swap happens in place (no extra
+memory); a tied output head shares its transposed matrix with the input embedding.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class TransposedLinear(nn.Module):
+    """y = x @ weight_t (+ bias), with weight_t: [in_features, out_features]."""
+
+    def __init__(self, weight_t: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.weight_t = nn.Parameter(weight_t, requires_grad=False)
+        self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
+        self.in_features, self.out_features = weight_t.shape
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> "TransposedLinear":
+        return cls(linear.weight.detach().t().contiguous(), linear.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Fold leading dims so this is one mm (a 3D `@` would broadcast into a slow bmm).
+        y = x.reshape(-1, self.in_features) @ self.weight_t
+        if self.bias is not None:
+            y = y + self.bias
+        return y.view(*x.shape[:-1], self.out_features)
+
+
+class TransposedEmbedding(nn.Module):
+    """An embedding that reads rows from a shared [dim, vocab] matrix (the tied output head's)."""
+
+    def __init__(self, weight_t: nn.Parameter, padding_idx: int | None) -> None:
+        super().__init__()
+        self.weight_t = weight_t
+        self.padding_idx = padding_idx
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.weight_t[:, ids.reshape(-1)].t().reshape(*ids.shape, -1)
+
+
+def _replace(root: nn.Module, target: nn.Module, new: nn.Module) -> None:
+    for parent in root.modules():
+        for name, child in parent.named_children():
+            if child is target:
+                setattr(parent, name, new)
+
+
+def to_inference_layout(model: nn.Module) -> None:
+    """Swap every nn.Linear for a TransposedLinear, in place, keeping tied weights tied (idempotent)."""
+    if getattr(model, "_tailor_inference_layout", False):
+        return
+    model._tailor_inference_layout = True
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    tied = head is not None and embed is not None and head.weight is embed.weight
+    linears = [m for m in model.modules() if type(m) is nn.Linear]
+    for lin in linears:
+        if tied and lin is head:
+            if type(embed) is not nn.Embedding:
+                continue  # e.g. a scaled embedding subclass: leave the pair as it is
+            new = TransposedLinear.from_linear(lin)
+            _replace(model, embed, TransposedEmbedding(new.weight_t, embed.padding_idx))
+        else:
+            new = TransposedLinear.from_linear(lin)
+        _replace(model, lin, new)
+        lin.weight = None  # free the original layout now
