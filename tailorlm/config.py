@@ -6,18 +6,38 @@ overridden by a CLI flag of the same name, and is documented by its description.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
 from platformdirs import user_data_path
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
 class Settings(BaseSettings):
+    """Precedence: CLI flag > environment (TAILOR_*) > config file (TAILOR_CONFIG, YAML) > default."""
+
     model_config = SettingsConfigDict(env_prefix="TAILOR_", extra="ignore")
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources = [init_settings, env_settings]
+        config_file = os.environ.get("TAILOR_CONFIG")
+        if config_file:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        return tuple(sources)
 
     home: Path = Field(
         default_factory=lambda: user_data_path("tailorlm"),
@@ -30,9 +50,30 @@ class Settings(BaseSettings):
     prefill_chunk: int = Field(512, ge=16, description="Most prompt tokens prefilled per request per step.")
     verify_digests: bool = Field(True, description="Verify every file's sha256 when a model loads.")
 
+    # -- server -----------------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="Address `tailor serve` binds.")
+    port: int = Field(8000, ge=0, le=65535, description="Port `tailor serve` binds.")
+    insecure: bool = Field(False, description="Allow binding a non-loopback host with no API keys.")
+    memory_budget_gb: float = Field(
+        8.0, gt=0, description="Models stay loaded until their weights would exceed this; then the least recently used is unloaded."
+    )
+    max_queue: int = Field(64, ge=0, description="Requests that may wait per model beyond the running batch; more get 429.")
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest accepted request body (413 beyond).")
+    max_prompt_tokens: int = Field(0, ge=0, description="Largest accepted prompt in tokens; 0: the model's context length.")
+    max_n: int = Field(8, ge=1, description="Largest `n` (choices per request).")
+    graceful_timeout: float = Field(10.0, ge=0, description="Seconds in-flight requests get to finish on shutdown.")
+    embedding_model: str = Field(
+        "all-minilm-l6-v2", description="Model used by /v1/embeddings when the request names this or `text-embedding-*`."
+    )
+
     @property
     def models_dir(self) -> Path:
         return self.home / "models"
+
+    @property
+    def db_path(self) -> Path:
+        """The embedded metadata store (SQLite): API keys, and later files and jobs."""
+        return self.home / "tailor.db"
 
 
 @lru_cache(maxsize=1)

@@ -90,3 +90,26 @@ class OfflineError(TailorError):
 
 class CancelledError(TailorError):
     code = "cancelled"
+
+
+class QueueFullError(TailorError):
+    """Too many requests are waiting; the client should retry after `retry_after` seconds."""
+
+    status = 429
+    code = "queue_full"
+    type = "rate_limit_error"
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class AuthenticationError(TailorError):
+    status = 401
+    code = "invalid_api_key"
+    type = "invalid_request_error"
+
+
+class PayloadTooLargeError(TailorError):
+    status = 413
+    code = "request_too_large"

@@ -21,6 +21,7 @@ from tailorlm.engine.core import EngineCore
 from tailorlm.engine.loader import LoadedModel
 from tailorlm.engine.runner import ModelRunner
 from tailorlm.engine.types import SamplingParams, TokenEvent
+from tailorlm.errors import QueueFullError
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,9 @@ class RequestHandle:
 class Engine:
     """Thread-safe front of the scheduler for one loaded model."""
 
-    def __init__(self, loaded: LoadedModel, *, max_batch: int = 32, prefill_budget: int = 512) -> None:
+    def __init__(self, loaded: LoadedModel, *, max_batch: int = 32, prefill_budget: int = 512,
+                 max_waiting: int | None = None) -> None:
+        self.max_waiting = max_waiting
         self.loaded = loaded
         self.name = loaded.name
         runner = ModelRunner(loaded.model, max_slots=max_batch, context_length=loaded.context_length)
@@ -69,6 +72,7 @@ class Engine:
         self._ids = itertools.count()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._pending = 0  # submitted and not yet finished (waiting or running)
 
     @property
     def context_length(self) -> int:
@@ -86,8 +90,22 @@ class Engine:
         params = params or SamplingParams()
         rid = request_id or f"req-{next(self._ids)}"
         handle = RequestHandle(self, rid, len(prompt))
-        deliver = handle.queue.put if sink is None else sink
+        target = handle.queue.put if sink is None else sink
+
+        def deliver(event: TokenEvent) -> None:
+            if event.finish_reason is not None:
+                with self._lock:
+                    self._pending -= 1
+            target(event)
+
         req = self.core.make_request(rid, prompt, params, deliver)
+        if self.max_waiting is not None and self._pending >= self.max_waiting + self.core.max_batch:
+            raise QueueFullError(
+                f"the server is busy: {self._pending} requests are in flight for {self.name}; retry shortly",
+                retry_after=1,
+            )
+        with self._lock:
+            self._pending += 1
         self._ensure_thread()
         self._inbox.put(("add", req))
         return handle
@@ -100,7 +118,8 @@ class Engine:
         return list(self.submit(prompt, params))
 
     def stats(self) -> dict[str, int]:
-        return {"running": len(self.core.running), "waiting": len(self.core.waiting), "steps": self.core.steps}
+        running = len(self.core.running)
+        return {"running": running, "waiting": max(self._pending - running, 0), "steps": self.core.steps}
 
     def shutdown(self) -> None:
         """Cancel everything in flight and stop the thread."""

@@ -45,6 +45,8 @@ class RowState:
         return state
 
     def observe(self, token: int) -> None:
+        if self.params.constraint is not None:
+            self.params.constraint.accept(token)
         if self.counts is not None:
             self.counts[token] += 1
             self.seen[token] = True
@@ -71,6 +73,11 @@ def _apply_penalties(logits: torch.Tensor, rows: list[RowState]) -> torch.Tensor
         sub = torch.where(seen, penalised, sub)
         sub = sub - counts * freq - (counts > 0).float() * pres
         logits[sel] = sub
+    for i, r in enumerate(rows):
+        if r.params.constraint is not None:
+            allowed = r.params.constraint.allowed()[: logits.shape[1]].to(logits.device)
+            logits[i, : allowed.shape[0]].masked_fill_(~allowed, float("-inf"))
+            logits[i, allowed.shape[0]:] = float("-inf")
     bias_idx = [i for i, r in enumerate(rows) if r.bias is not None]
     if bias_idx:
         sel = torch.tensor(bias_idx)

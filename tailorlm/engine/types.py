@@ -3,10 +3,23 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
 
 from tailorlm.errors import InvalidRequestError
 
 MAX_LOGPROBS = 20
+
+
+class TokenConstraint(Protocol):
+    """Limits which tokens may come next (a grammar, a JSON schema...). Called from the engine thread."""
+
+    def allowed(self) -> torch.Tensor:
+        """Bool tensor over (at least) the vocabulary: True where the next token may be."""
+
+    def accept(self, token_id: int) -> None:
+        """Advance past the token that was picked."""
 
 
 @dataclass
@@ -26,6 +39,7 @@ class SamplingParams:
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
     logprobs: int | None = None  # None: none; 0: the chosen token's; k: plus the top k
+    constraint: TokenConstraint | None = None  # structured output; one object per request
 
     def validate(self, vocab_size: int) -> None:
         """Raise InvalidRequestError naming the first bad parameter."""

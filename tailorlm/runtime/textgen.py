@@ -1,6 +1,7 @@
 """Text generation over the engine: prompt ids in, text deltas out, stop strings honoured.
 
-The same function serves the CLI and (later) the server, so both stop, count and cancel alike.
+`TextAssembler` turns engine events into text for one request; the sync `stream_text` (CLI) and
+the server's async streams both use it, so every caller stops, counts and cancels alike.
 """
 
 from __future__ import annotations
@@ -9,8 +10,8 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from tailorlm.chat import TextStream, render_chat
-from tailorlm.engine import SamplingParams
+from tailorlm.chat import TextStream, TextTokenizer, render_chat
+from tailorlm.engine import SamplingParams, TokenEvent
 from tailorlm.errors import TailorError
 from tailorlm.runtime.model import OpenModel
 
@@ -21,6 +22,7 @@ class TextDelta:
 
     text: str
     token_id: int | None
+    event: TokenEvent | None = None
 
 
 @dataclass
@@ -41,6 +43,53 @@ class Completion:
         return (self.completion_tokens - 1) / decode if self.completion_tokens > 1 and decode > 0 else 0.0
 
 
+class TextAssembler:
+    """Engine events of one request → text deltas; says when a stop string means "cancel now"."""
+
+    def __init__(self, tokenizer: TextTokenizer, prompt_ids: list[int], stops: Sequence[str] | None,
+                 result: Completion | None = None) -> None:
+        self.result = result if result is not None else Completion()
+        self.result.prompt_tokens = len(prompt_ids)
+        self.stream = TextStream(tokenizer, stops, prompt_ids=prompt_ids)
+        self.start = time.perf_counter()
+
+    @property
+    def done(self) -> bool:
+        return self.result.finish_reason is not None
+
+    def feed(self, event: TokenEvent) -> TextDelta | None:
+        """Take one event; returns the delta to show (or None). Check `done` afterwards."""
+        res = self.result
+        if event.finish_reason == "error":
+            raise TailorError(f"generation failed: {event.error}")
+        delta = None
+        if event.token_id is not None:
+            if res.first_token_seconds is None:
+                res.first_token_seconds = time.perf_counter() - self.start
+            res.completion_tokens += 1
+            res.token_ids.append(event.token_id)
+            if not event.is_stop_token:
+                text, stopped = self.stream.push(event.token_id)
+                res.text += text
+                delta = TextDelta(text, event.token_id, event)
+                if stopped:
+                    res.finish_reason = "stop"
+        if event.finish_reason is not None and res.finish_reason is None:
+            res.finish_reason = event.finish_reason
+        return delta
+
+    def finish(self) -> TextDelta | None:
+        """Flush what was held back (nothing once a stop string matched)."""
+        self.result.seconds = time.perf_counter() - self.start
+        tail = self.stream.flush()
+        if self.stream.stopped:
+            self.result.finish_reason = "stop"
+        if not tail:
+            return None
+        self.result.text += tail
+        return TextDelta(tail, None)
+
+
 def chat_prompt(model: OpenModel, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
     """Render messages with the model's own chat template (NoChatTemplateError if it has none)."""
     return render_chat(model.tokenizer, messages, add_generation_prompt=True, tools=tools)
@@ -52,37 +101,18 @@ def stream_text(model: OpenModel, prompt_ids: list[int], params: SamplingParams,
 
     Closing the iterator early (or Ctrl-C while iterating) cancels the request and frees its slot.
     """
-    result = result if result is not None else Completion()
-    result.prompt_tokens = len(prompt_ids)
-    stream = TextStream(model.tokenizer, stops, prompt_ids=prompt_ids)
-    start = time.perf_counter()
+    assembler = TextAssembler(model.tokenizer, prompt_ids, stops, result)
     handle = model.engine.submit(prompt_ids, params)
     try:
         for event in handle:
-            if event.finish_reason == "error":
-                raise TailorError(f"generation failed: {event.error}")
-            if event.token_id is not None:
-                if result.first_token_seconds is None:
-                    result.first_token_seconds = time.perf_counter() - start
-                result.completion_tokens += 1
-                result.token_ids.append(event.token_id)
-                if not event.is_stop_token:
-                    text, stopped = stream.push(event.token_id)
-                    if text:
-                        result.text += text
-                        yield TextDelta(text, event.token_id)
-                    if stopped:
-                        handle.cancel()
-                        result.finish_reason = "stop"
-                        break
-            if event.finish_reason is not None:
-                result.finish_reason = event.finish_reason
-        tail = stream.flush()  # "" once a stop string matched
-        if tail:
-            result.text += tail
-            yield TextDelta(tail, None)
-        if stream.stopped:
-            result.finish_reason = "stop"
+            delta = assembler.feed(event)
+            if delta is not None and delta.text:
+                yield delta
+            if assembler.done:
+                break
+        tail = assembler.finish()
+        if tail is not None:
+            yield tail
     finally:
         handle.cancel()
-        result.seconds = time.perf_counter() - start
+        assembler.result.seconds = time.perf_counter() - assembler.start

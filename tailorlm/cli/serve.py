@@ -1,0 +1,113 @@
+"""`tailor serve` (every setting is a flag, generated from Settings) and `tailor keys`."""
+
+from __future__ import annotations
+
+import inspect
+import ipaddress
+import os
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tailorlm.cli import app
+from tailorlm.config import Settings, get_settings
+from tailorlm.errors import InvalidRequestError
+
+keys_app = typer.Typer(help="Manage API keys (stored hashed in the embedded SQLite store).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def run_server(settings: Settings) -> None:
+    import uvicorn
+
+    from tailorlm.db import connect
+    from tailorlm.server import build_app
+    from tailorlm.server.auth import KeyStore
+
+    if not _is_loopback(settings.host) and not settings.insecure:
+        if KeyStore(connect(settings.db_path)).active_count() == 0:
+            raise InvalidRequestError(
+                f"refusing to serve on {settings.host} with no API keys: create one with `tailor keys create NAME`, "
+                "or pass --insecure to serve without authentication"
+            )
+    uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_level="info",
+                timeout_graceful_shutdown=int(settings.graceful_timeout))
+
+
+def _serve(**flags: Any) -> None:
+    config = flags.pop("config")
+    if config is not None:
+        if not config.is_file():
+            raise InvalidRequestError(f"config file {config} does not exist")
+        os.environ["TAILOR_CONFIG"] = str(config)
+    given = {k: v for k, v in flags.items() if v is not None}
+    run_server(Settings(**given))
+
+
+def _serve_signature() -> inspect.Signature:
+    """One optional flag per Settings field, with its description as help: declared once, listed by --help."""
+    params = [inspect.Parameter(
+        "config", inspect.Parameter.KEYWORD_ONLY, default=None,
+        annotation=Annotated[Optional[Path], typer.Option("--config", help="YAML file of settings (lowest precedence).")],
+    )]
+    for name, field in Settings.model_fields.items():
+        kind = field.annotation
+        if kind is bool:
+            option = typer.Option(f"--{name.replace('_', '-')}/--no-{name.replace('_', '-')}", help=field.description,
+                                  show_default=False)
+        else:
+            option = typer.Option(f"--{name.replace('_', '-')}", help=f"{field.description} [env TAILOR_{name.upper()}]",
+                                  show_default=False)
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                        annotation=Annotated[Optional[kind], option]))
+    return inspect.Signature(params)
+
+
+_serve.__signature__ = _serve_signature()  # type: ignore[attr-defined]
+_serve.__doc__ = "Serve every stored model over an OpenAI-compatible API (flags override env and config file)."
+app.command("serve")(_serve)
+
+
+@keys_app.command("create")
+def keys_create(name: Annotated[str, typer.Argument(help="A label for the key.")]) -> None:
+    """Create a key; it is printed once and stored only as a digest."""
+    from tailorlm.db import connect
+    from tailorlm.server.auth import KeyStore
+
+    key, secret = KeyStore(connect(get_settings().db_path)).create(name)
+    typer.echo(secret)
+    typer.echo(f"created {key.id} ({name}); store it now, it is not shown again", err=True)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List keys (never their secrets)."""
+    from tailorlm.db import connect
+    from tailorlm.server.auth import KeyStore
+
+    table = Table("id", "name", "prefix", "created", "status")
+    for k in KeyStore(connect(get_settings().db_path)).list():
+        table.add_row(k.id, k.name, k.prefix + "…", str(k.created_at), "revoked" if k.revoked_at else "active")
+    Console().print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key: Annotated[str, typer.Argument(help="Key id or name.")]) -> None:
+    """Revoke a key at once."""
+    from tailorlm.db import connect
+    from tailorlm.server.auth import KeyStore
+
+    revoked = KeyStore(connect(get_settings().db_path)).revoke(key)
+    typer.echo(f"revoked {revoked.id} ({revoked.name})")

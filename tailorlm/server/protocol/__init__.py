@@ -1,0 +1,1 @@
+"""The OpenAI wire protocol as pydantic models, one module per resource."""

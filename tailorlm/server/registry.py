@@ -1,0 +1,65 @@
+"""Every model in the store, loaded on first use and kept warm; LRU-unloaded over a memory budget."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+
+from tailorlm.config import Settings
+from tailorlm.runtime import OpenModel, open_model
+from tailorlm.store import Manifest, ModelStore
+
+log = logging.getLogger("tailorlm.server")
+
+
+class ModelRegistry:
+    def __init__(self, settings: Settings, store: ModelStore | None = None) -> None:
+        self.settings = settings
+        self.store = store or ModelStore(settings.home)
+        self._loaded: OrderedDict[str, OpenModel] = OrderedDict()
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def manifests(self) -> list[Manifest]:
+        return self.store.list()
+
+    def manifest(self, name: str) -> Manifest:
+        """ModelNotFoundError (404) for anything not in the store: never a fallback."""
+        return self.store.get(name)
+
+    async def get(self, name: str) -> OpenModel:
+        manifest = self.manifest(name)
+        key = manifest.name
+        if key in self._loaded:
+            self._loaded.move_to_end(key)
+            return self._loaded[key]
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            if key not in self._loaded:
+                self._make_room(manifest.size)
+                model = await asyncio.to_thread(
+                    open_model, key, settings=self.settings, store=self.store, show_progress=False
+                )
+                model.engine.max_waiting = self.settings.max_queue
+                self._loaded[key] = model
+                log.info("loaded %s in %.2fs", key, model.load_seconds)
+        self._loaded.move_to_end(key)
+        return self._loaded[key]
+
+    def _make_room(self, incoming: int) -> None:
+        budget = int(self.settings.memory_budget_gb * 1024**3)
+        while self._loaded and sum(m.manifest.size for m in self._loaded.values()) + incoming > budget:
+            name, model = self._loaded.popitem(last=False)
+            log.info("unloading %s (memory budget %.1f GB)", name, self.settings.memory_budget_gb)
+            model.close()
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        return {name: m.engine.stats() for name, m in list(self._loaded.items())}
+
+    def loaded(self) -> list[str]:
+        return list(self._loaded)
+
+    def close_all(self) -> None:
+        while self._loaded:
+            _, model = self._loaded.popitem()
+            model.close()
