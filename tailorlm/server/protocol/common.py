@@ -9,7 +9,10 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
+from tailorlm import __version__
+
 log = logging.getLogger("tailorlm.server")
+FINGERPRINT = f"fp_tailorlm_{__version__}"
 
 
 class OpenAIRequest(BaseModel):

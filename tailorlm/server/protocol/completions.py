@@ -6,7 +6,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from tailorlm.server.protocol.common import OpenAIRequest, OpenAIResponse, StreamOptions, Usage
+from tailorlm.server.protocol.common import FINGERPRINT, OpenAIRequest, OpenAIResponse, StreamOptions, Usage
 from tailorlm.server.protocol.sampling import SamplingFields
 
 
@@ -42,6 +42,6 @@ class Completion(OpenAIResponse):
     object: Literal["text_completion"] = "text_completion"
     created: int
     model: str
-    system_fingerprint: str | None = None
+    system_fingerprint: str = FINGERPRINT
     choices: list[CompletionChoice]
     usage: Usage | None = None

@@ -23,6 +23,7 @@ class SamplingFields(BaseModel):
     top_k: int | None = Field(None, ge=-1)
     min_p: float | None = Field(None, ge=0, le=1)
     repetition_penalty: float | None = Field(None, gt=0, le=10)
+    ignore_eos: bool = False  # extension (as vLLM): keep generating past EOS, for benchmarks
 
     def engine_params(self, max_tokens: int | None, logprobs: int | None, choice: int = 0) -> SamplingParams:
         """Engine params for choice `choice` (seeded choices differ but stay reproducible)."""
@@ -44,4 +45,5 @@ class SamplingFields(BaseModel):
             repetition_penalty=self.repetition_penalty or 1.0,
             logit_bias=bias,
             logprobs=logprobs,
+            ignore_eos=self.ignore_eos,
         )

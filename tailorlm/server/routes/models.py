@@ -21,11 +21,18 @@ def _card(m: Manifest) -> ModelCard:
     return ModelCard(id=m.name, created=created)
 
 
+def _embedding_card(state: ServerState) -> ModelCard:
+    return ModelCard(id=state.settings.embedding_model, created=0)
+
+
 @router.get("/v1/models")
 def list_models(state: ServerState = Depends(get_state)) -> dict:
-    return ModelList(data=[_card(m) for m in state.registry.manifests()]).model_dump(mode="json")
+    cards = [_card(m) for m in state.registry.manifests()] + [_embedding_card(state)]
+    return ModelList(data=cards).model_dump(mode="json")
 
 
 @router.get("/v1/models/{model_id:path}")
 def get_model(model_id: str, state: ServerState = Depends(get_state)) -> dict:
+    if model_id == state.settings.embedding_model:
+        return _embedding_card(state).model_dump(mode="json")
     return _card(state.registry.manifest(model_id)).model_dump(mode="json")

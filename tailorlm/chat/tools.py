@@ -1,0 +1,340 @@
+"""Tool calling: tools in the prompt, `tool_choice` as a grammar, tool calls parsed out of the output.
+
+The model's own chat template renders `tools` when it knows how; otherwise (ChatML templates such
+as SmolLM2's) a system message describes them in the Hermes/Qwen convention, which the parser
+reads back: `<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>`. The parser also takes
+Llama-3.1 bare JSON calls and Mistral's `[TOOL_CALLS][...]`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jsonschema
+
+from tailorlm.chat import structured
+from tailorlm.chat.output import MessageDelta, ParsedMessage, ToolCall, ToolCallDelta
+from tailorlm.chat.template import normalize_messages, render_chat, render_chat_text
+from tailorlm.chat.tokenizer import TextTokenizer
+from tailorlm.errors import InvalidRequestError
+
+OPEN, CLOSE, MISTRAL = "<tool_call>", "</tool_call>", "[TOOL_CALLS]"
+SYSTEM_PROMPT = (
+    "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{tools}\n</tools>\n\n"
+    "For each function call, return a json object with function name and arguments within "
+    "<tool_call></tool_call> XML tags:\n<tool_call>\n"
+    '{{"name": <function-name>, "arguments": <args-json-object>}}\n</tool_call>'
+)
+_PROBE_TOOL = {"type": "function", "function": {"name": "probe_tool_zq", "description": "probe",
+                                                   "parameters": {"type": "object", "properties": {}}}}
+_supports: "weakref.WeakKeyDictionary[TextTokenizer, bool]" = weakref.WeakKeyDictionary()
+
+
+def plan(tok: TextTokenizer, messages: Sequence[Mapping[str, Any]], tools: list[dict] | None,
+         tool_choice: str | dict | None, parallel_tool_calls: bool | None = None) -> dict[str, Any]:
+    """Prompt ids, per-choice parser and constraint factories for a request with `tools`.
+
+    "required" constrains the output to one or more calls (exactly one with `parallel_tool_calls`
+    false); a named function to exactly one call of it.
+    """
+    specs = validate_tools(tools)
+    choice = resolve_choice(tool_choice, specs)
+    prompt = render_with_tools(tok, messages, specs)
+    constraint: Callable[[], Any] = lambda: None
+    if choice == "required":
+        constraint = structured.grammar_constraint(tok, call_grammar(specs, many=parallel_tool_calls is not False), param="tools")
+    elif choice not in ("auto", "none"):
+        named = [s for s in specs if s["function"]["name"] == choice]
+        constraint = structured.grammar_constraint(tok, call_grammar(named, many=False), param="tool_choice")
+    names = {s["function"]["name"] for s in specs}
+    markers = {i: MISTRAL for i in [getattr(tok.hf, "added_tokens_encoder", {}).get(MISTRAL)] if i is not None}
+    return dict(prompt=prompt, parser=lambda: ToolCallParser(names, markers), constraint=constraint,
+                stop_token_ids=[])
+
+
+def validate_tools(tools: Any) -> list[dict[str, Any]]:
+    """OpenAI function tools, checked, with `parameters` defaulted to an empty object schema."""
+    if not isinstance(tools, list) or not tools:
+        raise InvalidRequestError("'tools' must be a non-empty list of function tools.", param="tools")
+    specs, seen = [], set()
+    for i, tool in enumerate(tools):
+        fn = tool.get("function") if isinstance(tool, Mapping) else None
+        name = fn.get("name") if isinstance(fn, Mapping) else None
+        if tool.get("type", "function") != "function" or not isinstance(name, str) or \
+                not re.fullmatch(r"[A-Za-z0-9_.\-]{1,64}", name):
+            raise InvalidRequestError(
+                f"'tools[{i}]' must be {{\"type\": \"function\", \"function\": {{\"name\": ...}}}} with a name of "
+                "letters, digits, '_', '.' or '-' (at most 64).", param="tools")
+        if name in seen:
+            raise InvalidRequestError(f"'tools' names function {name!r} twice.", param="tools")
+        params = fn.get("parameters") or {"type": "object", "properties": {}}
+        try:
+            jsonschema.Draft202012Validator.check_schema(params)
+        except jsonschema.SchemaError as exc:
+            raise InvalidRequestError(f"'tools[{i}].function.parameters' is not a valid JSON schema: "
+                                      f"{exc.message}", param="tools") from exc
+        seen.add(name)
+        specs.append({"type": "function", "function": {**fn, "parameters": params}})
+    return specs
+
+
+def resolve_choice(tool_choice: Any, specs: list[dict[str, Any]]) -> str:
+    """"auto", "none", "required", or the name of the one function to call."""
+    if tool_choice is None:
+        return "auto"
+    if isinstance(tool_choice, str):
+        if tool_choice in ("auto", "none", "required"):
+            return tool_choice
+        raise InvalidRequestError(f"'tool_choice' is {tool_choice!r}; it must be 'auto', 'none', 'required' "
+                                  "or a function.", param="tool_choice")
+    fn = tool_choice.get("function") if isinstance(tool_choice, Mapping) else None
+    name = fn.get("name") if isinstance(fn, Mapping) else None
+    if not isinstance(name, str):
+        raise InvalidRequestError("'tool_choice' must name a function: "
+                                  '{"type": "function", "function": {"name": ...}}.', param="tool_choice")
+    if name not in {s["function"]["name"] for s in specs}:
+        raise InvalidRequestError(f"'tool_choice' names function {name!r}, which is not in 'tools'.",
+                                  param="tool_choice")
+    return name
+
+
+def supports_tools(tok: TextTokenizer) -> bool:
+    """Whether the model's template renders `tools` (it changes the prompt), checked once per tokenizer."""
+    if tok not in _supports:
+        probe = [{"role": "user", "content": "hi"}]
+        try:
+            _supports[tok] = render_chat_text(tok, probe, tools=[_PROBE_TOOL]) != render_chat_text(tok, probe)
+        except InvalidRequestError:
+            _supports[tok] = False
+    return _supports[tok]
+
+
+def render_with_tools(tok: TextTokenizer, messages: Sequence[Mapping[str, Any]], specs: list[dict]) -> list[int]:
+    """Prompt ids: the template's own tool rendering, or the Hermes convention spelled out in text."""
+    msgs = normalize_messages(messages)
+    if supports_tools(tok):
+        return render_chat(tok, [_with_dict_arguments(m) for m in msgs], tools=specs)
+    return render_chat(tok, as_text_messages(msgs, specs))
+
+
+def as_text_messages(msgs: list[dict[str, Any]], specs: list[dict]) -> list[dict[str, Any]]:
+    """For templates without tools: tools in a system message, calls and results as tagged text."""
+    tools_text = SYSTEM_PROMPT.format(tools="\n".join(json.dumps(s, ensure_ascii=False) for s in specs))
+    out: list[dict[str, Any]] = []
+    for m in msgs:
+        role, content = m["role"], m.get("content") or ""
+        if role == "assistant" and m.get("tool_calls"):
+            calls = [_call_text(c) for c in m["tool_calls"]]
+            out.append({"role": "assistant", "content": "\n".join(([content] if content else []) + calls)})
+        elif role == "tool":
+            text = f"<tool_response>\n{content}\n</tool_response>"
+            if out and out[-1].get("_tool"):
+                out[-1]["content"] += "\n" + text
+            else:
+                out.append({"role": "user", "content": text, "_tool": True})
+        else:
+            out.append({"role": role, "content": content})
+    if out and out[0]["role"] in ("system", "developer"):
+        out[0]["content"] = f"{out[0]['content']}\n\n{tools_text}" if out[0]["content"] else tools_text
+    else:
+        out.insert(0, {"role": "system", "content": tools_text})
+    return [{k: v for k, v in m.items() if k != "_tool"} for m in out]
+
+
+def _arguments(value: Any) -> Any:
+    """Arguments as an object (OpenAI sends a JSON string; templates want a mapping)."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value if value is not None else {}
+
+
+def _call_text(call: Mapping[str, Any]) -> str:
+    fn = call.get("function", call)
+    body = {"name": fn.get("name"), "arguments": _arguments(fn.get("arguments"))}
+    return f"{OPEN}\n{json.dumps(body, ensure_ascii=False)}\n{CLOSE}"
+
+
+def _with_dict_arguments(m: dict[str, Any]) -> dict[str, Any]:
+    if not m.get("tool_calls"):
+        return m
+    calls = [{**c, "function": {**c["function"], "arguments": _arguments(c["function"].get("arguments"))}}
+             if isinstance(c.get("function"), Mapping) else c for c in m["tool_calls"]]
+    return {**m, "tool_calls": calls}
+
+
+def call_grammar(specs: list[dict[str, Any]], *, many: bool) -> str:
+    """Lark grammar: one (or, with `many`, one or more) <tool_call> blocks whose JSON names a tool of
+    `specs` and carries arguments matching its parameters schema."""
+    defs: dict[str, Any] = {}
+    options = []
+    for i, spec in enumerate(specs):
+        fn = spec["function"]
+        params = _rehome_refs(fn["parameters"], f"t{i}_", defs)
+        options.append({"type": "object", "properties": {"name": {"const": fn["name"]}, "arguments": params},
+                        "required": ["name", "arguments"], "additionalProperties": False})
+    schema: dict[str, Any] = options[0] if len(options) == 1 else {"anyOf": options}
+    schema = {**schema, "x-guidance": structured.JSON_OPTIONS, **({"$defs": defs} if defs else {})}
+    start = 'start: call ("\\n" call)*' if many else "start: call"
+    return f'{start}\ncall: "{OPEN}\\n" body "\\n{CLOSE}"\nbody: %json {json.dumps(schema)}\n'
+
+
+def _rehome_refs(schema: Any, prefix: str, defs: dict[str, Any]) -> Any:
+    """Copy of a tool's parameters schema with its $defs moved to the root under `prefix`, since it is
+    nested inside the call schema (where "#/$defs/X" would point elsewhere)."""
+    if isinstance(schema, list):
+        return [_rehome_refs(s, prefix, defs) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {}
+    for key, value in schema.items():
+        if key in ("$defs", "definitions") and isinstance(value, dict):
+            for name, sub in value.items():
+                defs[prefix + name] = _rehome_refs(sub, prefix, defs)
+        elif key == "$ref" and isinstance(value, str):
+            out[key] = re.sub(r"^#/(\$defs|definitions)/", "#/$defs/" + prefix, value)
+        else:
+            out[key] = _rehome_refs(value, prefix, defs)
+    return out
+
+
+class ToolCallParser:
+    """Content until a call opens; each well-formed call becomes a ToolCall, anything else stays content.
+
+    A call is held until it closes, then streamed as two deltas (id and name; then the arguments), so
+    malformed JSON can still be given back as text. Only a possible prefix of an opening tag is held
+    back from content, plus trailing whitespace (dropped when a call follows).
+    """
+
+    def __init__(self, names: set[str] | frozenset[str] = frozenset(), markers: dict[int, str] | None = None):
+        self.message = ParsedMessage(content="")
+        self.names = names  # bare JSON (Llama 3.1 style) counts as a call only when it names a tool
+        self.markers = markers or {}  # special token ids (skipped in text) that open calls
+        self._buf, self._ws, self._mode = "", "", "start"
+
+    def feed(self, text: str, token_id: int | None) -> list[MessageDelta]:
+        if not text and token_id in self.markers:
+            text = self.markers[token_id]
+        self._buf += text
+        return self._run(final=False)
+
+    def finish(self) -> list[MessageDelta]:
+        out = self._run(final=True)
+        if self._ws and not self.message.tool_calls:
+            self.message.content += self._ws
+            out.append(MessageDelta(content=self._ws))
+        self._ws = ""
+        return out
+
+    def _run(self, final: bool) -> list[MessageDelta]:
+        out: list[MessageDelta] = []
+        while True:
+            buf = self._buf
+            if self._mode == "start":  # a bare JSON call (Llama 3.1) may open the output
+                s = buf.lstrip()
+                squeezed = re.sub(r"\s+", "", s)
+                if not final and (not s or (len(squeezed) < 8 and '{"name":'.startswith(squeezed))):
+                    return out  # too early to tell
+                if re.match(r'\{\s*"name"\s*:', s):
+                    decoded = _decode(s, final)
+                    if decoded is None:
+                        return out  # the JSON may still complete
+                    call = _as_call(decoded[0]) if decoded else None
+                    if call and call["name"] in self.names:
+                        out += self._call(call)
+                        self._buf = s[decoded[1]:].lstrip().lstrip(";")  # more calls may follow
+                        continue
+                self._mode = "content"
+            elif self._mode == "content":
+                hits = [(buf.find(o), o) for o in (OPEN, MISTRAL) if o in buf]
+                if not hits:
+                    keep = 0 if final else _partial_suffix(buf)
+                    out += self._content(buf[: len(buf) - keep])
+                    self._buf = buf[len(buf) - keep:]
+                    return out
+                at, opener = min(hits)
+                out += self._content(buf[:at])
+                self._ws, self._buf = "", buf[at + len(opener):]
+                self._mode = "tag" if opener == OPEN else "list"
+            elif self._mode == "tag":
+                end = buf.find(CLOSE)
+                if end < 0 and not final:
+                    return out
+                body, rest = (buf[:end], buf[end + len(CLOSE):]) if end >= 0 else (buf, "")
+                call = _as_call(_loads(body))
+                if call:
+                    out += self._call(call)
+                else:
+                    out += self._content(OPEN + body + (CLOSE if end >= 0 else ""))
+                self._buf, self._mode = rest, "content"
+            else:  # "list": Mistral's [TOOL_CALLS] followed by a JSON list of calls
+                decoded = _decode(buf.lstrip(), final)
+                if decoded is None:
+                    return out
+                value = decoded[0] if decoded else None
+                calls = [_as_call(v) for v in (value if isinstance(value, list) else [value])]
+                if decoded and calls and all(calls):
+                    for c in calls:
+                        out += self._call(c)
+                    self._buf = buf.lstrip()[decoded[1]:]
+                else:
+                    out += self._content(MISTRAL + buf)
+                    self._buf = ""
+                self._mode = "content"
+
+    def _content(self, text: str) -> list[MessageDelta]:
+        text = self._ws + text
+        body = text.rstrip()
+        self._ws = text[len(body):]
+        if not body:
+            return []
+        self.message.content += body
+        return [MessageDelta(content=body)]
+
+    def _call(self, call: dict[str, Any]) -> list[MessageDelta]:
+        index = len(self.message.tool_calls)
+        tc = ToolCall(id=f"call_{uuid.uuid4().hex[:24]}", name=call["name"],
+                      arguments=json.dumps(call["arguments"], ensure_ascii=False))
+        self.message.tool_calls.append(tc)
+        return [MessageDelta(tool_calls=[ToolCallDelta(index=index, id=tc.id, name=tc.name, arguments="")]),
+                MessageDelta(tool_calls=[ToolCallDelta(index=index, arguments=tc.arguments)])]
+
+
+def _partial_suffix(text: str) -> int:
+    """Length of the longest end of `text` that could begin an opening tag."""
+    for n in range(min(len(text), max(len(OPEN), len(MISTRAL)) - 1), 0, -1):
+        if OPEN.startswith(text[-n:]) or MISTRAL.startswith(text[-n:]):
+            return n
+    return 0
+
+
+def _loads(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+def _decode(text: str, final: bool) -> tuple[Any, int] | None | bool:
+    """(value, end) of the JSON value opening `text`; None while it may still complete; False if not."""
+    try:
+        return json.JSONDecoder().raw_decode(text)
+    except ValueError:
+        return False if final else None
+
+
+def _as_call(value: Any) -> dict[str, Any] | None:
+    """{"name", "arguments"} when `value` is a call object ("parameters" accepted as Llama 3.1 writes it)."""
+    if not isinstance(value, dict) or not isinstance(value.get("name"), str) or not value["name"]:
+        return None
+    args = value.get("arguments", value.get("parameters", {}))
+    args = _loads(args) if isinstance(args, str) else args
+    return {"name": value["name"], "arguments": args} if isinstance(args, dict) else None

@@ -1,0 +1,40 @@
+"""POST /v1/embeddings with the server's embedding model (also answering to OpenAI's `text-embedding-*`)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Depends, Request, Response
+
+from tailorlm.embeddings import EmbeddingModels
+from tailorlm.server.protocol.embeddings import CreateEmbeddingResponse, EmbeddingRequest
+from tailorlm.server.state import ServerState, get_state
+
+router = APIRouter()
+
+
+async def get_embedding_models(request: Request, state: ServerState = Depends(get_state)) -> EmbeddingModels:
+    """One cache per app, created on first use (async, so on the loop: no race)."""
+    models = getattr(request.app.state, "tailor_embeddings", None)
+    if models is None:
+        models = request.app.state.tailor_embeddings = EmbeddingModels(state.settings.embedding_model)
+    return models
+
+
+@router.post("/v1/embeddings")
+async def create_embeddings(
+    body: EmbeddingRequest,
+    state: ServerState = Depends(get_state),
+    models: EmbeddingModels = Depends(get_embedding_models),
+):
+    name = models.resolve(body.model)
+    inputs = body.inputs()
+    batcher = await asyncio.to_thread(models.get, name)  # loads on the first request only
+    body.check_dimensions(batcher.model.dim, name)
+    seqs = await asyncio.to_thread(batcher.model.encode, inputs)  # tokenize + validate, off the loop
+    vectors = await batcher.embed(seqs)
+    tokens = sum(len(s) for s in seqs)
+    state.metrics.prompt_tokens.labels(name).inc(tokens)
+    response = CreateEmbeddingResponse.build(name, vectors, body.encoding_format, tokens)
+    # Serialised by pydantic-core directly: ~15x faster than FastAPI's jsonable_encoder on 2048 x 384 floats.
+    return Response(response.model_dump_json(), media_type="application/json")

@@ -1,0 +1,61 @@
+"""A real server on a free loopback port, in a background thread, for end-to-end tests."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import httpx
+import uvicorn
+from openai import OpenAI
+
+from tailorlm.config import Settings
+from tailorlm.server import build_app
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class LiveServer:
+    url: str
+    app: object
+    server: uvicorn.Server
+
+    @property
+    def base_url(self) -> str:
+        return self.url + "/v1"
+
+    def client(self, api_key: str = "unused", **kw) -> OpenAI:
+        return OpenAI(base_url=self.base_url, api_key=api_key, max_retries=0, **kw)
+
+    def http(self, **kw) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=120, **kw)
+
+
+@contextmanager
+def live_server(settings: Settings) -> Iterator[LiveServer]:
+    """Serve build_app(settings) on 127.0.0.1:<free port> until the block ends (graceful shutdown)."""
+    app = build_app(settings)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           timeout_graceful_shutdown=5))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("server did not start")
+        time.sleep(0.02)
+    try:
+        yield LiveServer(f"http://127.0.0.1:{port}", app, server)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

@@ -1,0 +1,52 @@
+"""Validate response bodies against the official OpenAI OpenAPI spec (../shared/openai-openapi.yaml)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import jsonschema
+import yaml
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+SPEC_CANDIDATES = [
+    Path(__file__).resolve().parents[2] / "shared" / "openai-openapi.yaml",
+    Path(__file__).resolve().parents[1] / "shared" / "openai-openapi.yaml",
+]
+
+
+def _honour_nullable(node: object) -> object:
+    """Parts of the spec still use OpenAPI 3.0's `nullable: true`, which JSON Schema ignores: make it real."""
+    if isinstance(node, dict):
+        node = {k: _honour_nullable(v) for k, v in node.items()}
+        if node.pop("nullable", False):
+            if isinstance(node.get("type"), str):
+                node["type"] = [node["type"], "null"]
+                if "enum" in node:
+                    node["enum"] = [*node["enum"], None]
+            elif "type" not in node:
+                node = {"anyOf": [node, {"type": "null"}]}
+        return node
+    if isinstance(node, list):
+        return [_honour_nullable(v) for v in node]
+    return node
+
+
+@lru_cache(maxsize=1)
+def _spec() -> tuple[dict, Registry]:
+    for path in SPEC_CANDIDATES:
+        if path.is_file():
+            spec = _honour_nullable(yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)))
+            resource = Resource.from_contents(spec, default_specification=DRAFT202012)
+            return spec, Registry().with_resource("urn:openai-spec", resource)
+    raise FileNotFoundError(f"the OpenAI spec is not at any of {SPEC_CANDIDATES}")
+
+
+def validate(body: dict, schema_name: str) -> None:
+    """Raise jsonschema.ValidationError if `body` does not match components.schemas[schema_name]."""
+    spec, registry = _spec()
+    if schema_name not in spec["components"]["schemas"]:
+        raise KeyError(schema_name)
+    schema = {"$ref": f"urn:openai-spec#/components/schemas/{schema_name}"}
+    jsonschema.Draft202012Validator(schema, registry=registry).validate(body)
