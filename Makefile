@@ -1,5 +1,5 @@
 # Two commands set everything up on a fresh machine (see README):
-#   make demo   installs everything and runs the main job on the embedded default model
+#   make demo   installs everything and runs the main job: the OpenAI-compatible server on the default model
 #   make test   installs everything and runs the test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -23,8 +23,11 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 demo: install
-	# the default model is pulled into the store on first use, with a progress bar
+	# pull the embedded default model into the store (once; later runs only verify it), answer a prompt,
+	# then serve it on http://127.0.0.1:8000/v1 until Ctrl-C
+	$(BIN)/tailor pull smollm2-135m-instruct
 	$(BIN)/tailor generate "$(PROMPT)"
+	$(BIN)/tailor serve
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -164,6 +164,8 @@ def test_cut_short_and_not_harmony():
     bad = enc.encode("<|channel|>final<|message|>ok<|end|>then junk", allowed_special="all")
     parser, deltas = run(bad)  # harmony rejects "then": from there on raw text
     assert parser.message.content == "ok<|end|>then junk" == joined(deltas, "content")
+    parser, deltas = run(enc.encode("<|channel|>final<|message|>", allowed_special="all")[:2])
+    assert parser.message.content == "" and deltas == []  # a header cut short says nothing
 
 
 # -- the engine runs gpt-oss -------------------------------------------------------------------

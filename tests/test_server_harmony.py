@@ -1,7 +1,10 @@
-"""gpt-oss over real HTTP: a tiny random gpt-oss in a test store, the official `openai` client, spec checks.
+"""gpt-oss over real HTTP: a tiny gpt-oss in a test store, the official `openai` client, spec checks.
 
-Random weights produce arbitrary tokens, so these tests check the harmony path end to end (prompt,
-stop tokens, reasoning effort, streaming, shapes); tests/test_chat_harmony.py checks the parsing.
+The tiny model's weights are random except that it was taught a script (tests/tiny_gptoss.py `teach`):
+after the prompt's `<|start|>assistant` it calls get_weather on the commentary channel, or, when a
+request's logit_bias picks the other branch, answers on the final channel. So the server's harmony
+path runs for real: prompt, stop tokens, tool calls, content, streaming. Reasoning (the analysis
+channel) cannot be scripted this way (its header would loop); tests/test_chat_harmony.py covers it.
 """
 
 from __future__ import annotations
@@ -21,11 +24,25 @@ MODEL = "tiny-gpt-oss"
 ASK = [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Weather in Paris?"}]
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+TOOL_CALL = '<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{"city":"Paris"}<|call|>'
+ANSWER = "<|channel|>final<|message|>It is sunny.<|return|>"
+FINAL, IT = 17196, 3206  # "final", "It": the tokens that take the answer branch
+ANSWER_BIAS = {str(FINAL): 20, str(IT): 20}
+
+
+def script() -> dict[int, dict[int, float]]:
+    """Token -> successors: the tool call at logit 60, the answer branch at 50."""
+    enc, out = harmony.encoding(), {}
+    for text, logit in ((TOOL_CALL, 60.0), (ANSWER, 50.0)):
+        ids = [173781] + enc.encode(text, allowed_special="all")  # 173781: "assistant", the prompt's end
+        for a, b in zip(ids, ids[1:]):
+            out.setdefault(a, {}).setdefault(b, logit)
+    return out
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory) -> Path:
-    return make_tiny_gptoss(tmp_path_factory.mktemp("gptoss") / "tiny")
+    return make_tiny_gptoss(tmp_path_factory.mktemp("gptoss") / "tiny", script=script())
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +55,31 @@ def server(folder, tmp_path_factory):
         yield live
 
 
-def prompt_tokens(**kw) -> int:
-    return len(harmony.render(ASK, **kw))
+def prompt_tokens(messages=ASK, **kw) -> int:
+    return len(harmony.render(messages, **kw))
+
+
+def chat(server, **body) -> dict:
+    with server.http() as http:
+        res = http.post("/v1/chat/completions", json={"model": MODEL, "messages": ASK, "temperature": 0, **body})
+    assert res.status_code == 200, res.text
+    validate(res.json(), "CreateChatCompletionResponse")
+    return res.json()
+
+
+def stream(server, **body) -> list[dict]:
+    """Every chunk of a streamed chat (each checked against the spec); it must end with [DONE]."""
+    body = {"model": MODEL, "messages": ASK, "temperature": 0, "stream": True,
+            "stream_options": {"include_usage": True}, **body}
+    with server.http() as http, http.stream("POST", "/v1/chat/completions", json=body) as res:
+        assert res.status_code == 200
+        lines = [line for line in res.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]"
+    chunks = [json.loads(line.removeprefix("data: ")) for line in lines[:-1]]
+    for chunk in chunks:
+        validate(chunk, "CreateChatCompletionStreamResponse")
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant" and chunks[-1]["choices"] == []
+    return chunks
 
 
 def test_tokenizer_is_harmonys_vocabulary(folder):
@@ -52,52 +92,43 @@ def test_tokenizer_is_harmonys_vocabulary(folder):
         [200006, 200005, 200002, 200012]
 
 
-def test_chat_with_reasoning_effort(server):
-    body = dict(model=MODEL, messages=ASK, reasoning_effort="high", max_tokens=6, temperature=0,
-                logprobs=True, top_logprobs=2)
-    with server.http() as http:
-        res = http.post("/v1/chat/completions", json=body)
-    assert res.status_code == 200, res.text
-    data = res.json()
-    validate(data, "CreateChatCompletionResponse")
+def test_tool_call_from_the_commentary_channel(server):
+    data = chat(server, tools=[WEATHER], reasoning_effort="high", max_tokens=40, logprobs=True, top_logprobs=2)
     choice = data["choices"][0]
-    assert choice["finish_reason"] in ("stop", "length") and isinstance(choice["message"]["content"], str)
-    assert data["usage"]["prompt_tokens"] == prompt_tokens(reasoning_effort="high")  # the harmony prompt
-    assert len(choice["logprobs"]["content"]) <= 6
+    assert choice["finish_reason"] == "tool_calls" and choice["message"]["content"] is None
+    [call] = choice["message"]["tool_calls"]
+    assert call["type"] == "function" and call["id"].startswith("call_")
+    assert call["function"] == {"name": "get_weather", "arguments": '{"city":"Paris"}'}
+    assert data["usage"]["prompt_tokens"] == prompt_tokens(tools=[WEATHER], reasoning_effort="high")
+    assert data["usage"]["completion_tokens"] == 18  # the whole header and body, up to <|call|>
+    assert "".join(t["token"] for t in choice["logprobs"]["content"]).endswith('{"city":"Paris"}')
 
-    out = server.client().chat.completions.create(model=MODEL, messages=ASK, reasoning_effort="high",
-                                                  max_tokens=6, temperature=0)
-    assert out.choices[0].message.content == choice["message"]["content"]  # greedy: the same again
+    events = list(server.client().chat.completions.create(
+        model=MODEL, messages=ASK, tools=[WEATHER], reasoning_effort="low", temperature=0, stream=True))
+    deltas = [c for e in events if e.choices for c in e.choices[0].delta.tool_calls or []]
+    assert deltas[0].id and deltas[0].function.name == "get_weather" and {d.index for d in deltas} == {0}
+    assert "".join(d.function.arguments or "" for d in deltas) == '{"city":"Paris"}'
+    assert events[-1].choices[0].finish_reason == "tool_calls"
+    assert not any(e.choices[0].delta.content for e in events if e.choices)
 
 
-def test_stream_ends_properly_and_matches(server):
-    body = dict(model=MODEL, messages=ASK, tools=[WEATHER], reasoning_effort="low", max_tokens=6,
-                temperature=0, stream=True, stream_options={"include_usage": True})
-    with server.http() as http:
-        whole = http.post("/v1/chat/completions", json={**body, "stream": False, "stream_options": None}).json()
-        with http.stream("POST", "/v1/chat/completions", json=body) as res:
-            assert res.status_code == 200
-            lines = [line for line in res.iter_lines() if line]
-    assert lines[-1] == "data: [DONE]"
-    chunks = [json.loads(line.removeprefix("data: ")) for line in lines[:-1]]
-    for chunk in chunks:
-        validate(chunk, "CreateChatCompletionStreamResponse")
-    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+def test_answer_from_the_final_channel(server):
+    data = chat(server, reasoning_effort="minimal", max_tokens=40, logit_bias=ANSWER_BIAS)
+    choice = data["choices"][0]
+    assert choice["message"]["content"] == "It is sunny." and choice["finish_reason"] == "stop"
+    assert "tool_calls" not in choice["message"] and "reasoning_content" not in choice["message"]
+    chunks = stream(server, reasoning_effort="minimal", max_tokens=40, logit_bias=ANSWER_BIAS)
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]) == "It is sunny."
     finals = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
-    assert finals == [whole["choices"][0]["finish_reason"]]
-    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == whole["usage"]
-    assert whole["usage"]["prompt_tokens"] == prompt_tokens(tools=[WEATHER], reasoning_effort="low")
-    streamed = {"content": "", "reasoning_content": ""}
-    for c in chunks:
-        for key in streamed:
-            streamed[key] += (c["choices"][0]["delta"].get(key) or "") if c["choices"] else ""
-    message = whole["choices"][0]["message"]
-    assert streamed == {"content": message["content"] or "", "reasoning_content": message.get("reasoning_content") or ""}
+    assert finals == ["stop"] and chunks[-1]["usage"] == data["usage"]
 
-    stream = server.client().chat.completions.create(model=MODEL, messages=ASK, max_tokens=4, temperature=0,
-                                                     reasoning_effort="minimal", stream=True)
-    events = list(stream)
-    assert events[-1].choices[0].finish_reason in ("stop", "length")
+
+def test_cut_short_by_max_tokens(server):
+    """Stopped inside the harmony header: no content (OpenAI's reasoning models answer so too)."""
+    choice = chat(server, max_tokens=3)["choices"][0]
+    assert choice["finish_reason"] == "length" and choice["message"]["content"] == ""
+    chunks = stream(server, max_tokens=3)
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "length"
 
 
 def test_tool_history_is_accepted(server):

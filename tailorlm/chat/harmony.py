@@ -197,7 +197,9 @@ class HarmonyParser:
     def finish(self) -> list[MessageDelta]:
         if self.plain is not None:
             return self._raw([], final=True)
-        if self.header and not self.emitted:  # nothing parsed: the model did not speak harmony
+        # Nothing parsed and no harmony marker seen: the model did not speak harmony, so its text is
+        # the content. A header cut short (max_tokens) is dropped, as OpenAI's reasoning models do.
+        if self.header and not self.emitted and not any(map(self.enc.is_special_token, self.header)):
             return self._raw(self.header, final=True)
         return []
 

@@ -173,36 +173,42 @@ def _with_dict_arguments(m: dict[str, Any]) -> dict[str, Any]:
 
 def call_grammar(specs: list[dict[str, Any]], *, many: bool) -> str:
     """Lark grammar: one (or, with `many`, one or more) <tool_call> blocks whose JSON names a tool of
-    `specs` and carries arguments matching its parameters schema."""
+    `specs` and carries arguments matching its parameters schema.
+
+    Calls follow each other with no separator, so that after a call the model chooses between EOS and
+    another `<tool_call>`; with a newline allowed, small models keep repeating the call.
+    """
     defs: dict[str, Any] = {}
     options = []
     for i, spec in enumerate(specs):
         fn = spec["function"]
-        params = _rehome_refs(fn["parameters"], f"t{i}_", defs)
+        params = _closed(fn["parameters"], f"t{i}_", defs)
         options.append({"type": "object", "properties": {"name": {"const": fn["name"]}, "arguments": params},
                         "required": ["name", "arguments"], "additionalProperties": False})
     schema: dict[str, Any] = options[0] if len(options) == 1 else {"anyOf": options}
     schema = {**schema, "x-guidance": structured.JSON_OPTIONS, **({"$defs": defs} if defs else {})}
-    start = 'start: call ("\\n" call)*' if many else "start: call"
-    return f'{start}\ncall: "{OPEN}\\n" body "\\n{CLOSE}"\nbody: %json {json.dumps(schema)}\n'
+    return f'start: call{"+" if many else ""}\ncall: "{OPEN}\\n" body "\\n{CLOSE}"\nbody: %json {json.dumps(schema)}\n'
 
 
-def _rehome_refs(schema: Any, prefix: str, defs: dict[str, Any]) -> Any:
-    """Copy of a tool's parameters schema with its $defs moved to the root under `prefix`, since it is
-    nested inside the call schema (where "#/$defs/X" would point elsewhere)."""
+def _closed(schema: Any, prefix: str, defs: dict[str, Any]) -> Any:
+    """A tool's parameters schema made ready to nest in the call schema: its $defs moved to the root
+    under `prefix` (where "#/$defs/X" points), and objects that do not say otherwise closed to their
+    declared properties, so the model cannot invent arguments (the output still matches the original)."""
     if isinstance(schema, list):
-        return [_rehome_refs(s, prefix, defs) for s in schema]
+        return [_closed(s, prefix, defs) for s in schema]
     if not isinstance(schema, dict):
         return schema
     out = {}
     for key, value in schema.items():
         if key in ("$defs", "definitions") and isinstance(value, dict):
             for name, sub in value.items():
-                defs[prefix + name] = _rehome_refs(sub, prefix, defs)
+                defs[prefix + name] = _closed(sub, prefix, defs)
         elif key == "$ref" and isinstance(value, str):
             out[key] = re.sub(r"^#/(\$defs|definitions)/", "#/$defs/" + prefix, value)
         else:
-            out[key] = _rehome_refs(value, prefix, defs)
+            out[key] = _closed(value, prefix, defs)
+    if out.get("type") == "object" and isinstance(out.get("properties"), dict):
+        out.setdefault("additionalProperties", False)
     return out
 
 

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tailorlm.cli import app
+from tailorlm.errors import ModelNotFoundError
 from tailorlm.store import Manifest, ModelStore
 
 # Piped output keeps full digests and names instead of being cut to 80 columns.
@@ -44,8 +45,18 @@ def pull(
     ref: str = typer.Argument(..., help="An embedded default (smollm2-135m-instruct) or a hub repo ORG/NAME."),
     force: bool = typer.Option(False, "--force", help="Replace the model if it is already in the store."),
 ) -> None:
-    """Fetch a model into the local store."""
-    _summary("pulled", ModelStore().pull(ref, overwrite=force))
+    """Fetch a model into the local store; a model already there is verified, not fetched again."""
+    store = ModelStore()
+    if not force:
+        try:
+            present = store.get(ref)
+        except ModelNotFoundError:
+            present = None
+        if present is not None:
+            store.verify(present.name)
+            _summary("already in the store, digests verified:", present)
+            return
+    _summary("pulled", store.pull(ref, overwrite=force))
 
 
 @app.command("import")
