@@ -10,11 +10,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import httpx
-import uvicorn
 from openai import OpenAI
 
 from tailorlm.config import Settings
 from tailorlm.server import build_app
+from tailorlm.server.lifecycle import TailorServer
 
 
 def free_port() -> int:
@@ -45,8 +45,8 @@ def live_server(settings: Settings) -> Iterator[LiveServer]:
     """Serve build_app(settings) on 127.0.0.1:<free port> until the block ends (graceful shutdown)."""
     app = build_app(settings)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           timeout_graceful_shutdown=5))
+    server = TailorServer(app, host="127.0.0.1", port=port, graceful_timeout=settings.graceful_timeout,
+                          log_level="warning")
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

@@ -130,7 +130,8 @@ def test_real_model_json_schema_output_always_validates(model) -> None:
 
 @pytest.mark.slow
 def test_real_model_json_object(model) -> None:
-    prompt = render_chat(model.tokenizer, [{"role": "user", "content": "Give a JSON object with a city and its country."}])
+    ask = "Give a JSON object with a city and its country."
+    prompt = render_chat(model.tokenizer, [{"role": "user", "content": ask}])
     factory = structured.constraint_factory(model.tokenizer, {"type": "json_object"})
     for temperature, seed in [(0.0, None), (0.7, 1), (0.7, 2)]:
         text, reason = generate(model, prompt, factory(), temperature, seed, max_tokens=60)

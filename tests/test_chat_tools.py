@@ -198,11 +198,12 @@ def accepts(tok: TextTokenizer, constraint, text: str, only_eos: bool = True) ->
 def test_required_and_named_constraints(smol_tok: TextTokenizer) -> None:
     add = '<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n</tool_call>'
     required = plan(smol_tok, HISTORY[:1], [WEATHER, ADD], "required")["constraint"]
-    assert accepts(smol_tok, required(), CALL, only_eos=False)  # EOS, or "\n" and another call
-    assert accepts(smol_tok, required(), CALL + "\n" + add, only_eos=False)
+    assert accepts(smol_tok, required(), CALL, only_eos=False)  # EOS, or another call
+    assert accepts(smol_tok, required(), CALL + add, only_eos=False)
+    assert not accepts(smol_tok, required(), CALL.replace('"Paris"}', '"Paris", "unit": "C"}'))  # closed
     assert not accepts(smol_tok, required(), "Sure! " + CALL)
     one = plan(smol_tok, HISTORY[:1], [WEATHER, ADD], "required", parallel_tool_calls=False)["constraint"]
-    assert accepts(smol_tok, one(), CALL) and not accepts(smol_tok, one(), CALL + "\n" + add)
+    assert accepts(smol_tok, one(), CALL) and not accepts(smol_tok, one(), CALL + add)
     named = plan(smol_tok, HISTORY[:1], [WEATHER, ADD], {"type": "function", "function": {"name": "add"}})
     assert accepts(smol_tok, named["constraint"](), add) and not accepts(smol_tok, named["constraint"](), CALL)
     assert not accepts(smol_tok, named["constraint"](), add.replace("2}", '"2"}'))  # schema: integer

@@ -207,7 +207,8 @@ def test_disconnect_mid_stream_frees_the_slot(server):
 
 
 def test_auth_and_queue_overflow(default_store_home, tmp_path):
-    settings = Settings(home=default_store_home, database=tmp_path / "keys.db", threads=2, max_batch=1, max_queue=0)
+    settings = Settings(home=default_store_home, database=tmp_path / "keys.db", threads=2, max_batch=1, max_queue=0,
+                        max_prompt_tokens=200)
     keys = KeyStore(connect(settings.db_path))
     _, secret = keys.create("test")
     with live_server(settings) as live:
@@ -235,3 +236,18 @@ def test_auth_and_queue_overflow(default_store_home, tmp_path):
         keys.revoke("test")
         with pytest.raises(openai.AuthenticationError):  # revoking the last key locks, never opens
             good.models.list()
+
+
+def test_graceful_shutdown_ends_streams_cleanly(default_store_home, tmp_path):
+    settings = Settings(home=default_store_home, database=tmp_path / "db", threads=2, graceful_timeout=1)
+    with live_server(settings) as live:
+        body = {"model": MODEL, "messages": FRANCE, "max_tokens": 3000, "stream": True, "ignore_eos": True}
+        lines: list[str] = []
+        with live.http() as http, http.stream("POST", "/v1/chat/completions", json=body) as res:
+            for line in filter(None, res.iter_lines()):
+                lines.append(line)
+                if len(lines) == 6:
+                    live.server.should_exit = True  # what SIGINT/SIGTERM do
+        assert lines[-1] == "data: [DONE]"  # in-flight stream finished cleanly, not cut mid-chunk
+        final = json.loads([line for line in lines if line.startswith("data: {")][-1][6:])
+        assert final["choices"][0]["finish_reason"] == "stop"

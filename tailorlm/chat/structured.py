@@ -9,6 +9,7 @@ EOS is allowed, so generation stops there.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import weakref
 from collections.abc import Callable
@@ -158,3 +159,41 @@ def constraint_factory(tok: TextTokenizer, response_format: dict[str, Any]) -> C
     raise InvalidRequestError(
         f"'response_format.type' is {kind!r}; it must be 'text', 'json_object' or 'json_schema'.", param=param
     )
+
+
+def tool_call_grammar(functions: list[dict[str, Any]], *, many: bool, open_tag: str, close_tag: str) -> str:
+    """Lark grammar of `open_tag` newline {"name": ..., "arguments": ...} newline `close_tag`, once (or, with
+    `many`, one or more times), naming one of `functions` ({name, parameters}) with matching arguments.
+
+    Calls follow each other with no separator, so that after a call the model chooses between EOS and
+    another call; with a newline allowed there, small models keep repeating the call.
+    """
+    defs: dict[str, Any] = {}
+    options = [{"type": "object", "additionalProperties": False, "required": ["name", "arguments"],
+                "properties": {"name": {"const": fn["name"]}, "arguments": _nestable(fn["parameters"], f"t{i}_", defs)}}
+               for i, fn in enumerate(functions)]
+    schema: dict[str, Any] = options[0] if len(options) == 1 else {"anyOf": options}
+    schema = {**schema, "x-guidance": JSON_OPTIONS, **({"$defs": defs} if defs else {})}
+    head, tail = json.dumps(open_tag + "\n"), json.dumps("\n" + close_tag)  # lark literals are JSON strings
+    return f"start: call{'+' if many else ''}\ncall: {head} body {tail}\nbody: %json {json.dumps(schema)}\n"
+
+
+def _nestable(schema: Any, prefix: str, defs: dict[str, Any]) -> Any:
+    """A parameters schema ready to nest in a call schema: its $defs moved to the root under `prefix`
+    (where "#/$defs/X" points), and objects that say nothing of additionalProperties closed to their
+    declared properties, so the model cannot invent arguments (outputs still match the original)."""
+    if isinstance(schema, list):
+        return [_nestable(s, prefix, defs) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {}
+    for key, value in schema.items():
+        if key in ("$defs", "definitions") and isinstance(value, dict):
+            defs.update({prefix + name: _nestable(sub, prefix, defs) for name, sub in value.items()})
+        elif key == "$ref" and isinstance(value, str):
+            out[key] = re.sub(r"^#/(\$defs|definitions)/", "#/$defs/" + prefix, value)
+        else:
+            out[key] = _nestable(value, prefix, defs)
+    if out.get("type") == "object" and isinstance(out.get("properties"), dict):
+        out.setdefault("additionalProperties", False)
+    return out

@@ -18,7 +18,7 @@ from typing import Any
 import jsonschema
 
 from tailorlm.chat import structured
-from tailorlm.chat.output import MessageDelta, ParsedMessage, ToolCall, ToolCallDelta
+from tailorlm.chat.output import MessageDelta, ParsedMessage, PlainParser, ToolCall, ToolCallDelta
 from tailorlm.chat.template import normalize_messages, render_chat, render_chat_text
 from tailorlm.chat.tokenizer import TextTokenizer
 from tailorlm.errors import InvalidRequestError
@@ -48,14 +48,16 @@ def plan(tok: TextTokenizer, messages: Sequence[Mapping[str, Any]], tools: list[
     prompt = render_with_tools(tok, messages, specs)
     constraint: Callable[[], Any] = lambda: None
     if choice == "required":
-        constraint = structured.grammar_constraint(tok, call_grammar(specs, many=parallel_tool_calls is not False), param="tools")
+        grammar = call_grammar(specs, many=parallel_tool_calls is not False)
+        constraint = structured.grammar_constraint(tok, grammar, param="tools")
     elif choice not in ("auto", "none"):
-        named = [s for s in specs if s["function"]["name"] == choice]
-        constraint = structured.grammar_constraint(tok, call_grammar(named, many=False), param="tool_choice")
+        grammar = call_grammar([s for s in specs if s["function"]["name"] == choice], many=False)
+        constraint = structured.grammar_constraint(tok, grammar, param="tool_choice")
     names = {s["function"]["name"] for s in specs}
-    markers = {i: MISTRAL for i in [getattr(tok.hf, "added_tokens_encoder", {}).get(MISTRAL)] if i is not None}
-    return dict(prompt=prompt, parser=lambda: ToolCallParser(names, markers), constraint=constraint,
-                stop_token_ids=[])
+    marker = getattr(tok.hf, "added_tokens_encoder", {}).get(MISTRAL)  # a special token, skipped in text
+    markers = {marker: MISTRAL} if marker is not None else {}
+    parser = PlainParser if choice == "none" else (lambda: ToolCallParser(names, markers))
+    return dict(prompt=prompt, parser=parser, constraint=constraint, stop_token_ids=[])
 
 
 def validate_tools(tools: Any) -> list[dict[str, Any]]:
@@ -66,7 +68,7 @@ def validate_tools(tools: Any) -> list[dict[str, Any]]:
     for i, tool in enumerate(tools):
         fn = tool.get("function") if isinstance(tool, Mapping) else None
         name = fn.get("name") if isinstance(fn, Mapping) else None
-        if tool.get("type", "function") != "function" or not isinstance(name, str) or \
+        if not isinstance(name, str) or tool.get("type", "function") != "function" or \
                 not re.fullmatch(r"[A-Za-z0-9_.\-]{1,64}", name):
             raise InvalidRequestError(
                 f"'tools[{i}]' must be {{\"type\": \"function\", \"function\": {{\"name\": ...}}}} with a name of "
@@ -149,12 +151,8 @@ def as_text_messages(msgs: list[dict[str, Any]], specs: list[dict]) -> list[dict
 
 def _arguments(value: Any) -> Any:
     """Arguments as an object (OpenAI sends a JSON string; templates want a mapping)."""
-    if isinstance(value, str):
-        try:
-            return json.loads(value)
-        except ValueError:
-            return value
-    return value if value is not None else {}
+    parsed = _loads(value) if isinstance(value, str) else value
+    return parsed if parsed is not None else (value or {})
 
 
 def _call_text(call: Mapping[str, Any]) -> str:
@@ -172,44 +170,8 @@ def _with_dict_arguments(m: dict[str, Any]) -> dict[str, Any]:
 
 
 def call_grammar(specs: list[dict[str, Any]], *, many: bool) -> str:
-    """Lark grammar: one (or, with `many`, one or more) <tool_call> blocks whose JSON names a tool of
-    `specs` and carries arguments matching its parameters schema.
-
-    Calls follow each other with no separator, so that after a call the model chooses between EOS and
-    another `<tool_call>`; with a newline allowed, small models keep repeating the call.
-    """
-    defs: dict[str, Any] = {}
-    options = []
-    for i, spec in enumerate(specs):
-        fn = spec["function"]
-        params = _closed(fn["parameters"], f"t{i}_", defs)
-        options.append({"type": "object", "properties": {"name": {"const": fn["name"]}, "arguments": params},
-                        "required": ["name", "arguments"], "additionalProperties": False})
-    schema: dict[str, Any] = options[0] if len(options) == 1 else {"anyOf": options}
-    schema = {**schema, "x-guidance": structured.JSON_OPTIONS, **({"$defs": defs} if defs else {})}
-    return f'start: call{"+" if many else ""}\ncall: "{OPEN}\\n" body "\\n{CLOSE}"\nbody: %json {json.dumps(schema)}\n'
-
-
-def _closed(schema: Any, prefix: str, defs: dict[str, Any]) -> Any:
-    """A tool's parameters schema made ready to nest in the call schema: its $defs moved to the root
-    under `prefix` (where "#/$defs/X" points), and objects that do not say otherwise closed to their
-    declared properties, so the model cannot invent arguments (the output still matches the original)."""
-    if isinstance(schema, list):
-        return [_closed(s, prefix, defs) for s in schema]
-    if not isinstance(schema, dict):
-        return schema
-    out = {}
-    for key, value in schema.items():
-        if key in ("$defs", "definitions") and isinstance(value, dict):
-            for name, sub in value.items():
-                defs[prefix + name] = _closed(sub, prefix, defs)
-        elif key == "$ref" and isinstance(value, str):
-            out[key] = re.sub(r"^#/(\$defs|definitions)/", "#/$defs/" + prefix, value)
-        else:
-            out[key] = _closed(value, prefix, defs)
-    if out.get("type") == "object" and isinstance(out.get("properties"), dict):
-        out.setdefault("additionalProperties", False)
-    return out
+    """Lark grammar of one (with `many`, one or more) `<tool_call>` blocks calling a tool of `specs`."""
+    return structured.tool_call_grammar([s["function"] for s in specs], many=many, open_tag=OPEN, close_tag=CLOSE)
 
 
 class ToolCallParser:

@@ -30,11 +30,10 @@ def _is_loopback(host: str) -> bool:
 
 
 def run_server(settings: Settings) -> None:
-    import uvicorn
-
     from tailorlm.db import connect
     from tailorlm.server import build_app
     from tailorlm.server.auth import KeyStore
+    from tailorlm.server.lifecycle import TailorServer
 
     if not _is_loopback(settings.host) and not settings.insecure:
         if not KeyStore(connect(settings.db_path)).enabled():
@@ -42,8 +41,8 @@ def run_server(settings: Settings) -> None:
                 f"refusing to serve on {settings.host} with no API keys: create one with `tailor keys create NAME`, "
                 "or pass --insecure to serve without authentication"
             )
-    uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_level="info",
-                timeout_graceful_shutdown=int(settings.graceful_timeout))
+    TailorServer(build_app(settings), host=settings.host, port=settings.port,
+                 graceful_timeout=settings.graceful_timeout).run()
 
 
 def _serve(**flags: Any) -> None:

@@ -113,6 +113,9 @@ class Engine:
     def abort(self, request_id: str) -> None:
         self._inbox.put(("abort", request_id))
 
+    def abort_all(self) -> None:
+        self._inbox.put(("abort_all", None))
+
     def generate(self, prompt: list[int], params: SamplingParams | None = None) -> list[TokenEvent]:
         """Blocking convenience: all events of one request."""
         return list(self.submit(prompt, params))
@@ -141,10 +144,10 @@ class Engine:
             self.core.add(arg)  # type: ignore[arg-type]
         elif cmd == "abort":
             self.core.abort(arg)  # type: ignore[arg-type]
-        elif cmd == "stop":
+        elif cmd in ("stop", "abort_all"):
             for rid in list(self.core.by_id):
                 self.core.abort(rid)
-            return False
+            return cmd != "stop"
         return True
 
     def _loop(self) -> None:

@@ -60,6 +60,8 @@ def load_model(path: Path, *, name: str | None = None, dtype: str = "auto") -> L
         raise UnsupportedModelError(f"cannot read the model config in {path}: {exc}") from None
     torch_dtype = DTYPES.get(dtype, "auto") if dtype != "auto" else "auto"
     kwargs = dict(dtype=torch_dtype, use_safetensors=True)
+    if torch_dtype is torch.float64:
+        kwargs["experts_implementation"] = "eager"  # grouped_mm (MoE, e.g. gpt-oss) has no float64 kernel
     try:
         model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa", **kwargs)
     except ValueError as exc:

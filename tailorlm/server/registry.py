@@ -59,6 +59,11 @@ class ModelRegistry:
     def loaded(self) -> list[str]:
         return list(self._loaded)
 
+    def abort_all(self) -> None:
+        """Cancel every in-flight request (their streams end with a final chunk)."""
+        for model in list(self._loaded.values()):
+            model.engine.abort_all()
+
     def close_all(self) -> None:
         while self._loaded:
             _, model = self._loaded.popitem()

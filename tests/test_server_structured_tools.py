@@ -1,0 +1,127 @@
+"""Structured output and tool calls end to end: real HTTP on loopback, the official `openai` client,
+bodies validated against the official OpenAI spec."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import openai
+import pytest
+
+from tailorlm.config import Settings
+from tests.fixtures_default import default_store_home  # noqa: F401  (fixture)
+from tests.server_harness import live_server
+from tests.spec import validate
+from tests.test_chat_structured import PERSON, SCHEMA_FORMAT
+from tests.test_chat_tools import ADD, WEATHER
+
+pytestmark = pytest.mark.slow
+MODEL = "smollm2-135m-instruct"
+WEATHER_Q = [{"role": "user", "content": "What is the weather in Paris?"}]
+SCHEMAS = {"get_weather": WEATHER["function"]["parameters"], "add": ADD["function"]["parameters"]}
+NAMED_ADD = {"type": "function", "function": {"name": "add"}}
+
+
+@pytest.fixture(scope="module")
+def server(default_store_home):
+    with live_server(Settings(home=default_store_home, threads=2)) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return server.client()
+
+
+def post(server, **body) -> dict:
+    with server.http() as http:
+        res = http.post("/v1/chat/completions", json={"model": MODEL, "temperature": 0, **body})
+    assert res.status_code == 200, res.text
+    validate(res.json(), "CreateChatCompletionResponse")
+    return res.json()
+
+
+def stream_chunks(server, **body) -> list[dict]:
+    """Raw SSE chunks of a streamed request, each validated against the spec."""
+    with server.http() as http, http.stream("POST", "/v1/chat/completions", json={
+            "model": MODEL, "temperature": 0, "stream": True, **body}) as res:
+        assert res.status_code == 200
+        lines = [line for line in res.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]"
+    chunks = [json.loads(line.removeprefix("data: ")) for line in lines[:-1]]
+    for chunk in chunks:
+        validate(chunk, "CreateChatCompletionStreamResponse")
+    return chunks
+
+
+def check_calls(calls, names: set[str]) -> None:
+    assert calls
+    for call in calls:
+        assert call.type == "function" and call.id.startswith("call_") and call.function.name in names
+        jsonschema.validate(json.loads(call.function.arguments), SCHEMAS[call.function.name])
+
+
+def test_response_format_json_schema(server, client) -> None:
+    body = post(server, messages=[{"role": "user", "content": "Describe a person."}],
+                response_format=SCHEMA_FORMAT, max_tokens=40)
+    jsonschema.validate(json.loads(body["choices"][0]["message"]["content"]), PERSON)
+    out = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "A person, please."}],
+                                         response_format=SCHEMA_FORMAT, temperature=1.0, seed=5, max_tokens=40)
+    assert out.choices[0].finish_reason == "stop"
+    jsonschema.validate(json.loads(out.choices[0].message.content), PERSON)
+
+
+def test_named_tool_choice(server, client) -> None:
+    body = post(server, messages=WEATHER_Q, tools=[WEATHER, ADD], tool_choice=NAMED_ADD, max_tokens=48)
+    assert body["choices"][0]["message"]["content"] is None
+    out = client.chat.completions.create(model=MODEL, messages=WEATHER_Q, tools=[WEATHER, ADD],
+                                         tool_choice=NAMED_ADD, temperature=0, max_tokens=48)
+    choice = out.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    check_calls(choice.message.tool_calls, {"add"})
+    assert len(choice.message.tool_calls) == 1
+
+
+def test_required_tool_choice(server, client) -> None:
+    out = client.chat.completions.create(model=MODEL, messages=WEATHER_Q, tools=[WEATHER, ADD],
+                                         tool_choice="required", temperature=0, max_tokens=48)
+    assert out.choices[0].finish_reason == "tool_calls"
+    check_calls(out.choices[0].message.tool_calls, {"get_weather", "add"})
+
+
+@pytest.mark.parametrize("tool_choice", ["required", NAMED_ADD])
+def test_streamed_tool_calls_assemble_to_the_non_streamed_ones(server, client, tool_choice) -> None:
+    kw = dict(messages=WEATHER_Q, tools=[WEATHER, ADD], tool_choice=tool_choice, max_tokens=48)
+    plain = client.chat.completions.create(model=MODEL, temperature=0, **kw).choices[0].message.tool_calls
+    chunks = stream_chunks(server, **kw)
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+    calls: dict[int, dict] = {}
+    for chunk in chunks:
+        for d in chunk["choices"][0]["delta"].get("tool_calls") or []:
+            call = calls.setdefault(d["index"], {"id": d.get("id"), "name": d["function"].get("name"), "args": ""})
+            call["args"] += d.get("function", {}).get("arguments") or ""
+    assert [(c["name"], json.loads(c["args"])) for c in calls.values()] == \
+        [(c.function.name, json.loads(c.function.arguments)) for c in plain]
+    assert all(c["id"] and c["id"].startswith("call_") for c in calls.values())
+    with client.chat.completions.stream(model=MODEL, temperature=0, **kw) as stream:  # the client's own assembly
+        final = stream.get_final_completion()
+    assert final.choices[0].finish_reason == "tool_calls"
+    assert [(c.function.name, c.function.arguments) for c in final.choices[0].message.tool_calls] == \
+        [(c.function.name, c.function.arguments) for c in plain]
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
+    ({"tools": [{"type": "function", "function": {"description": "no name"}}]}, "tools"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, "response_format"),
+])
+def test_invalid_requests_are_400_with_param(server, client, body, param) -> None:
+    with server.http() as http:
+        res = http.post("/v1/chat/completions", json={"model": MODEL, "messages": WEATHER_Q, **body})
+    assert res.status_code == 400
+    validate(res.json(), "ErrorResponse")
+    assert res.json()["error"]["param"] == param
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model=MODEL, messages=WEATHER_Q, **body)
+    assert err.value.status_code == 400 and err.value.body["param"] == param
