@@ -52,6 +52,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def loadavg() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
 def percentile(values: list[float], p: float) -> float:
     """Nearest-rank percentile (no interpolation): with n < 100 values, p99 is the max."""
     if not values:
@@ -198,6 +202,7 @@ async def run_level(server: Server, model: str, concurrency: int, requests: int,
                 except (httpx.HTTPError, json.JSONDecodeError, KeyError) as exc:
                     results.append(Result(False, 0, f"{type(exc).__name__}: {exc}"))
 
+        load0 = loadavg()
         cpu0, client_cpu0, t0 = server.cpu_seconds(), time.process_time(), time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - t0
@@ -222,6 +227,7 @@ async def run_level(server: Server, model: str, concurrency: int, requests: int,
         "server_cpu_s_per_1k_tokens": 1000 * cpu / tokens if tokens else float("nan"),
         "server_cpu_utilisation": cpu / wall,
         "client_cpu_s": client_cpu,
+        "loadavg_1min": [load0, loadavg()],  # before / after: the machine is shared
         "errors": errors,
     }
 
@@ -289,23 +295,29 @@ MEASURES = [
 
 def table(results: dict[str, dict], levels: list[int]) -> str:
     peers = [k for k in results if k != OURS]
-    head = "| concurrency | measure | tailorlm | " + " | ".join(f"{p} | ours / {p}" for p in peers) + " |"
-    lines = [head, "|" + "---|" * (3 + 2 * len(peers))]
+    ours = OURS in results
+    head = "| concurrency | measure | " + ("tailorlm | " if ours else "")
+    head += " | ".join(f"{p} | ours / {p}" if ours else p for p in peers) + " |"
+    lines = [head, "|" + "---|" * (2 + ours + (1 + ours) * len(peers))]
     for c in levels:
         for label, key, fmt in MEASURES:
-            mine = results.get(OURS, {}).get("levels", {}).get(str(c), {}).get(key, float("nan"))
-            cells = [str(c), label, fmt.format(mine)]
+            cells = [str(c), label]
+            if ours:
+                mine = results[OURS]["levels"][str(c)][key]
+                cells.append(fmt.format(mine))
             for p in peers:
                 theirs = results[p]["levels"][str(c)][key]
-                cells += [fmt.format(theirs), f"{mine / theirs:.2f}×" if theirs else "–"]
+                cells.append(fmt.format(theirs))
+                if ours:
+                    cells.append(f"{mine / theirs:.2f}×" if theirs else "–")
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def details(results: dict[str, dict], levels: list[int]) -> str:
     lines = ["| server | concurrency | requests | wall s | tokens/request | prompt tokens (mean) | "
-             "TPOT p50 ms | server CPU (cores) | server CPU s / 1k tokens | client CPU s | errors |",
-             "|" + "---|" * 11]
+             "TPOT p50 ms | server CPU (cores) | server CPU s / 1k tokens | client CPU s | load avg before→after | errors |",
+             "|" + "---|" * 12]
     for name, res in results.items():
         for c in levels:
             r = res["levels"][str(c)]
@@ -314,6 +326,7 @@ def details(results: dict[str, dict], levels: list[int]) -> str:
             lines.append(f"| {name} | {c} | {r['ok']}/{r['requests']} | {r['wall_s']:.1f} | {toks} | "
                          f"{r['prompt_tokens_mean']:.1f} | {r['tpot_p50_ms']:.1f} | {r['server_cpu_utilisation']:.2f} | "
                          f"{r['server_cpu_s_per_1k_tokens']:.1f} | {r['client_cpu_s']:.1f} | "
+                         f"{r['loadavg_1min'][0]:.1f}→{r['loadavg_1min'][1]:.1f} | "
                          f"{'; '.join(r['errors']) or '–'} |")
     return "\n".join(lines)
 

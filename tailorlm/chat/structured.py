@@ -43,7 +43,7 @@ def _llguidance() -> Any:
     return llguidance
 
 
-def llg_tokenizer(tok: TextTokenizer) -> Any:
+def llg_tokenizer(tok: TextTokenizer, *, param: str = "response_format") -> Any:
     """The llguidance view of `tok` (built once per tokenizer: ~0.3 s)."""
     with _lock:
         if tok not in _cache:
@@ -53,7 +53,7 @@ def llg_tokenizer(tok: TextTokenizer) -> Any:
             except ValueError as exc:  # a slow (python) tokenizer
                 raise InvalidRequestError(
                     f"Model {tok.name!r} has no fast tokenizer, which constrained decoding needs: {exc}",
-                    param="response_format",
+                    param=param,
                 ) from exc
         return _cache[tok]
 
@@ -97,7 +97,7 @@ class GrammarConstraint:
 def compiled_constraint(tok: TextTokenizer, grammar: str, *, param: str) -> ConstraintFactory:
     """Compile an llguidance grammar definition now; the factory returns a fresh matcher per call."""
     llg = _llguidance()
-    lltok = llg_tokenizer(tok)
+    lltok = llg_tokenizer(tok, param=param)
     try:
         proto = llg.LLMatcher(lltok, grammar, log_level=0)
         error = proto.get_error() if proto.is_error() else ""

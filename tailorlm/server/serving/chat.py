@@ -54,7 +54,8 @@ def plan_chat(model: OpenModel, req: ChatCompletionRequest) -> ChatPlan:
     if req.tools and req.tool_choice != "none":
         from tailorlm.chat import tools
 
-        plan = ChatPlan(**tools.plan(model.tokenizer, req.messages, req.tools, req.tool_choice))
+        plan = ChatPlan(**tools.plan(model.tokenizer, req.messages, req.tools, req.tool_choice,
+                                     parallel_tool_calls=req.parallel_tool_calls))
     else:
         plan = ChatPlan(prompt=render_chat(model.tokenizer, req.messages, add_generation_prompt=True))
     if req.response_format and req.response_format.get("type") != "text":
