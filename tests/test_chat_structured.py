@@ -13,7 +13,6 @@ from tailorlm.chat import structured
 from tailorlm.chat.tools import plan
 from tailorlm.engine import SamplingParams
 from tailorlm.errors import InvalidRequestError
-from tests.fixtures_default import default_store_home  # noqa: F401  (fixture)
 from tests.test_chat_tokenizer import smol_tok  # noqa: F401  (fixture)
 
 PERSON = {"type": "object", "additionalProperties": False, "required": ["name", "age"], "properties": {

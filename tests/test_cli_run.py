@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures_default import default_store_home  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,6 @@ from tailorlm.config import DEFAULT_MODEL
 from tailorlm.engine import SamplingParams
 from tailorlm.runtime import chat_prompt, open_model
 from tailorlm.store import ModelStore
-from tests.fixtures_default import default_store_home  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.slow
 QUESTIONS = ["What is the capital of France?", "Name three primary colors.", "Why do cats purr?"]

@@ -14,7 +14,6 @@ import pytest
 from tailorlm.config import Settings
 from tailorlm.db import connect
 from tailorlm.server.auth import KeyStore
-from tests.fixtures_default import default_store_home  # noqa: F401  (fixture)
 from tests.server_harness import live_server
 from tests.spec import validate
 

@@ -10,7 +10,6 @@ import openai
 import pytest
 
 from tailorlm.config import Settings
-from tests.fixtures_default import default_store_home  # noqa: F401  (fixture)
 from tests.server_harness import live_server
 from tests.spec import validate
 from tests.test_chat_structured import PERSON, SCHEMA_FORMAT

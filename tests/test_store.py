@@ -17,7 +17,6 @@ from tailorlm.errors import (
     UnsafeFormatError, UnsupportedModelError,
 )
 from tailorlm.store import ModelStore
-from tests.fixtures_default import default_store_home  # noqa: F401  (fixture)
 from tests.tiny import ARCHS, make_tiny_model
 from tests.tiny_gguf import CHAT_TEMPLATE, write_tiny_gguf
 
