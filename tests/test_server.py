@@ -250,3 +250,20 @@ def test_graceful_shutdown_ends_streams_cleanly(default_store_home, tmp_path):
         assert lines[-1] == "data: [DONE]"  # in-flight stream finished cleanly, not cut mid-chunk
         final = json.loads([line for line in lines if line.startswith("data: {")][-1][6:])
         assert final["choices"][0]["finish_reason"] == "stop"
+
+
+def test_internal_fault_is_a_500_without_traceback(server):
+    registry = server.app.state.tailor.registry
+    original = registry.get
+
+    async def broken(name):
+        raise RuntimeError("secret internal detail")
+
+    registry.get = broken
+    try:
+        res = raw_chat(server)
+    finally:
+        registry.get = original
+    assert res.status_code == 500
+    validate(res.json(), "ErrorResponse")
+    assert "secret" not in res.text and "Traceback" not in res.text

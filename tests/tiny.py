@@ -40,3 +40,28 @@ def make_tiny_model(arch: str, path: Path, *, seed: int = 0, dtype: torch.dtype 
     model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     model.save_pretrained(path)
     return path
+
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def save_tiny_tokenizer(path: Path, vocab: int = VOCAB) -> Path:
+    """A byte-level BPE tokenizer that fits the tiny models' vocabulary, with a ChatML template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<pad>", "<s>", "<|im_end|>", "<|im_start|>"]
+    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    text = ["The capital of France is Paris. Hello world, how are you today?"] * 20
+    tok.train_from_iterator(text, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="<|im_end|>")
+    fast.chat_template = CHATML
+    fast.save_pretrained(path)
+    return path
