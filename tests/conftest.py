@@ -26,3 +26,13 @@ def tailor_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture(autouse=True, scope="session")
 def _torch_threads() -> None:
     torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def default_server(default_store_home):
+    """One live server over the default model, shared by the end-to-end API tests."""
+    from tailorlm.config import Settings
+    from tests.server_harness import live_server
+
+    with live_server(Settings(home=default_store_home, threads=2)) as live:
+        yield live

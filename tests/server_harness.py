@@ -27,7 +27,7 @@ def free_port() -> int:
 class LiveServer:
     url: str
     app: object
-    server: uvicorn.Server
+    server: TailorServer
 
     @property
     def base_url(self) -> str:
@@ -59,3 +59,22 @@ def live_server(settings: Settings) -> Iterator[LiveServer]:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+def stream_chunks(live: LiveServer, body: dict) -> list[dict]:
+    """POST a streamed chat completion; return its chunks, each validated against the OpenAI spec.
+
+    The stream must end with `data: [DONE]`.
+    """
+    import json
+
+    from tests.spec import validate
+
+    with live.http() as http, http.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as res:
+        assert res.status_code == 200, res.read()
+        lines = [line for line in res.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]"
+    chunks = [json.loads(line.removeprefix("data: ")) for line in lines[:-1]]
+    for chunk in chunks:
+        validate(chunk, "CreateChatCompletionStreamResponse")
+    return chunks

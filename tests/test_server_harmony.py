@@ -9,13 +9,13 @@ channel) cannot be scripted this way (its header would loop); tests/test_chat_ha
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from tailorlm.chat import harmony, load_tokenizer
 from tailorlm.config import Settings
+from tests import server_harness as harness
 from tests.server_harness import live_server
 from tests.spec import validate
 from tests.tiny_gptoss import make_tiny_gptoss
@@ -69,15 +69,8 @@ def chat(server, **body) -> dict:
 
 def stream(server, **body) -> list[dict]:
     """Every chunk of a streamed chat (each checked against the spec); it must end with [DONE]."""
-    body = {"model": MODEL, "messages": ASK, "temperature": 0, "stream": True,
-            "stream_options": {"include_usage": True}, **body}
-    with server.http() as http, http.stream("POST", "/v1/chat/completions", json=body) as res:
-        assert res.status_code == 200
-        lines = [line for line in res.iter_lines() if line]
-    assert lines[-1] == "data: [DONE]"
-    chunks = [json.loads(line.removeprefix("data: ")) for line in lines[:-1]]
-    for chunk in chunks:
-        validate(chunk, "CreateChatCompletionStreamResponse")
+    chunks = harness.stream_chunks(server, {"model": MODEL, "messages": ASK, "temperature": 0,
+                                            "stream_options": {"include_usage": True}, **body})
     assert chunks[0]["choices"][0]["delta"]["role"] == "assistant" and chunks[-1]["choices"] == []
     return chunks
 

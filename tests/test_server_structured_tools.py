@@ -9,8 +9,7 @@ import jsonschema
 import openai
 import pytest
 
-from tailorlm.config import Settings
-from tests.server_harness import live_server
+from tests import server_harness as harness
 from tests.spec import validate
 from tests.test_chat_structured import PERSON, SCHEMA_FORMAT
 from tests.test_chat_tools import ADD, WEATHER
@@ -23,9 +22,8 @@ NAMED_ADD = {"type": "function", "function": {"name": "add"}}
 
 
 @pytest.fixture(scope="module")
-def server(default_store_home):
-    with live_server(Settings(home=default_store_home, threads=2)) as live:
-        yield live
+def server(default_server):
+    return default_server
 
 
 @pytest.fixture(scope="module")
@@ -43,15 +41,7 @@ def post(server, **body) -> dict:
 
 def stream_chunks(server, **body) -> list[dict]:
     """Raw SSE chunks of a streamed request, each validated against the spec."""
-    with server.http() as http, http.stream("POST", "/v1/chat/completions", json={
-            "model": MODEL, "temperature": 0, "stream": True, **body}) as res:
-        assert res.status_code == 200
-        lines = [line for line in res.iter_lines() if line]
-    assert lines[-1] == "data: [DONE]"
-    chunks = [json.loads(line.removeprefix("data: ")) for line in lines[:-1]]
-    for chunk in chunks:
-        validate(chunk, "CreateChatCompletionStreamResponse")
-    return chunks
+    return harness.stream_chunks(server, {"model": MODEL, "temperature": 0, **body})
 
 
 def check_calls(calls, names: set[str]) -> None:
