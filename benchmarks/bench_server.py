@@ -1,6 +1,6 @@
 """Load on the OpenAI-compatible server, side by side with llama.cpp's `llama-server`, in one run.
 
-    python benchmarks/bench_server.py [--threads 2] [--concurrency 1,8,32] [--rounds 2] [--json out.json]
+    python benchmarks/bench_server.py [--threads 2] [--concurrency 1,8,32] [--rounds 4] [--slots-per-level] [--json out.json]
 
 Starts `tailor serve` (as `python -m tailorlm serve`, TAILOR_HOME as given) and then `llama-server` on a GGUF
 converted from the very same stored weights (f32), and optionally on a q8_0 quantization of them (lower
@@ -11,6 +11,8 @@ Each request: one of the fixed chat prompts (benchmarks/common.py QUESTIONS), ma
 `ignore_eos: true` (both servers accept it) so every request yields exactly max_tokens tokens, streamed with
 `stream_options.include_usage`. llama-server also gets `cache_prompt: false`, so it prefills every prompt as ours
 does. At each concurrency C a closed loop of C clients sends C × rounds requests (at least --min-requests).
+By default each server runs once, sized for the largest level (32 slots); with --slots-per-level each is restarted
+per level with slots = concurrency. llama-server's throughput at 8 requests depends a lot on that (see README).
 
 Per server and concurrency: requests/s, output tokens/s (sum of usage.completion_tokens / wall time), p50 and p99
 time to first token (first non-empty content delta; p99 is nearest-rank, so with few requests it is the max),
@@ -32,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -233,30 +236,43 @@ async def run_level(server: Server, model: str, concurrency: int, requests: int,
     }
 
 
-def measure(server: Server, model: str, levels: list[int], rounds: int, min_requests: int,
-            max_tokens: int) -> dict:
-    print(f"\n## {server.label}: {' '.join(server.cmd)}", flush=True)
-    started = server.start()
-    print(f"healthy after {started:.1f}s (log: {server.log})", flush=True)
-    try:
-        t0 = time.perf_counter()  # warm-up: loads our model (lazily, on first use), touches every batch size
-        asyncio.run(run_level(server, model, 1, 1, 8))
-        asyncio.run(run_level(server, model, max(levels), max(levels), 4))
-        print(f"warm-up {time.perf_counter() - t0:.1f}s", flush=True)
-        out = {"startup_s": started, "levels": {}}
-        for c in levels:
-            n = max(c * rounds, min_requests)
-            row = asyncio.run(run_level(server, model, c, n, max_tokens))
-            out["levels"][str(c)] = row
-            print(f"  c={c:<3} {n:>3} req  {row['wall_s']:6.1f}s  {row['requests_per_s']:6.2f} req/s  "
-                  f"{row['output_tps']:7.1f} tok/s  TTFT p50 {row['ttft_p50_ms']:7.0f} ms  p99 "
-                  f"{row['ttft_p99_ms']:7.0f} ms  tokens/req {row['completion_tokens_min']}–"
-                  f"{row['completion_tokens_max']}  server CPU {row['server_cpu_utilisation']:.2f} cores"
-                  + (f"  errors: {row['errors']}" if row["errors"] else ""), flush=True)
-        out["peak_rss_mib"] = server.rss_mib()
-        return out
-    finally:
-        server.stop()
+def _warm_up(server: Server, model: str, slots: int) -> float:
+    """Loads our model (lazily, on first use) and touches the batch sizes about to be measured."""
+    t0 = time.perf_counter()
+    asyncio.run(run_level(server, model, 1, 1, 8))
+    asyncio.run(run_level(server, model, slots, slots, 4))
+    return time.perf_counter() - t0
+
+
+def _level(server: Server, model: str, c: int, n: int, max_tokens: int) -> dict:
+    row = asyncio.run(run_level(server, model, c, n, max_tokens))
+    print(f"  c={c:<3} {n:>3} req  {row['wall_s']:6.1f}s  {row['requests_per_s']:6.2f} req/s  "
+          f"{row['output_tps']:7.1f} tok/s  TTFT p50 {row['ttft_p50_ms']:7.0f} ms  p99 "
+          f"{row['ttft_p99_ms']:7.0f} ms  tokens/req {row['completion_tokens_min']}–"
+          f"{row['completion_tokens_max']}  server CPU {row['server_cpu_utilisation']:.2f} cores"
+          + (f"  errors: {row['errors']}" if row["errors"] else ""), flush=True)
+    return row
+
+
+def measure(make: Callable[[int], Server], model: str, levels: list[int], rounds: int, min_requests: int,
+            max_tokens: int, per_level: bool) -> dict:
+    """One server for all levels (sized for the largest), or with `per_level` a fresh one sized to each level."""
+    out: dict = {"levels": {}, "commands": {}}
+    groups = [[c] for c in levels] if per_level else [levels]
+    for group in groups:
+        server = make(max(group))
+        print(f"\n## {server.label}: {' '.join(server.cmd)}", flush=True)
+        started = server.start()
+        try:
+            warm = _warm_up(server, model, max(group))
+            print(f"healthy after {started:.1f}s, warm-up {warm:.1f}s (log: {server.log})", flush=True)
+            for c in group:
+                out["levels"][str(c)] = _level(server, model, c, max(c * rounds, min_requests), max_tokens)
+                out["commands"][str(c)] = " ".join(server.cmd)
+            out["peak_rss_mib"] = max(out.get("peak_rss_mib", 0), server.rss_mib())
+        finally:
+            server.stop()
+    return out
 
 
 # -- setup ----------------------------------------------------------------------------------------
@@ -270,20 +286,30 @@ def prompt_lengths(folder: Path) -> list[int]:
     return [len(render_chat(tok, [{"role": "user", "content": q}])) for q in QUESTIONS]
 
 
-def ours_server(args, home: Path, log_dir: Path) -> Server:
-    env = {**os.environ, "TAILOR_HOME": str(home)}
-    cmd = [sys.executable, "-m", "tailorlm", "serve", "--port", str(free_port()), "--threads", str(args.threads)]
-    port = int(cmd[cmd.index("--port") + 1])
-    return Server(OURS, cmd, port, log_dir / "tailorlm.log", env=env)
+def ours_server(args, home: Path, log_dir: Path) -> Callable[[int], Server]:
+    def make(slots: int) -> Server:
+        port = free_port()
+        cmd = [sys.executable, "-m", "tailorlm", "serve", "--port", str(port), "--threads", str(args.threads),
+               "--max-batch", str(slots)]
+        return Server(OURS, cmd, port, log_dir / f"tailorlm-{slots}.log", env={**os.environ, "TAILOR_HOME": str(home)})
+    return make
 
 
-def peer_server(label: str, gguf: Path, model: str, args, ctx: int, log_dir: Path) -> Server:
-    port = free_port()
-    cmd = [str(llamacpp.find_server()), "-m", str(gguf), "-t", str(args.threads), "-tb", str(args.threads),
-           "--parallel", str(max(args.levels)), "-c", str(ctx), "--host", "127.0.0.1", "--port", str(port),
-           "--alias", model, *args.peer_args.split()]
-    return Server(label, cmd, port, log_dir / f"{label.replace(' ', '_')}.log",
-                  extra_body={"cache_prompt": False})
+def peer_ctx(slots: int, longest_prompt: int, max_tokens: int) -> int:
+    """-c for llama-server: it splits the context among --parallel slots, and each slot must hold prompt + output."""
+    return 256 * math.ceil(slots * (longest_prompt + max_tokens) / 256)
+
+
+def peer_server(label: str, gguf: Path, model: str, args, longest_prompt: int,
+                log_dir: Path) -> Callable[[int], Server]:
+    def make(slots: int) -> Server:
+        port = free_port()
+        cmd = [str(llamacpp.find_server()), "-m", str(gguf), "-t", str(args.threads), "-tb", str(args.threads),
+               "--parallel", str(slots), "-c", str(peer_ctx(slots, longest_prompt, args.max_tokens)),
+               "--host", "127.0.0.1", "--port", str(port), "--alias", model, *args.peer_args.split()]
+        return Server(label, cmd, port, log_dir / f"{label.replace(' ', '_')}-{slots}.log",
+                      extra_body={"cache_prompt": False})
+    return make
 
 
 MEASURES = [
@@ -337,13 +363,16 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--concurrency", default="1,8,32", help="comma-separated levels (default 1,8,32)")
-    ap.add_argument("--rounds", type=int, default=2, help="requests per level = concurrency × rounds")
+    ap.add_argument("--rounds", type=int, default=4, help="requests per level = concurrency × rounds")
     ap.add_argument("--min-requests", type=int, default=4, help="at least this many requests per level")
     ap.add_argument("--model", default=None, help="store name (default: the embedded default)")
     ap.add_argument("--home", type=Path, default=None, help="our store (default: $TAILOR_HOME or the platform default)")
     ap.add_argument("--peers", default="f32,q8_0",
                     help="llama-server weight types to run (f32 = the same weights as ours; q8_0 = lower precision)")
     ap.add_argument("--peer-args", default="", help="extra llama-server arguments, e.g. '-kvu' (one string)")
+    ap.add_argument("--slots-per-level", action="store_true",
+                    help="restart each server for each level with slots = concurrency (ours --max-batch C, "
+                         "llama-server --parallel C); default: one server per engine, sized for the largest level")
     ap.add_argument("--skip-ours", action="store_true", help="only run the peer(s)")
     ap.add_argument("--log-dir", type=Path, default=None, help="server logs (default: a new temporary folder)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -358,9 +387,6 @@ def main() -> None:
     log_dir.mkdir(parents=True, exist_ok=True)
     model, folder, _ = llamacpp.store_model(args.model, home)
     lengths = prompt_lengths(folder)
-    # every slot must hold its prompt and its output: llama-server splits -c among --parallel slots
-    ctx = max(args.levels) * (max(lengths) + args.max_tokens)
-    ctx = 256 * math.ceil(ctx / 256)
     ggufs = {p: llamacpp.convert(model, home, p) for p in peers}
 
     info = machine()
@@ -368,17 +394,20 @@ def main() -> None:
     info["llama_server"] = llamacpp.server_version() if peers else ""
     print(f"# {model} · {info['cpu']} · {args.threads} threads · {info['date']} · commit {info['commit']}")
     print(f"prompts: {min(lengths)}–{max(lengths)} tokens; {args.max_tokens} output tokens each (ignore_eos); "
-          f"llama-server -c {ctx} --parallel {max(args.levels)}; {info['llama_server']}")
+          f"{'servers restarted per level, slots = concurrency' if args.slots_per_level else f'{max(args.levels)} slots'}; "
+          f"{info['llama_server']}")
 
-    servers: list[Server] = []
+    servers: list[tuple[str, Callable[[int], Server]]] = []
     if not args.skip_ours:
-        servers.append(ours_server(args, home, log_dir))
+        servers.append((OURS, ours_server(args, home, log_dir)))
     for p in peers:
-        servers.append(peer_server(f"llama.cpp {p}", ggufs[p], model, args, ctx, log_dir))
+        label = f"llama.cpp {p}"
+        servers.append((label, peer_server(label, ggufs[p], model, args, max(lengths), log_dir)))
     results: dict[str, dict] = {}
     t0 = time.perf_counter()
-    for server in servers:
-        results[server.label] = measure(server, model, args.levels, args.rounds, args.min_requests, args.max_tokens)
+    for label, make in servers:
+        results[label] = measure(make, model, args.levels, args.rounds, args.min_requests, args.max_tokens,
+                                 args.slots_per_level)
     total = time.perf_counter() - t0
 
     print(f"\n# Results ({model}, {args.threads} threads, {args.max_tokens} output tokens/request, "
@@ -399,7 +428,7 @@ def main() -> None:
                       f"= {mine / theirs:.2f}× → {verdict} the bar")
     if args.json:
         args.json.write_text(json.dumps({"machine": info, "model": model, "threads": args.threads,
-                                         "max_tokens": args.max_tokens, "llama_server_ctx": ctx,
+                                         "max_tokens": args.max_tokens, "slots_per_level": args.slots_per_level,
                                          "prompt_tokens": lengths, "ggufs": {k: str(v) for k, v in ggufs.items()},
                                          "results": results}, indent=2))
         print(f"\nwrote {args.json}")
