@@ -63,7 +63,9 @@ class Engine:
         self.max_waiting = max_waiting
         self.loaded = loaded
         self.name = loaded.name
-        runner = ModelRunner(loaded.model, max_slots=max_batch, context_length=loaded.context_length)
+        def runner() -> ModelRunner:
+            return ModelRunner(loaded.model, max_slots=max_batch, context_length=loaded.context_length)
+
         self.core = EngineCore(
             runner, vocab_size=loaded.vocab_size, context_length=loaded.context_length,
             eos_token_ids=loaded.eos_token_ids, max_batch=max_batch, prefill_budget=prefill_budget,
