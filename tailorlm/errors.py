@@ -88,10 +88,6 @@ class OfflineError(TailorError):
     type = "server_error"
 
 
-class CancelledError(TailorError):
-    code = "cancelled"
-
-
 class QueueFullError(TailorError):
     """Too many requests are waiting; the client should retry after `retry_after` seconds."""
 

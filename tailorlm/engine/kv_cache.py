@@ -63,9 +63,6 @@ class SlotKVCache(Cache):
             k[dst, :, :length] = k[src, :, :length]
             v[dst, :, :length] = v[src, :, :length]
 
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
-
     # -- per-forward plans ---------------------------------------------------------
     def prepare_prefill(self, slot: int, start: int, length: int) -> None:
         """Next forward: one row, slot `slot`, tokens at positions start..start+length-1."""

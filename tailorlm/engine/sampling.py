@@ -87,7 +87,7 @@ def _apply_penalties(logits: torch.Tensor, rows: list[RowState]) -> torch.Tensor
 
 def _sample_rows(logits: torch.Tensor, rows: list[RowState]) -> torch.Tensor:
     """Temperature, top-k, top-p, min-p, then an inverse-CDF draw per row. logits: [B, V]."""
-    b, v = logits.shape
+    v = logits.shape[1]
     temp = torch.tensor([r.params.temperature for r in rows]).unsqueeze(1)
     probs = torch.softmax(logits / temp, dim=-1)
     sorted_p, order = torch.sort(probs, dim=-1, descending=True)

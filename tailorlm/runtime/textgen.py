@@ -22,7 +22,6 @@ class TextDelta:
 
     text: str
     token_id: int | None
-    event: TokenEvent | None = None
 
 
 @dataclass
@@ -71,7 +70,7 @@ class TextAssembler:
             if not event.is_stop_token:
                 text, stopped = self.stream.push(event.token_id)
                 res.text += text
-                delta = TextDelta(text, event.token_id, event)
+                delta = TextDelta(text, event.token_id)
                 if stopped:
                     res.finish_reason = "stop"
         if event.finish_reason is not None and res.finish_reason is None:
@@ -115,4 +114,4 @@ def stream_text(model: OpenModel, prompt_ids: list[int], params: SamplingParams,
             yield tail
     finally:
         handle.cancel()
-        assembler.result.seconds = time.perf_counter() - assembler.start
+        assembler.result.seconds = time.perf_counter() - assembler.start  # also when closed early

@@ -28,6 +28,10 @@ class ModelRegistry:
         return self.store.get(name)
 
     async def get(self, name: str) -> OpenModel:
+        warm = self._loaded.get(name)
+        if warm is not None:  # the common case: no store lookup (a manifest read) per request
+            self._loaded.move_to_end(name)
+            return warm
         manifest = self.manifest(name)
         key = manifest.name
         if key in self._loaded:

@@ -7,7 +7,7 @@ import time
 import uuid
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, model_serializer, model_validator
 
 from tailorlm import __version__
 
@@ -77,6 +77,3 @@ def stop_list(stop: str | list[str] | None) -> list[str]:
         return []
     return [stop] if isinstance(stop, str) else list(stop)
 
-
-Json = dict[str, Any]
-_ = Field  # re-export convenience for resource modules

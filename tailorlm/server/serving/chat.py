@@ -12,6 +12,7 @@ from tailorlm.chat import render_chat
 from tailorlm.chat.output import MessageDelta, OutputParser, PlainParser
 from tailorlm.engine import SamplingParams, TokenEvent
 from tailorlm.engine.types import TokenConstraint
+from tailorlm.errors import InvalidRequestError
 from tailorlm.runtime import OpenModel
 from tailorlm.server.protocol.chat import (
     ChatChoice,
@@ -107,8 +108,6 @@ def _chat_delta(d: MessageDelta) -> ChatDelta:
 
 async def create(req: ChatCompletionRequest, http: Request, state: ServerState):
     if req.n > state.settings.max_n:
-        from tailorlm.errors import InvalidRequestError
-
         raise InvalidRequestError(f"n must be at most {state.settings.max_n}.", param="n")
     model = await state.registry.get(req.model)
     plan = plan_chat(model, req)
