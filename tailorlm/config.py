@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     max_prompt_tokens: int = Field(0, ge=0, description="Largest accepted prompt in tokens; 0: the model's context length.")
     max_n: int = Field(8, ge=1, description="Largest `n` (choices per request).")
     graceful_timeout: float = Field(10.0, ge=0, description="Seconds in-flight requests get to finish on shutdown.")
+    max_upload_bytes: int = Field(
+        512 * 1024 * 1024, ge=1024, description="Largest file accepted by POST /v1/files (413 beyond)."
+    )
     embedding_model: str = Field(
         "all-minilm-l6-v2", description="Model used by /v1/embeddings when the request names this or `text-embedding-*`."
     )
@@ -71,6 +74,16 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.home / "models"
+
+    @property
+    def files_dir(self) -> Path:
+        """Uploaded file contents, one blob per sha256."""
+        return self.home / "files"
+
+    @property
+    def jobs_dir(self) -> Path:
+        """One folder per fine-tuning job: its config, metrics CSV, checkpoints and result."""
+        return self.home / "jobs"
 
     @property
     def db_path(self) -> Path:

@@ -1,0 +1,321 @@
+"""Fine-tuning jobs in the embedded store: records, events and checkpoints, shaped like OpenAI's objects.
+
+The CLI (`tailor tune`) and the API (`POST /v1/fine_tuning/jobs`) both create a row here and
+run it with `tailorlm.tune.worker.run_job`; the row is the single source of truth for a job's
+status, so a job survives a restart of whatever ran it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from tailorlm.errors import InvalidRequestError, NotFoundError
+
+Status = Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled"]
+ACTIVE: tuple[str, ...] = ("validating_files", "queued", "running")
+TERMINAL: tuple[str, ...] = ("succeeded", "failed", "cancelled")
+Auto = Literal["auto"]
+
+
+class Hyperparameters(BaseModel):
+    """What a job trains with. OpenAI's three knobs, plus ours: `tuning` (lora|full) and `lora_rank`.
+
+    "auto" values are resolved when training starts and written back, as OpenAI reports them.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    n_epochs: int | Auto = "auto"
+    batch_size: int | Auto = "auto"
+    learning_rate_multiplier: float | Auto = "auto"
+    tuning: Literal["lora", "full"] = "lora"
+    lora_rank: int = Field(16, ge=1, le=512)
+
+    @field_validator("n_epochs", "batch_size")
+    @classmethod
+    def _positive_int(cls, v: int | str) -> int | str:
+        if v != "auto" and int(v) < 1:
+            raise ValueError("must be at least 1 or 'auto'")
+        return v
+
+    @field_validator("learning_rate_multiplier")
+    @classmethod
+    def _positive_float(cls, v: float | str) -> float | str:
+        if v != "auto" and not float(v) > 0:
+            raise ValueError("must be greater than 0 or 'auto'")
+        return v
+
+    def openai(self) -> dict[str, Any]:
+        """The `hyperparameters` object of a FineTuningJob."""
+        return {"n_epochs": self.n_epochs, "batch_size": self.batch_size,
+                "learning_rate_multiplier": self.learning_rate_multiplier}
+
+
+@dataclass
+class Job:
+    id: str
+    created_at: int
+    model: str
+    training_file: str
+    validation_file: str | None
+    suffix: str | None
+    seed: int
+    hyperparameters: Hyperparameters
+    status: str
+    error: dict[str, Any] | None = None
+    fine_tuned_model: str | None = None
+    finished_at: int | None = None
+    estimated_finish: int | None = None
+    trained_tokens: int | None = None
+    result_files: list[str] = field(default_factory=list)
+    metadata: dict[str, str] | None = None
+    cancel_requested: bool = False
+    worker_pid: int | None = None
+
+    @property
+    def target_model(self) -> str:
+        """The name the result is registered under: OpenAI's `ft:<base>:<suffix>:<job-id>`."""
+        return f"ft:{self.model}:{self.suffix or 'tuned'}:{self.id}"
+
+    def to_openai(self) -> dict[str, Any]:
+        hp = self.hyperparameters
+        return {
+            "object": "fine_tuning.job", "id": self.id, "created_at": self.created_at,
+            "model": self.model, "training_file": self.training_file, "validation_file": self.validation_file,
+            "status": self.status, "error": self.error, "fine_tuned_model": self.fine_tuned_model,
+            "finished_at": self.finished_at, "estimated_finish": self.estimated_finish,
+            "trained_tokens": self.trained_tokens, "result_files": list(self.result_files),
+            "hyperparameters": hp.openai(), "seed": self.seed, "organization_id": "org-local",
+            "integrations": [], "metadata": self.metadata, "user_provided_suffix": self.suffix,
+            "method": {"type": "supervised", "supervised": {"hyperparameters": hp.openai()}},
+        }
+
+
+@dataclass
+class Event:
+    id: str
+    created_at: int
+    level: str
+    type: str
+    message: str
+    data: dict[str, Any] | None
+
+    def to_openai(self) -> dict[str, Any]:
+        out = {"object": "fine_tuning.job.event", "id": self.id, "created_at": self.created_at,
+               "level": self.level, "type": self.type, "message": self.message}
+        if self.data is not None:
+            out["data"] = self.data
+        return out
+
+
+@dataclass
+class Checkpoint:
+    id: str
+    job_id: str
+    created_at: int
+    step_number: int
+    metrics: dict[str, float]
+    fine_tuned_model_checkpoint: str
+
+    def to_openai(self) -> dict[str, Any]:
+        return {"object": "fine_tuning.job.checkpoint", "id": self.id, "fine_tuning_job_id": self.job_id,
+                "created_at": self.created_at, "step_number": self.step_number, "metrics": self.metrics,
+                "fine_tuned_model_checkpoint": self.fine_tuned_model_checkpoint}
+
+
+def clean_suffix(suffix: str | None) -> str | None:
+    """A suffix usable inside a model name: lower-case letters, digits, '.', '_' and single '-'."""
+    if suffix is None or suffix == "":
+        return None
+    if len(suffix) > 64:
+        raise InvalidRequestError("suffix must be at most 64 characters", param="suffix")
+    cleaned = re.sub(r"-{2,}", "-", re.sub(r"[^a-z0-9._-]+", "-", suffix.lower())).strip("-._")
+    if not cleaned:
+        raise InvalidRequestError(f"suffix {suffix!r} has no usable characters (a-z, 0-9, . _ -)", param="suffix")
+    return cleaned
+
+
+class JobStore:
+    """Jobs, events and checkpoints; `conn` is the embedded metadata store (tailorlm.db.connect)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    # -- jobs -----------------------------------------------------------------------------------
+    def create(self, model: str, training_file: str, validation_file: str | None = None,
+               hyperparameters: Hyperparameters | None = None, suffix: str | None = None,
+               seed: int | None = None, metadata: dict[str, str] | None = None) -> Job:
+        job_id = f"ftjob-{uuid.uuid4().hex[:24]}"
+        seed = int(seed) if seed is not None else int.from_bytes(uuid.uuid4().bytes[:4], "little") % (2**31)
+        hp = hyperparameters or Hyperparameters()
+        now = int(time.time())
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            seq = self.conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM fine_tuning_jobs").fetchone()[0]
+            self.conn.execute(
+                "INSERT INTO fine_tuning_jobs (id, seq, created_at, model, training_file, validation_file, suffix,"
+                " seed, config, status, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (job_id, seq, now, model, training_file, validation_file, clean_suffix(suffix), seed,
+                 hp.model_dump_json(), "validating_files", json.dumps(metadata) if metadata else None),
+            )
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.event(job_id, f"Created fine-tuning job: {job_id}")
+        return self.get(job_id)
+
+    def get(self, job_id: str) -> Job:
+        row = self.conn.execute("SELECT * FROM fine_tuning_jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"No fine-tuning job with id {job_id!r}", param="fine_tuning_job_id")
+        return _job(row)
+
+    def list(self, after: str | None = None, limit: int = 20) -> tuple[list[Job], bool]:
+        """Jobs newest first, strictly older than the job `after`; and whether more follow."""
+        args: list[Any] = []
+        where = ""
+        if after:
+            where = "WHERE seq < ?"
+            args.append(self._seq(after))
+        rows = self.conn.execute(
+            f"SELECT * FROM fine_tuning_jobs {where} ORDER BY seq DESC LIMIT ?", (*args, limit + 1)).fetchall()
+        return [_job(r) for r in rows[:limit]], len(rows) > limit
+
+    def with_status(self, *statuses: str) -> list[Job]:
+        """Jobs in any of `statuses`, oldest first (the order a worker takes them in)."""
+        marks = ",".join("?" * len(statuses))
+        rows = self.conn.execute(
+            f"SELECT * FROM fine_tuning_jobs WHERE status IN ({marks}) ORDER BY seq", statuses).fetchall()
+        return [_job(r) for r in rows]
+
+    def update(self, job_id: str, **fields: Any) -> Job:
+        """Set columns of a job; dict/list values are stored as JSON, Hyperparameters as its JSON."""
+        if not fields:
+            return self.get(job_id)
+        cols, args = [], []
+        for key, value in fields.items():
+            if key == "hyperparameters":
+                key, value = "config", value.model_dump_json()
+            elif isinstance(value, dict | list):
+                value = json.dumps(value)
+            elif isinstance(value, bool):
+                value = int(value)
+            cols.append(f"{key} = ?")
+            args.append(value)
+        self.conn.execute(f"UPDATE fine_tuning_jobs SET {', '.join(cols)} WHERE id = ?", (*args, job_id))
+        return self.get(job_id)
+
+    def set_status(self, job_id: str, status: Status, **fields: Any) -> Job:
+        if status in TERMINAL:
+            fields.setdefault("finished_at", int(time.time()))
+            fields.setdefault("worker_pid", None)
+        return self.update(job_id, status=status, **fields)
+
+    def claim(self, job_id: str, pid: int) -> bool:
+        """Atomically move a queued job to running for worker `pid`; False if someone else has it."""
+        cur = self.conn.execute(
+            "UPDATE fine_tuning_jobs SET status = 'running', worker_pid = ? "
+            "WHERE id = ? AND status IN ('validating_files', 'queued') AND cancel_requested = 0", (pid, job_id))
+        return cur.rowcount == 1
+
+    def request_cancel(self, job_id: str) -> Job:
+        """Cancel a job: at once if it has not started, else flag it for its worker to stop at a step."""
+        job = self.get(job_id)
+        if job.status in TERMINAL:
+            raise InvalidRequestError(f"Job {job_id} has already {job.status}; it cannot be cancelled",
+                                      param="fine_tuning_job_id")
+        self.conn.execute("UPDATE fine_tuning_jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
+        cur = self.conn.execute(
+            "UPDATE fine_tuning_jobs SET status = 'cancelled', finished_at = ? "
+            "WHERE id = ? AND status IN ('validating_files', 'queued')", (int(time.time()), job_id))
+        if cur.rowcount:
+            self.event(job_id, "Job cancelled before it started")
+        return self.get(job_id)
+
+    def cancel_requested(self, job_id: str) -> bool:
+        row = self.conn.execute("SELECT cancel_requested FROM fine_tuning_jobs WHERE id = ?", (job_id,)).fetchone()
+        return bool(row and row[0])
+
+    def _seq(self, job_id: str) -> int:
+        row = self.conn.execute("SELECT seq FROM fine_tuning_jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"No fine-tuning job with id {job_id!r}", param="after")
+        return row[0]
+
+    # -- events ---------------------------------------------------------------------------------
+    def event(self, job_id: str, message: str, level: str = "info", type: str = "message",
+              data: dict[str, Any] | None = None) -> None:
+        self.conn.execute(
+            "INSERT INTO fine_tuning_events (id, job_id, created_at, level, type, message, data) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (f"ftevent-{uuid.uuid4().hex[:24]}", job_id, int(time.time()), level, type, message,
+             json.dumps(data) if data is not None else None),
+        )
+
+    def events(self, job_id: str, after: str | None = None, limit: int = 20) -> tuple[list[Event], bool]:
+        """Events newest first, strictly older than the event `after`; and whether more follow."""
+        self.get(job_id)
+        args: list[Any] = [job_id]
+        where = "job_id = ?"
+        if after:
+            row = self.conn.execute("SELECT seq FROM fine_tuning_events WHERE id = ?", (after,)).fetchone()
+            if row is None:
+                raise NotFoundError(f"No event with id {after!r}", param="after")
+            where += " AND seq < ?"
+            args.append(row[0])
+        rows = self.conn.execute(
+            f"SELECT * FROM fine_tuning_events WHERE {where} ORDER BY seq DESC LIMIT ?", (*args, limit + 1)
+        ).fetchall()
+        out = [Event(r["id"], r["created_at"], r["level"], r["type"], r["message"],
+                     json.loads(r["data"]) if r["data"] else None) for r in rows[:limit]]
+        return out, len(rows) > limit
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def add_checkpoint(self, job_id: str, step: int, metrics: dict[str, float], model_name: str) -> Checkpoint:
+        cp = Checkpoint(f"ftckpt-{uuid.uuid4().hex[:24]}", job_id, int(time.time()), step, metrics, model_name)
+        self.conn.execute(
+            "INSERT INTO fine_tuning_checkpoints (id, job_id, created_at, step_number, metrics, "
+            "fine_tuned_model_checkpoint) VALUES (?, ?, ?, ?, ?, ?)",
+            (cp.id, job_id, cp.created_at, step, json.dumps(metrics), model_name),
+        )
+        return cp
+
+    def checkpoints(self, job_id: str, after: str | None = None, limit: int = 10) -> tuple[list[Checkpoint], bool]:
+        """Checkpoints newest first, strictly older than the checkpoint `after`."""
+        self.get(job_id)
+        args: list[Any] = [job_id]
+        where = "job_id = ?"
+        if after:
+            row = self.conn.execute("SELECT seq FROM fine_tuning_checkpoints WHERE id = ?", (after,)).fetchone()
+            if row is None:
+                raise NotFoundError(f"No checkpoint with id {after!r}", param="after")
+            where += " AND seq < ?"
+            args.append(row[0])
+        rows = self.conn.execute(
+            f"SELECT * FROM fine_tuning_checkpoints WHERE {where} ORDER BY seq DESC LIMIT ?", (*args, limit + 1)
+        ).fetchall()
+        out = [Checkpoint(r["id"], r["job_id"], r["created_at"], r["step_number"], json.loads(r["metrics"]),
+                          r["fine_tuned_model_checkpoint"]) for r in rows[:limit]]
+        return out, len(rows) > limit
+
+
+def _job(row: sqlite3.Row) -> Job:
+    return Job(
+        id=row["id"], created_at=row["created_at"], model=row["model"], training_file=row["training_file"],
+        validation_file=row["validation_file"], suffix=row["suffix"], seed=row["seed"],
+        hyperparameters=Hyperparameters.model_validate_json(row["config"]), status=row["status"],
+        error=json.loads(row["error"]) if row["error"] else None, fine_tuned_model=row["fine_tuned_model"],
+        finished_at=row["finished_at"], estimated_finish=row["estimated_finish"],
+        trained_tokens=row["trained_tokens"], result_files=json.loads(row["result_files"] or "[]"),
+        metadata=json.loads(row["metadata"]) if row["metadata"] else None,
+        cancel_requested=bool(row["cancel_requested"]), worker_pid=row["worker_pid"],
+    )
