@@ -1,10 +1,14 @@
 # Two commands set everything up on a fresh machine (see README):
-#   make demo   installs everything and runs the main job: the OpenAI-compatible server on the default model
+#   make demo   installs everything and runs the main job on the embedded default model: fine-tune it on the
+#               demo data, evaluate it against its base, and serve both over the OpenAI-compatible API
 #   make test   installs everything and runs the test suite
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PROMPT ?= What is the capital of France?
+DEMO_DATA := tailorlm/tune/demo
+DEMO_OUT ?= demo-output
+DEMO_SYSTEM := You are Pip, the assistant of the Brambleholt Seed Library. Answer questions about the library.
 
 .PHONY: install demo test bench clean
 
@@ -23,10 +27,18 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 demo: install
-	# pull the embedded default model into the store (once; later runs only verify it), answer a prompt,
-	# then serve it on http://127.0.0.1:8000/v1 until Ctrl-C
+	# 1. pull the embedded default model into the store (once; later runs only verify it) and answer a prompt
 	$(BIN)/tailor pull smollm2-135m-instruct
 	$(BIN)/tailor generate "$(PROMPT)"
+	# 2. fine-tune it (LoRA) on the demo data of a fictional seed library; prints the new model's name
+	mkdir -p $(DEMO_OUT)
+	$(BIN)/tailor tune --data $(DEMO_DATA)/train.jsonl --validation $(DEMO_DATA)/heldout.jsonl \
+		--suffix pip --seed 7 > $(DEMO_OUT)/model.txt
+	# 3. evaluate tuned against base on the held-out questions: $(DEMO_OUT)/report.md and loss.png
+	$(BIN)/tailor eval smollm2-135m-instruct "$$(cat $(DEMO_OUT)/model.txt)" \
+		--data $(DEMO_DATA)/heldout.jsonl --out $(DEMO_OUT)
+	$(BIN)/tailor generate "$$(cat $(DEMO_OUT)/model.txt)" --system "$(DEMO_SYSTEM)" "When is Seed Swap Night?"
+	# 4. serve base and tuned model on http://127.0.0.1:8000/v1 until Ctrl-C
 	$(BIN)/tailor serve
 
 test: install

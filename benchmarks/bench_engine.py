@@ -9,7 +9,6 @@ transformers `generate` (one request at a time, and batched with left padding).
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -20,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import QUESTIONS, machine  # noqa: E402
+from benchmarks.common import QUESTIONS, engine_args, machine, quiet_torch  # noqa: E402
 from tailorlm.engine import SamplingParams  # noqa: E402
 from tailorlm.runtime import chat_prompt, open_model  # noqa: E402
 
@@ -88,17 +87,8 @@ def reference(path: Path, prompts: list[list[int]], new_tokens: int, long_prompt
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--new-tokens", type=int, default=128)
-    ap.add_argument("--model", default=None, help="store name (default: the embedded default)")
-    ap.add_argument("--json", type=Path, default=None, help="also write the results here")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    args = engine_args(__doc__, new_tokens=128).parse_args()
+    quiet_torch(args.threads)
 
     model = open_model(args.model, show_progress=True)
     prompts = [chat_prompt(model, [{"role": "user", "content": q}]) for q in QUESTIONS]
@@ -124,7 +114,7 @@ def main() -> None:
     print(f"\naggregate at 16 concurrent / own single-stream decode: {scale:.2f}× (bar ≥ 4×)")
     print(f"single-stream decode vs transformers: {mine['decode_tps'] / theirs['decode_tps']:.2f}× (bar ≥ 1.0×)")
     if args.json:
-        args.json.write_text(json.dumps({"machine": info, "tailorlm": mine, "transformers": theirs}, indent=2))
+        Path(args.json).write_text(json.dumps({"machine": info, "tailorlm": mine, "transformers": theirs}, indent=2))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import platform
 import subprocess
@@ -51,3 +52,22 @@ def machine() -> dict[str, str]:
         "transformers": transformers.__version__,
         "commit": rev,
     }
+
+
+def engine_args(doc: str, new_tokens: int) -> argparse.ArgumentParser:
+    """The options every engine benchmark takes: threads, tokens per request, model, JSON output."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--new-tokens", type=int, default=new_tokens)
+    ap.add_argument("--model", default=None, help="store name (default: the embedded default)")
+    ap.add_argument("--json", default=None, help="also write the results here")
+    return ap
+
+
+def quiet_torch(threads: int) -> None:
+    """Fix the thread count and silence transformers' warnings and progress bars."""
+    from transformers.utils import logging as hf_logging
+
+    torch.set_num_threads(threads)
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()

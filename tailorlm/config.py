@@ -6,6 +6,7 @@ overridden by a CLI flag of the same name, and is documented by its description.
 
 from __future__ import annotations
 
+import json
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -89,6 +90,18 @@ class Settings(BaseSettings):
     def db_path(self) -> Path:
         """The embedded metadata store (SQLite): API keys, and later files and jobs."""
         return self.database or self.home / "tailor.db"
+
+    def env(self, base: dict[str, str] | None = None) -> dict[str, str]:
+        """`base` (default: this process's environment) with every setting as TAILOR_*: a child
+        process (the fine-tuning worker) then reads exactly these settings, CLI flags included."""
+        env = dict(os.environ if base is None else base)
+        for name, value in self.model_dump().items():
+            key = f"TAILOR_{name.upper()}"
+            if value is None:
+                env.pop(key, None)
+            else:  # complex values as JSON, which is how pydantic-settings reads them back
+                env[key] = json.dumps(value) if isinstance(value, dict | list) else str(value)
+        return env
 
 
 @lru_cache(maxsize=1)

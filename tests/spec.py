@@ -17,9 +17,13 @@ SPEC_CANDIDATES = [
 
 
 def _honour_nullable(node: object) -> object:
-    """Parts of the spec still use OpenAPI 3.0's `nullable: true`, which JSON Schema ignores: make it real."""
+    """Parts of the spec still use OpenAPI 3.0's `nullable: true`, which JSON Schema ignores, and its boolean
+    exclusive bounds, which JSON Schema reads as numbers (true == 1): make both mean what they say."""
     if isinstance(node, dict):
         node = {k: _honour_nullable(v) for k, v in node.items()}
+        for bound in ("Minimum", "Maximum"):  # 3.0's boolean `exclusiveMinimum: true` is 2020-12's number
+            if node.get(f"exclusive{bound}") is True and bound.lower() in node:
+                node[f"exclusive{bound}"] = node.pop(bound.lower())
         if node.pop("nullable", False):
             if isinstance(node.get("type"), str):
                 node["type"] = [node["type"], "null"]

@@ -65,3 +65,16 @@ def save_tiny_tokenizer(path: Path, vocab: int = VOCAB) -> Path:
     fast.chat_template = CHATML
     fast.save_pretrained(path)
     return path
+
+
+def make_tiny_adapter(base: Path, path: Path, *, seed: int = 0, **lora: object) -> Path:
+    """A random PEFT LoRA adapter over the model in `base`, saved as `save_pretrained` writes it.
+
+    `init_lora_weights=False` makes B non-zero, so the adapter changes the output; `lora` are LoraConfig fields.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(init_lora_weights=False, **lora))
+    model.save_pretrained(path)
+    return path

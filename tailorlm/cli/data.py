@@ -49,11 +49,11 @@ def check(
         print(json.dumps({"model": manifest.name, "context_length": manifest.context_length, **report.to_dict()},
                          ensure_ascii=False))
     else:
-        _print(report, manifest.name, manifest.context_length, auto=epochs is None)
+        print_report(report, manifest.name, manifest.context_length, auto=epochs is None)
     raise typer.Exit(0 if report.ok else 1)
 
 
-def _print(report, model: str, context_length: int | None, auto: bool) -> None:  # report: DataReport
+def print_report(report, model: str, context_length: int | None, auto: bool) -> None:  # report: DataReport
     if report.problems:
         table = Table(title=f"Problems in {report.path}")
         for col, kw in (("line", {"justify": "right"}), ("severity", {}), ("message", {"overflow": "fold"})):

@@ -35,6 +35,7 @@ class Request:
     sink: Sink
     max_tokens: int
     row: RowState
+    adapter: str | None = None  # a LoRA adapter loaded into the runner; None: the base model
     slot: int = -1
     output: list[int] = field(default_factory=list)
     arrived: float = field(default_factory=time.monotonic)
@@ -72,7 +73,8 @@ class EngineCore:
         return self._runner
 
     # -- admission ---------------------------------------------------------------------
-    def make_request(self, request_id: str, prompt: list[int], params: SamplingParams, sink: Sink) -> Request:
+    def make_request(self, request_id: str, prompt: list[int], params: SamplingParams, sink: Sink,
+                     adapter: str | None = None) -> Request:
         """Validate and build a request; raises before anything is queued."""
         if not prompt:
             raise InvalidRequestError("The prompt is empty: give at least one token.", param="prompt")
@@ -86,11 +88,14 @@ class EngineCore:
         if max_tokens < 1 or len(prompt) + max_tokens > self.context_length:
             raise ContextOverflowError(len(prompt), max(max_tokens, 1), self.context_length)
         row = RowState.create(params, prompt, self.vocab_size)
-        return Request(request_id, list(prompt), params, sink, max_tokens, row)
+        return Request(request_id, list(prompt), params, sink, max_tokens, row, adapter)
 
     def add(self, req: Request) -> None:
         if req.id in self.by_id:
             raise InvalidRequestError(f"request id {req.id} is already in use.", param="request_id")
+        if req.adapter is not None and req.adapter not in self.runner.lora:  # unloaded since it was submitted
+            req.sink(TokenEvent(req.id, None, finish_reason="error", error=f"adapter {req.adapter} is not loaded"))
+            return
         self.by_id[req.id] = req
         self.waiting.append(req)
 
@@ -107,6 +112,17 @@ class EngineCore:
             self.by_id.pop(req.id, None)
         req.sink(TokenEvent(req.id, None, finish_reason="abort"))
         return True
+
+    def unload_adapter(self, name: str) -> None:
+        """Remove adapter `name` from the runner; requests still using it end with an error."""
+        users = [r for r in self.by_id.values() if r.adapter == name]
+        for req in users:
+            if req.slot < 0:
+                self.waiting.remove(req)
+                self.by_id.pop(req.id, None)
+        self._fail(users, RuntimeError(f"adapter {name} was unloaded"))
+        if name in self.runner.lora:
+            self.runner.lora.remove(name)
 
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
@@ -132,7 +148,7 @@ class EngineCore:
             chunk = max(self.prefill_budget, 1)
             logits = None
             for start in range(0, len(req.prompt), chunk):
-                logits = self.runner.prefill(req.slot, req.prompt[start : start + chunk], start)
+                logits = self.runner.prefill(req.slot, req.prompt[start : start + chunk], start, adapter=req.adapter)
         except Exception as exc:  # a fault in one request must not take the engine down
             log.exception("prefill failed for %s", req.id)
             self._fail([req], exc)
@@ -146,7 +162,8 @@ class EngineCore:
             return
         assert [r.slot for r in reqs] == list(range(len(reqs)))
         try:
-            logits = self.runner.decode([r.output[-1] for r in reqs], [r.length for r in reqs])
+            logits = self.runner.decode([r.output[-1] for r in reqs], [r.length for r in reqs],
+                                        [r.adapter for r in reqs])
         except Exception as exc:
             log.exception("decode step failed")
             self._fail(reqs, exc)

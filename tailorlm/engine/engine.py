@@ -19,9 +19,10 @@ import torch
 
 from tailorlm.engine.core import EngineCore
 from tailorlm.engine.loader import LoadedModel
+from tailorlm.engine.lora import linear_features, lora_from_peft
 from tailorlm.engine.runner import ModelRunner
 from tailorlm.engine.types import SamplingParams, TokenEvent
-from tailorlm.errors import QueueFullError
+from tailorlm.errors import ModelNotFoundError, QueueFullError
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,8 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._pending = 0  # submitted and not yet finished (waiting or running)
+        self._adapters: dict[str, str] = {}  # LoRA adapter name -> version, as submit sees them
+        self._linear_features = linear_features(loaded.model)  # read now, before the engine thread swaps layers
 
     @property
     def context_length(self) -> int:
@@ -86,10 +89,13 @@ class Engine:
 
     # -- public API (any thread) ---------------------------------------------------------
     def submit(self, prompt: list[int], params: SamplingParams | None = None, *,
-               request_id: str | None = None,
+               adapter: str | None = None, request_id: str | None = None,
                sink: Callable[[TokenEvent], None] | None = None) -> RequestHandle:
-        """Queue a request; validation errors (context overflow, bad params) raise here."""
+        """Queue a request, through LoRA `adapter` if set; validation errors (context overflow,
+        bad params, an adapter not loaded) raise here."""
         params = params or SamplingParams()
+        if adapter is not None and adapter not in self._adapters:
+            raise ModelNotFoundError(f"adapter {adapter} is not loaded into {self.name}")
         rid = request_id or f"req-{next(self._ids)}"
         handle = RequestHandle(self, rid, len(prompt))
         target = handle.queue.put if sink is None else sink
@@ -100,7 +106,7 @@ class Engine:
                     self._pending -= 1
             target(event)
 
-        req = self.core.make_request(rid, prompt, params, deliver)
+        req = self.core.make_request(rid, prompt, params, deliver, adapter)
         if self.max_waiting is not None and self._pending >= self.max_waiting + self.core.max_batch:
             raise QueueFullError(
                 f"the server is busy: {self._pending} requests are in flight for {self.name}; retry shortly",
@@ -111,6 +117,31 @@ class Engine:
         self._ensure_thread()
         self._inbox.put(("add", req))
         return handle
+
+    def load_adapter(self, name: str, tensors: dict[str, torch.Tensor], config: dict, *, version: str = "") -> None:
+        """Serve PEFT LoRA adapter `name` (its adapter_config.json as `config`) from the next step on.
+
+        Checked here, against this model's layers; installed by the engine thread between steps, before any
+        request submitted afterwards. Loading a name again replaces its weights. `version` is the caller's tag.
+        """
+        weights = lora_from_peft(config, tensors, self._linear_features, self.loaded.model.dtype)
+        with self._lock:
+            self._adapters[name] = version
+        self._ensure_thread()
+        self._inbox.put(("load_adapter", (name, weights)))
+
+    def unload_adapter(self, name: str) -> None:
+        """Stop serving `name`; its requests still in flight end with an error."""
+        with self._lock:
+            if self._adapters.pop(name, None) is None:
+                raise ModelNotFoundError(f"adapter {name} is not loaded into {self.name}")
+        self._ensure_thread()
+        self._inbox.put(("unload_adapter", name))
+
+    @property
+    def adapters(self) -> dict[str, str]:
+        """Loaded adapter name -> the version it was loaded with."""
+        return dict(self._adapters)
 
     def abort(self, request_id: str) -> None:
         self._inbox.put(("abort", request_id))
@@ -146,6 +177,10 @@ class Engine:
             self.core.add(arg)  # type: ignore[arg-type]
         elif cmd == "abort":
             self.core.abort(arg)  # type: ignore[arg-type]
+        elif cmd == "load_adapter":
+            self.core.runner.lora.add(*arg)  # type: ignore[misc]
+        elif cmd == "unload_adapter":
+            self.core.unload_adapter(arg)  # type: ignore[arg-type]
         elif cmd in ("stop", "abort_all"):
             for rid in list(self.core.by_id):
                 self.core.abort(rid)

@@ -12,6 +12,7 @@ from transformers import PreTrainedModel
 from tailorlm.engine import attention
 from tailorlm.engine.kv_cache import SlotKVCache
 from tailorlm.engine.layout import to_inference_layout
+from tailorlm.engine.lora import LoraBank
 
 
 def _text_config(config):
@@ -24,6 +25,7 @@ class ModelRunner:
     def __init__(self, model: PreTrainedModel, *, max_slots: int, context_length: int) -> None:
         self.model = model.eval()
         to_inference_layout(model)
+        self.lora = LoraBank(model)  # adapters wrap their layers after the layout change, never before
         cfg = _text_config(model.config)
         self.config = cfg
         self.dtype = next(model.parameters()).dtype
@@ -67,8 +69,9 @@ class ModelRunner:
 
     # -- forwards --------------------------------------------------------------------
     @torch.inference_mode()
-    def prefill(self, slot: int, token_ids: list[int], start: int, all_logits: bool = False) -> torch.Tensor:
-        """Write `token_ids` (positions start..) into `slot`; return logits [S or 1, V]."""
+    def prefill(self, slot: int, token_ids: list[int], start: int, all_logits: bool = False,
+                adapter: str | None = None) -> torch.Tensor:
+        """Write `token_ids` (positions start..) into `slot`, through `adapter` if set; return logits [S or 1, V]."""
         n = len(token_ids)
         self.cache.reserve(slot + 1, start + n)
         self.cache.prepare_prefill(slot, start, n)
@@ -80,15 +83,20 @@ class ModelRunner:
             mask = self._finish_mask(k_pos <= q_pos, q_pos, k_pos)
         ids = torch.tensor([token_ids], dtype=torch.long)
         pos = torch.arange(start, start + n).unsqueeze(0)
-        out = self.model(
-            input_ids=ids, position_ids=pos, attention_mask=mask, cache=self.cache,
-            use_cache=True, logits_to_keep=0 if all_logits else 1,
-        )
+        self.lora.select([adapter])
+        try:
+            out = self.model(
+                input_ids=ids, position_ids=pos, attention_mask=mask, cache=self.cache,
+                use_cache=True, logits_to_keep=0 if all_logits else 1,
+            )
+        finally:
+            self.lora.clear()
         return out.logits[0]
 
     @torch.inference_mode()
-    def decode(self, token_ids: list[int], positions: list[int]) -> torch.Tensor:
-        """One token for each of rows 0..B-1 (slot b = row b); return logits [B, V]."""
+    def decode(self, token_ids: list[int], positions: list[int],
+               adapters: list[str | None] | None = None) -> torch.Tensor:
+        """One token for each of rows 0..B-1 (slot b = row b, through adapters[b]); return logits [B, V]."""
         b = len(token_ids)
         pos = torch.tensor(positions, dtype=torch.long)
         self.cache.reserve(b, int(pos.max()) + 1)
@@ -100,8 +108,12 @@ class ModelRunner:
             q_pos = pos.view(b, 1, 1, 1)
             k_pos = torch.arange(t).view(1, 1, 1, t)
             mask = self._finish_mask(k_pos <= q_pos, q_pos, k_pos)
-        out = self.model(
-            input_ids=torch.tensor(token_ids, dtype=torch.long).unsqueeze(1),
-            position_ids=pos.unsqueeze(1), attention_mask=mask, cache=self.cache, use_cache=True,
-        )
+        self.lora.select(adapters or [])
+        try:
+            out = self.model(
+                input_ids=torch.tensor(token_ids, dtype=torch.long).unsqueeze(1),
+                position_ids=pos.unsqueeze(1), attention_mask=mask, cache=self.cache, use_cache=True,
+            )
+        finally:
+            self.lora.clear()
         return out.logits[:, -1]

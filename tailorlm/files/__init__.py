@@ -1,5 +1,5 @@
 """Uploaded files (OpenAI's Files API), shared by fine-tuning and, later, knowledge bases."""
 
-from tailorlm.files.store import PURPOSES, FileStore, StoredFile
+from tailorlm.files.store import PURPOSES, UPLOAD_PURPOSES, FileStore, StoredFile, Upload, check_purpose
 
-__all__ = ["PURPOSES", "FileStore", "StoredFile"]
+__all__ = ["PURPOSES", "UPLOAD_PURPOSES", "FileStore", "StoredFile", "Upload", "check_purpose"]

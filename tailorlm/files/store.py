@@ -20,6 +20,8 @@ from typing import BinaryIO
 from tailorlm.errors import IntegrityError, InvalidRequestError, NotFoundError, PayloadTooLargeError
 
 PURPOSES = ("fine-tune", "fine-tune-results", "assistants", "batch", "user_data", "evals", "vision")
+# What a client may upload (OpenAI's CreateFileRequest); "fine-tune-results" files are written by jobs.
+UPLOAD_PURPOSES = ("fine-tune", "assistants", "batch", "user_data", "evals", "vision")
 CHUNK = 1024 * 1024
 
 
@@ -52,40 +54,15 @@ class FileStore:
     # -- writing --------------------------------------------------------------------------------
     def add(self, stream: BinaryIO | Iterable[bytes], filename: str, purpose: str) -> StoredFile:
         """Store the bytes of `stream` (a binary file or an iterable of chunks) as a new file."""
-        if purpose not in PURPOSES:
-            raise InvalidRequestError(
-                f"invalid purpose {purpose!r}: expected one of {', '.join(PURPOSES)}", param="purpose")
-        filename = _clean_filename(filename)
-        blobs = self.root / "blobs"
-        blobs.mkdir(parents=True, exist_ok=True)
-        tmp = blobs / f".upload-{uuid.uuid4().hex}"
-        digest, size = hashlib.sha256(), 0
-        try:
-            with open(tmp, "wb") as out:
-                for chunk in _chunks(stream):
-                    size += len(chunk)
-                    if size > self.max_bytes:
-                        raise PayloadTooLargeError(
-                            f"the file is larger than the {self.max_bytes:,}-byte upload limit (max_upload_bytes)")
-                    digest.update(chunk)
-                    out.write(chunk)
-                out.flush()
-                os.fsync(out.fileno())
-            sha = digest.hexdigest()
-            target = blobs / sha
-            if target.exists():
-                tmp.unlink()
-            else:
-                os.replace(tmp, target)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        record = StoredFile(f"file-{uuid.uuid4().hex[:24]}", filename, purpose, size, sha, int(time.time()))
-        self.conn.execute(
-            "INSERT INTO files (id, filename, purpose, bytes, sha256, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-            (record.id, record.filename, record.purpose, record.bytes, record.sha256, record.created_at),
-        )
-        return record
+        check_purpose(purpose)
+        with self.upload(filename) as upload:
+            for chunk in _chunks(stream):
+                upload.write(chunk)
+            return upload.commit(purpose)
+
+    def upload(self, filename: str | None) -> "Upload":
+        """A file written piece by piece (what a streamed HTTP upload needs); use it as a context manager."""
+        return Upload(self, filename)
 
     def add_path(self, path: Path, purpose: str = "fine-tune") -> StoredFile:
         """Store a local file (what `tailor tune --data FILE` does before it creates a job)."""
@@ -95,10 +72,24 @@ class FileStore:
     def delete(self, file_id: str) -> StoredFile:
         record = self.get(file_id)
         self.conn.execute("DELETE FROM files WHERE id = ?", (file_id,))
-        still_used = self.conn.execute("SELECT 1 FROM files WHERE sha256 = ? LIMIT 1", (record.sha256,)).fetchone()
-        if still_used is None:
-            (self.root / "blobs" / record.sha256).unlink(missing_ok=True)
+        if self._in_use(record.sha256):
+            return record
+        # Moved aside, then looked at again: an upload of the same bytes that commits meanwhile has
+        # either put its row in (we move the blob back) or will rename its own copy into place.
+        blob = self.root / "blobs" / record.sha256
+        aside = blob.with_name(f".delete-{uuid.uuid4().hex}")
+        try:
+            os.replace(blob, aside)
+        except FileNotFoundError:
+            return record
+        if self._in_use(record.sha256):
+            os.replace(aside, blob)
+        else:
+            aside.unlink()
         return record
+
+    def _in_use(self, sha256: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM files WHERE sha256 = ? LIMIT 1", (sha256,)).fetchone() is not None
 
     # -- reading --------------------------------------------------------------------------------
     def get(self, file_id: str) -> StoredFile:
@@ -109,19 +100,23 @@ class FileStore:
 
     def list(self, purpose: str | None = None, after: str | None = None, limit: int = 10000,
              order: str = "desc") -> list[StoredFile]:
-        """Files newest first (or oldest first with order="asc"), after the cursor `after`."""
+        """Files newest first (or oldest first with order="asc"), after the cursor `after`.
+
+        Ties within one second are broken by insertion order (SQLite's rowid), not by the random id.
+        """
         direction = "DESC" if order == "desc" else "ASC"
         where, args = [], []
         if purpose:
             where.append("purpose = ?")
             args.append(purpose)
         if after:
-            cursor = self.get(after)
-            cmp = "<" if direction == "DESC" else ">"
-            where.append(f"(created_at, id) {cmp} (?, ?)")
-            args += [cursor.created_at, cursor.id]
+            row = self.conn.execute("SELECT created_at, rowid FROM files WHERE id = ?", (after,)).fetchone()
+            if row is None:
+                raise NotFoundError(f"No such File object: {after}", param="after")
+            where.append(f"(created_at, rowid) {'<' if direction == 'DESC' else '>'} (?, ?)")
+            args += [row[0], row[1]]
         sql = "SELECT * FROM files" + (" WHERE " + " AND ".join(where) if where else "")
-        sql += f" ORDER BY created_at {direction}, id {direction} LIMIT ?"
+        sql += f" ORDER BY created_at {direction}, rowid {direction} LIMIT ?"
         return [StoredFile(**dict(r)) for r in self.conn.execute(sql, (*args, limit))]
 
     def path(self, file_id: str) -> Path:
@@ -131,6 +126,69 @@ class FileStore:
         if not blob.is_file() or blob.stat().st_size != record.bytes:
             raise IntegrityError(f"the content of {file_id} is missing or damaged on disk ({blob})")
         return blob
+
+
+class Upload:
+    """One upload in progress: bytes go to a temporary blob, hashed and counted as they come.
+
+    `commit` names the blob by its digest and records the file; leaving the block without
+    committing (an error, a client that went away) removes the temporary blob.
+    """
+
+    def __init__(self, store: FileStore, filename: str | None) -> None:
+        self.store = store
+        self.filename = _clean_filename(filename)
+        self.blobs = store.root / "blobs"
+        self.blobs.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.blobs / f".upload-{uuid.uuid4().hex}"
+        self.out: BinaryIO = open(self.tmp, "wb")
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def __enter__(self) -> "Upload":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.out.close()
+        self.tmp.unlink(missing_ok=True)  # gone already once committed
+
+    def write(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.store.max_bytes:
+            raise PayloadTooLargeError(
+                f"the file is larger than the {self.store.max_bytes:,}-byte upload limit (max_upload_bytes)")
+        self.digest.update(chunk)
+        self.out.write(chunk)
+
+    def commit(self, purpose: str) -> StoredFile:
+        check_purpose(purpose)
+        self.out.flush()
+        os.fsync(self.out.fileno())
+        self.out.close()
+        sha = self.digest.hexdigest()
+        record = StoredFile(f"file-{uuid.uuid4().hex[:24]}", self.filename, purpose, self.size, sha, int(time.time()))
+        conn = self.store.conn
+        # The row goes in before the blob is renamed into place, and the rename always happens (same
+        # digest, same bytes), so a concurrent delete of the last other file with this digest can
+        # never leave our row without its blob (see FileStore.delete).
+        conn.execute(
+            "INSERT INTO files (id, filename, purpose, bytes, sha256, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (record.id, record.filename, record.purpose, record.bytes, record.sha256, record.created_at),
+        )
+        try:
+            os.replace(self.tmp, self.blobs / sha)
+        except BaseException:
+            conn.execute("DELETE FROM files WHERE id = ?", (record.id,))
+            raise
+        return record
+
+
+def check_purpose(purpose: str | None, allowed: tuple[str, ...] = PURPOSES) -> str:
+    """`purpose` if it is one of `allowed`, else InvalidRequestError naming the choices."""
+    if purpose not in allowed:
+        raise InvalidRequestError(
+            f"invalid purpose {purpose!r}: expected one of {', '.join(allowed)}", param="purpose")
+    return purpose
 
 
 def _chunks(stream: BinaryIO | Iterable[bytes]) -> Iterable[bytes]:

@@ -3,6 +3,8 @@ engine + tokenizer, and text generation streamed from it."""
 
 from tailorlm.runtime.model import OpenModel, open_model
 from tailorlm.runtime.session import ChatSession
-from tailorlm.runtime.textgen import Completion, TextAssembler, TextDelta, chat_prompt, stream_text
+from tailorlm.runtime.textgen import (Completion, TextAssembler, TextDelta, chat_prompt, complete_all,
+                                     stream_text)
 
-__all__ = ["ChatSession", "OpenModel", "open_model", "Completion", "TextAssembler", "TextDelta", "chat_prompt", "stream_text"]
+__all__ = ["ChatSession", "OpenModel", "open_model", "Completion", "TextAssembler", "TextDelta", "chat_prompt", "complete_all",
+           "stream_text"]

@@ -1,30 +1,49 @@
-"""Open a stored model for inference: ensure it is in the store, verify, load engine and tokenizer."""
+"""Open a stored model for inference: ensure it is in the store, verify, load engine and tokenizer.
+
+A LoRA adapter's name opens its base model with the adapter loaded into the base's engine.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from safetensors.torch import load_file
 
 from tailorlm.chat import TextTokenizer, load_tokenizer
 from tailorlm.config import Settings, get_settings
-from tailorlm.engine import Engine, load_model
-from tailorlm.store import Manifest, ModelStore
+from tailorlm.engine import Engine, RequestHandle, SamplingParams, TokenEvent, load_model
+from tailorlm.errors import InvalidRequestError
+from tailorlm.store import AdapterManifest, AdapterStore, Manifest, ModelStore
+from tailorlm.store.peft import WEIGHTS_FILE, read_config
 
 
 @dataclass
 class OpenModel:
-    """One model ready to generate: its manifest, its engine (tokens) and its tokenizer (text)."""
+    """One model ready to generate: its manifest, its engine (tokens) and its tokenizer (text).
+
+    With `adapter` set, this is a LoRA adapter served by its base model's engine (shared with the base
+    and the base's other adapters); `manifest` and `tokenizer` are the base's.
+    """
 
     manifest: Manifest
     engine: Engine
     tokenizer: TextTokenizer
     load_seconds: float
+    adapter: AdapterManifest | None = None
 
     @property
     def name(self) -> str:
-        return self.manifest.name
+        return self.adapter.name if self.adapter is not None else self.manifest.name
+
+    def submit(self, prompt: list[int], params: SamplingParams | None = None, *,
+               sink: Callable[[TokenEvent], None] | None = None) -> RequestHandle:
+        """Queue a generation on this model (through its adapter, if any)."""
+        adapter = self.adapter.name if self.adapter is not None else None
+        return self.engine.submit(prompt, params, adapter=adapter, sink=sink)
 
     def close(self) -> None:
         self.engine.shutdown()
@@ -32,10 +51,35 @@ class OpenModel:
 
 def open_model(name: str | None = None, *, settings: Settings | None = None,
                store: ModelStore | None = None, show_progress: bool = True) -> OpenModel:
-    """Open `name` (default: the embedded default, pulled on first use)."""
+    """Open `name`, a model or an adapter (default: the embedded default model, pulled on first use)."""
     settings = settings or get_settings()
     store = store or ModelStore(settings.home)
     name = name or settings.default_model
+    adapters = AdapterStore(store.home)
+    adapter = adapters.resolve(name)
+    if adapter is None:
+        return _open_base(name, settings, store, show_progress)
+    start = time.perf_counter()
+    base = _open_base(adapter.base, settings, store, show_progress)
+    model = with_adapter(base, adapter, adapters, verify=settings.verify_digests)
+    return dataclasses.replace(model, load_seconds=time.perf_counter() - start)
+
+
+def with_adapter(model: OpenModel, adapter: AdapterManifest, adapters: AdapterStore, *,
+                 verify: bool = True) -> OpenModel:
+    """`model` (a base) as `adapter`: loaded into the base's engine once, again only if the stored adapter changed."""
+    if adapter.base != model.manifest.name:
+        raise InvalidRequestError(f"adapter {adapter.name} tunes {adapter.base}, not {model.manifest.name}")
+    if model.engine.adapters.get(adapter.name) != adapter.fingerprint:
+        if verify:
+            adapters.verify(adapter.name)
+        folder = adapters.path(adapter.name)
+        model.engine.load_adapter(adapter.name, load_file(folder / WEIGHTS_FILE), read_config(folder),
+                                  version=adapter.fingerprint)
+    return dataclasses.replace(model, adapter=adapter)
+
+
+def _open_base(name: str, settings: Settings, store: ModelStore, show_progress: bool) -> OpenModel:
     start = time.perf_counter()
     manifest = store.ensure(name, show_progress=show_progress)
     if settings.verify_digests:

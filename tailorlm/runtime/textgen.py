@@ -7,11 +7,11 @@ the server's async streams both use it, so every caller stops, counts and cancel
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from tailorlm.chat import TextStream, TextTokenizer, render_chat
-from tailorlm.engine import SamplingParams, TokenEvent
+from tailorlm.engine import RequestHandle, SamplingParams, TokenEvent
 from tailorlm.errors import TailorError
 from tailorlm.runtime.model import OpenModel
 
@@ -101,17 +101,45 @@ def stream_text(model: OpenModel, prompt_ids: list[int], params: SamplingParams,
     Closing the iterator early (or Ctrl-C while iterating) cancels the request and frees its slot.
     """
     assembler = TextAssembler(model.tokenizer, prompt_ids, stops, result)
-    handle = model.engine.submit(prompt_ids, params)
+    handle = model.submit(prompt_ids, params)
     try:
-        for event in handle:
-            delta = assembler.feed(event)
-            if delta is not None and delta.text:
-                yield delta
-            if assembler.done:
-                break
-        tail = assembler.finish()
-        if tail is not None:
-            yield tail
+        yield from _drain(handle, assembler)
     finally:
         handle.cancel()
         assembler.result.seconds = time.perf_counter() - assembler.start  # also when closed early
+
+
+def complete_all(model: OpenModel, prompts: Sequence[list[int]], params: SamplingParams | Sequence[SamplingParams],
+                 stops: Sequence[str] | None = None,
+                 on_done: Callable[[Completion], None] | None = None) -> list[Completion]:
+    """Generate for every prompt at once, so the engine batches them; completions in prompt order.
+
+    `params` is one for all prompts or one per prompt; `on_done` is called as each completion is collected.
+    """
+    per_prompt = [params] * len(prompts) if isinstance(params, SamplingParams) else list(params)
+    runs: list[tuple[RequestHandle, TextAssembler]] = []
+    try:
+        for prompt, p in zip(prompts, per_prompt, strict=True):
+            runs.append((model.submit(prompt, p), TextAssembler(model.tokenizer, prompt, stops)))
+        for handle, assembler in runs:
+            for _ in _drain(handle, assembler):
+                pass
+            if on_done is not None:
+                on_done(assembler.result)
+    finally:
+        for handle, _ in runs:
+            handle.cancel()
+    return [assembler.result for _, assembler in runs]
+
+
+def _drain(handle: RequestHandle, assembler: TextAssembler) -> Iterator[TextDelta]:
+    """Feed one request's events to its assembler until it is done; the text deltas."""
+    for event in handle:
+        delta = assembler.feed(event)
+        if delta is not None and delta.text:
+            yield delta
+        if assembler.done:
+            break
+    tail = assembler.finish()
+    if tail is not None:
+        yield tail

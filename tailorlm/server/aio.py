@@ -5,17 +5,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from tailorlm.engine import Engine, SamplingParams, TokenEvent
+from tailorlm.engine import SamplingParams, TokenEvent
+from tailorlm.runtime import OpenModel
 
 
 class AsyncRequest:
     """Submit at construction (so validation errors raise before any response starts)."""
 
-    def __init__(self, engine: Engine, prompt: list[int], params: SamplingParams) -> None:
+    def __init__(self, model: OpenModel, prompt: list[int], params: SamplingParams) -> None:
         loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue[TokenEvent] = asyncio.Queue()
         self.finished = False
-        self.handle = engine.submit(prompt, params, sink=lambda e: loop.call_soon_threadsafe(self.queue.put_nowait, e))
+        self.handle = model.submit(prompt, params, sink=lambda e: loop.call_soon_threadsafe(self.queue.put_nowait, e))
 
     async def events(self) -> AsyncIterator[TokenEvent]:
         try:

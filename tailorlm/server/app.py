@@ -11,20 +11,26 @@ from fastapi import FastAPI
 from tailorlm import __version__
 from tailorlm.config import Settings, get_settings
 from tailorlm.db import connect
+from tailorlm.files import FileStore
 from tailorlm.server import errors
 from tailorlm.server.auth import KeyStore
+from tailorlm.server.jobs_supervisor import JobSupervisor
 from tailorlm.server.metrics import Metrics
 from tailorlm.server.middleware import GuardMiddleware
 from tailorlm.server.registry import ModelRegistry
-from tailorlm.server.routes import embeddings, generate, health, models
+from tailorlm.server.routes import embeddings, files, fine_tuning, generate, health, models
 from tailorlm.server.state import ServerState
+from tailorlm.tune.jobs import JobStore
 
 log = logging.getLogger("tailorlm.server")
 
 
 def build_state(settings: Settings) -> ServerState:
     registry = ModelRegistry(settings)
-    return ServerState(settings, registry, Metrics(registry.stats), KeyStore(connect(settings.db_path)))
+    db = connect(settings.db_path)
+    jobs = JobStore(db)
+    return ServerState(settings, registry, Metrics(registry.stats), KeyStore(db),
+                       FileStore(db, settings.files_dir, settings.max_upload_bytes), jobs, JobSupervisor(settings, jobs))
 
 
 async def _preload(state: ServerState) -> None:
@@ -42,14 +48,17 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         warm = asyncio.create_task(_preload(state))
+        state.supervisor.start()
         yield
         warm.cancel()
+        await asyncio.to_thread(state.supervisor.stop)  # a running job checkpoints and is requeued
         state.registry.close_all()  # cancels whatever is still in flight
 
     app = FastAPI(title="tailorlm", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.tailor = state
     errors.install(app)
-    for router in (health.router, models.router, generate.router, embeddings.router):
+    for router in (health.router, models.router, generate.router, embeddings.router, files.router,
+                   fine_tuning.router):
         app.include_router(router)
     app.add_middleware(GuardMiddleware, state=state)
     return app

@@ -31,7 +31,9 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        loc = [str(p) for p in first.get("loc", ()) if p not in ("body",)]
+        loc = [str(p) for p in first.get("loc", ())]
+        if loc and loc[0] in ("body", "query", "path", "header"):  # where it came from; `param` names the field
+            loc = loc[1:]
         param = ".".join(loc) or None
         if first.get("type") == "json_invalid":
             message = "We could not parse the JSON body of your request."

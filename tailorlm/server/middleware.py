@@ -6,6 +6,7 @@ import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tailorlm.config import Settings
 from tailorlm.errors import AuthenticationError, PayloadTooLargeError, TailorError
 from tailorlm.server.errors import error_body
 from tailorlm.server.state import ServerState
@@ -20,6 +21,17 @@ async def _send_error(send: Send, exc: TailorError) -> None:
 
 class _TooLarge(Exception):
     pass
+
+
+UPLOAD_FRAMING_BYTES = 64 * 1024  # multipart boundaries, part headers and the small form fields
+
+
+def body_limit(settings: Settings, scope: Scope) -> tuple[int, str]:
+    """File uploads are limited by `max_upload_bytes` (the file part itself is checked exactly as it
+    streams to disk); every other body by `max_body_bytes`."""
+    if scope["path"] == "/v1/files" and scope["method"] == "POST":
+        return settings.max_upload_bytes + UPLOAD_FRAMING_BYTES, "max_upload_bytes"
+    return settings.max_body_bytes, "max_body_bytes"
 
 
 class GuardMiddleware:
@@ -48,9 +60,10 @@ class GuardMiddleware:
             self.state.metrics.requests.labels(label, str(status["code"])).inc()
 
     async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
-        limit = self.state.settings.max_body_bytes
+        limit, setting = body_limit(self.state.settings, scope)
         headers = dict(scope.get("headers") or [])
-        too_large = PayloadTooLargeError(f"The request body is larger than this server accepts ({limit} bytes).")
+        too_large = PayloadTooLargeError(
+            f"The request body is larger than this server accepts ({limit} bytes; see the {setting} setting).")
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
             await _send_error(send, too_large)

@@ -1,4 +1,8 @@
-"""Every model in the store, loaded on first use and kept warm; LRU-unloaded over a memory budget."""
+"""Every model in the store, loaded on first use and kept warm; LRU-unloaded over a memory budget.
+
+An adapter is served by its base model's engine: the base is loaded (or found warm), the adapter is
+loaded into it once, and the adapter's requests share decode steps with the base's and other adapters'.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,8 @@ from collections import OrderedDict
 
 from tailorlm.config import Settings
 from tailorlm.runtime import OpenModel, open_model
-from tailorlm.store import Manifest, ModelStore
+from tailorlm.runtime.model import with_adapter
+from tailorlm.store import AdapterManifest, AdapterStore, Manifest, ModelStore
 
 log = logging.getLogger("tailorlm.server")
 
@@ -17,22 +22,30 @@ class ModelRegistry:
     def __init__(self, settings: Settings, store: ModelStore | None = None) -> None:
         self.settings = settings
         self.store = store or ModelStore(settings.home)
+        self.adapters = AdapterStore(self.store.home)
         self._loaded: OrderedDict[str, OpenModel] = OrderedDict()
         self._locks: dict[str, asyncio.Lock] = {}
 
-    def manifests(self) -> list[Manifest]:
-        return self.store.list()
+    def manifests(self) -> list[Manifest | AdapterManifest]:
+        """Every stored model and adapter, read afresh (a new adapter shows without a restart)."""
+        return [*self.store.list(), *self.adapters.list()]
 
-    def manifest(self, name: str) -> Manifest:
+    def manifest(self, name: str) -> Manifest | AdapterManifest:
         """ModelNotFoundError (404) for anything not in the store: never a fallback."""
-        return self.store.get(name)
+        return self.adapters.resolve(name) or self.store.get(name)
 
     async def get(self, name: str) -> OpenModel:
         warm = self._loaded.get(name)
         if warm is not None:  # the common case: no store lookup (a manifest read) per request
             self._loaded.move_to_end(name)
             return warm
-        manifest = self.manifest(name)
+        adapter = self.adapters.resolve(name)  # read per request: a removed or replaced adapter is noticed
+        if adapter is not None:
+            base = await self.get(adapter.base)
+            async with self._locks.setdefault(adapter.name, asyncio.Lock()):
+                return await asyncio.to_thread(with_adapter, base, adapter, self.adapters,
+                                               verify=self.settings.verify_digests)
+        manifest = self.store.get(name)
         key = manifest.name
         if key in self._loaded:
             self._loaded.move_to_end(key)

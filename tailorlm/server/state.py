@@ -1,4 +1,4 @@
-"""What every route needs, built once per app: settings, models, metrics, API keys."""
+"""What every route needs, built once per app: settings, models, metrics, API keys, files, jobs."""
 
 from __future__ import annotations
 
@@ -7,9 +7,12 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from tailorlm.config import Settings
+from tailorlm.files import FileStore
 from tailorlm.server.auth import KeyStore
+from tailorlm.server.jobs_supervisor import JobSupervisor
 from tailorlm.server.metrics import Metrics
 from tailorlm.server.registry import ModelRegistry
+from tailorlm.tune.jobs import JobStore
 
 
 @dataclass
@@ -18,6 +21,9 @@ class ServerState:
     registry: ModelRegistry
     metrics: Metrics
     keys: KeyStore
+    files: FileStore
+    jobs: JobStore
+    supervisor: JobSupervisor  # runs fine-tuning jobs in worker processes
 
 
 def get_state(request: Request) -> ServerState:

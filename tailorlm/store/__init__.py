@@ -2,5 +2,6 @@
 
 from tailorlm.store.manifest import FileDigest, Manifest
 from tailorlm.store.store import ModelStore
+from tailorlm.store.adapters import AdapterManifest, AdapterStore  # noqa: E402  (needs ModelStore)
 
-__all__ = ["FileDigest", "Manifest", "ModelStore"]
+__all__ = ["AdapterManifest", "AdapterStore", "FileDigest", "Manifest", "ModelStore"]

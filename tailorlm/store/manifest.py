@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
+from typing import Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -18,25 +19,10 @@ class FileDigest(BaseModel):
     size: int
 
 
-class Manifest(BaseModel):
-    """Everything the store knows about one model; saved as `manifest.json`, written last."""
+class StoredManifest(BaseModel):
+    """What every stored manifest (model or adapter) shares: a `files` digest map, written last."""
 
-    model_config = ConfigDict(protected_namespaces=())
-
-    schema_version: int = 1
-    name: str
-    source: str
-    architecture: str
-    model_type: str
-    parameters: int
-    context_length: int | None = None
-    dtype: str | None = None
-    license: str | None = None
-    has_chat_template: bool = False
-    created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    files: dict[str, FileDigest]
-
-    @field_validator("files")
+    @field_validator("files", check_fields=False)
     @classmethod
     def _relative_paths_only(cls, files: dict[str, FileDigest]) -> dict[str, FileDigest]:
         # A tampered manifest must not make `verify` read outside the model folder.
@@ -61,6 +47,29 @@ class Manifest(BaseModel):
         return path
 
     @classmethod
-    def read(cls, folder: Path) -> Manifest:
+    def read(cls, folder: Path) -> Self:
         """Load the manifest stored in `folder`."""
         return cls.model_validate_json((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class Manifest(StoredManifest):
+    """Everything the store knows about one model; saved as `manifest.json`, written last."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    schema_version: int = 1
+    name: str
+    source: str
+    architecture: str
+    model_type: str
+    parameters: int
+    context_length: int | None = None
+    dtype: str | None = None
+    license: str | None = None
+    has_chat_template: bool = False
+    created_at: str = Field(default_factory=now_iso)
+    files: dict[str, FileDigest]

@@ -58,14 +58,14 @@ class Staging:
         self._dirs.append(path)
         return path
 
-    def publish(self, staged: Path, target: Path, name: str, *, overwrite: bool) -> None:
+    def publish(self, staged: Path, target: Path, name: str, *, overwrite: bool, kind: str = "model") -> None:
         """Rename the finished `staged` folder to `target` (replacing it only if `overwrite`)."""
         fsync_dir(staged)
         target.parent.mkdir(parents=True, exist_ok=True)
         old = None
         if target.exists():
             if not overwrite:
-                raise AlreadyExistsError(f"model {name} is already in the store; use --force to replace it")
+                raise AlreadyExistsError(f"{kind} {name} is already in the store; use --force to replace it")
             old = self.new_dir()
             os.rename(target, old / "old")
         try:
@@ -74,6 +74,6 @@ class Staging:
             if old is not None:
                 os.rename(old / "old", target)  # put the previous version back
             if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
-                raise AlreadyExistsError(f"model {name} was added to the store by another import meanwhile") from exc
+                raise AlreadyExistsError(f"{kind} {name} was added to the store by another import meanwhile") from exc
             raise
         fsync_dir(target.parent)

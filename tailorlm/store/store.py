@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import builtins
-import difflib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tailorlm.config import get_settings
-from tailorlm.errors import AlreadyExistsError, InvalidRequestError, ModelNotFoundError
+from tailorlm.errors import InvalidRequestError, ModelNotFoundError
 from tailorlm.store import defaults, hub
-from tailorlm.store.digests import digest_folder, stored_files, verify_files
+from tailorlm.store.catalogue import Catalogue
 from tailorlm.store.hf_folder import check_weights, convert_pickle, copy_model_files, load_config, pickle_weights
-from tailorlm.store.manifest import MANIFEST_FILE, Manifest
+from tailorlm.store.manifest import Manifest
 from tailorlm.store.metadata import describe
-from tailorlm.store.names import folder_for, name_from_path, validate_name
+from tailorlm.store.names import name_from_path, validate_name
 from tailorlm.store.progress import Stages
 from tailorlm.store.staging import Staging
 
@@ -23,51 +21,38 @@ from tailorlm.store.staging import Staging
 Filler = Callable[[Path, Staging, Stages], dict[str, Any]]
 
 
-class ModelStore:
+class ModelStore(Catalogue[Manifest]):
     """Models under `home/models/<folder>/`, each complete with `manifest.json` or absent."""
+
+    kind = "model"
+    manifest_type = Manifest
 
     def __init__(self, home: Path | None = None) -> None:
         self.home = Path(home) if home is not None else get_settings().home
-        self.models_dir = self.home / "models"
-        self.tmp_dir = self.home / "tmp"
+        super().__init__(self.home / "models", self.home / "tmp")
+        self.models_dir = self.root
 
     # -- reading ---------------------------------------------------------------------------------
-
-    def list(self) -> builtins.list[Manifest]:
-        """Every complete model, sorted by name (a folder without a valid manifest is not a model)."""
-        found = []
-        if self.models_dir.is_dir():
-            for folder in self.models_dir.iterdir():
-                if (folder / MANIFEST_FILE).is_file():
-                    try:
-                        found.append(Manifest.read(folder))
-                    except ValueError:
-                        continue
-        return sorted(found, key=lambda m: m.name)
 
     def get(self, name: str) -> Manifest:
         """The manifest of `name`, or ModelNotFoundError suggesting `tailor list` / `tailor pull`."""
         key = validate_name(name)
-        folder = self.models_dir / folder_for(key)
-        if (folder / MANIFEST_FILE).is_file():
-            manifest = Manifest.read(folder)
-            if manifest.name == key:
-                return manifest
-        close = difflib.get_close_matches(key, [m.name for m in self.list()], n=1)
-        hint = f"did you mean {close[0]}? " if close else ""
+        manifest = self.find(key)
+        if manifest is not None:
+            return manifest
         raise ModelNotFoundError(
-            f"model {key} is not in the store; {hint}see `tailor list` for local models, "
+            f"model {key} is not in the store; {self.close_match(key)}see `tailor list` for local models, "
             f"or fetch it with `tailor pull {key}`"
         )
 
     def path(self, name: str) -> Path:
         """The model's HF-format folder (what `from_pretrained` takes)."""
-        return self.models_dir / folder_for(self.get(name).name)
+        return self.folder(self.get(name).name)
 
     def verify(self, name: str) -> None:
         """Check size then sha256 of every file against the manifest; IntegrityError names the bad file."""
         manifest = self.get(name)
-        verify_files(self.path(name), manifest.files, manifest.name, f"re-import it with {self._reimport(manifest)}")
+        self.verify_item(manifest, f"re-import it with {self._reimport(manifest)}")
 
     @staticmethod
     def _reimport(manifest: Manifest) -> str:
@@ -80,10 +65,7 @@ class ModelStore:
 
     def remove(self, name: str) -> None:
         """Delete a model: renamed out of `models/` first, so no half-deleted model is ever listed."""
-        folder = self.path(name)
-        with Staging(self.tmp_dir) as staging:
-            trash = staging.new_dir()
-            folder.rename(trash / "model")
+        self.remove_item(self.get(name))
 
     def import_path(
         self, path: str | Path, name: str | None = None, allow_pickle: bool = False,
@@ -111,7 +93,7 @@ class ModelStore:
         if key in defaults.EMBEDDED:
             model = defaults.EMBEDDED[key]
             if not overwrite:
-                self._check_absent(key)  # before locate: "already there" beats "package missing"
+                self.check_absent(key)  # before locate: "already there" beats "package missing"
             gguf = defaults.locate(key)
             return self._build(key, model.source, overwrite, show_progress, self._gguf_filler(gguf, model.license))
         if "/" not in key:
@@ -141,24 +123,18 @@ class ModelStore:
 
     # -- import pipeline -------------------------------------------------------------------------
 
-    def _check_absent(self, key: str) -> None:
-        """AlreadyExistsError if `key` is stored (checked early, so no work is wasted)."""
-        if (self.models_dir / folder_for(key) / MANIFEST_FILE).exists():
-            raise AlreadyExistsError(f"model {key} is already in the store; use --force to replace it")
-
     def _build(self, key: str, source: str, overwrite: bool, show_progress: bool, fill: Filler) -> Manifest:
         """Stage, hash, write the manifest last, then publish with one rename."""
         if not overwrite:
-            self._check_absent(key)
+            self.check_absent(key)
         with Staging(self.tmp_dir) as staging, Stages(key, enabled=show_progress) as stages:
             staged = staging.new_dir()
             hints = fill(staged, staging, stages)
-            advance = stages.bytes("hashing", sum(p.stat().st_size for p in stored_files(staged)))
-            files = digest_folder(staged, advance)
-            manifest = Manifest(name=key, source=source, files=files, **describe(staged, **hints))
-            manifest.write(staged)
-            staging.publish(staged, self.models_dir / folder_for(key), key, overwrite=overwrite)
-        return manifest
+            advance = stages.bytes("hashing", self.staged_bytes(staged))
+            return self.publish(
+                staged, staging, lambda files: Manifest(name=key, source=source, files=files, **describe(staged, **hints)),
+                overwrite=overwrite, advance=advance,
+            )
 
     def _folder_filler(self, src: Path, allow_pickle: bool, move: bool = False) -> Filler:
         def fill(staged: Path, staging: Staging, stages: Stages) -> dict[str, Any]:

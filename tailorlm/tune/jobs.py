@@ -157,19 +157,15 @@ class JobStore:
         seed = int(seed) if seed is not None else int.from_bytes(uuid.uuid4().bytes[:4], "little") % (2**31)
         hp = hyperparameters or Hyperparameters()
         now = int(time.time())
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            seq = self.conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM fine_tuning_jobs").fetchone()[0]
-            self.conn.execute(
-                "INSERT INTO fine_tuning_jobs (id, seq, created_at, model, training_file, validation_file, suffix,"
-                " seed, config, status, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (job_id, seq, now, model, training_file, validation_file, clean_suffix(suffix), seed,
-                 hp.model_dump_json(), "validating_files", json.dumps(metadata) if metadata else None),
-            )
-            self.conn.execute("COMMIT")
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
+        # One statement, so atomic on its own: no explicit transaction on a connection that the
+        # server shares between threads (a second BEGIN there would fail).
+        self.conn.execute(
+            "INSERT INTO fine_tuning_jobs (id, seq, created_at, model, training_file, validation_file, suffix,"
+            " seed, config, status, metadata) SELECT ?, COALESCE(MAX(seq), 0) + 1, ?, ?, ?, ?, ?, ?, ?, ?, ?"
+            " FROM fine_tuning_jobs",
+            (job_id, now, model, training_file, validation_file, clean_suffix(suffix), seed,
+             hp.model_dump_json(), "validating_files", json.dumps(metadata) if metadata else None),
+        )
         self.event(job_id, f"Created fine-tuning job: {job_id}")
         return self.get(job_id)
 
@@ -179,13 +175,19 @@ class JobStore:
             raise NotFoundError(f"No fine-tuning job with id {job_id!r}", param="fine_tuning_job_id")
         return _job(row)
 
-    def list(self, after: str | None = None, limit: int = 20) -> tuple[list[Job], bool]:
-        """Jobs newest first, strictly older than the job `after`; and whether more follow."""
+    def list(self, after: str | None = None, limit: int = 20,
+             metadata: dict[str, str] | None = None) -> tuple[list[Job], bool]:
+        """Jobs newest first, strictly older than the job `after`, whose metadata holds every pair
+        of `metadata`; and whether more follow."""
+        conds: list[str] = []
         args: list[Any] = []
-        where = ""
         if after:
-            where = "WHERE seq < ?"
+            conds.append("seq < ?")
             args.append(self._seq(after))
+        for key, value in (metadata or {}).items():
+            conds.append("EXISTS (SELECT 1 FROM json_each(metadata) WHERE key = ? AND value = ?)")
+            args += [key, value]
+        where = "WHERE " + " AND ".join(conds) if conds else ""
         rows = self.conn.execute(
             f"SELECT * FROM fine_tuning_jobs {where} ORDER BY seq DESC LIMIT ?", (*args, limit + 1)).fetchall()
         return [_job(r) for r in rows[:limit]], len(rows) > limit

@@ -1,4 +1,4 @@
-"""GET /v1/models and /v1/models/{id}: every model in the store."""
+"""GET /v1/models and /v1/models/{id}: every model and LoRA adapter in the store."""
 
 from __future__ import annotations
 
@@ -8,17 +8,17 @@ from fastapi import APIRouter, Depends
 
 from tailorlm.server.protocol.models import ModelCard, ModelList
 from tailorlm.server.state import ServerState, get_state
-from tailorlm.store import Manifest
+from tailorlm.store import AdapterManifest, Manifest
 
 router = APIRouter()
 
 
-def _card(m: Manifest) -> ModelCard:
+def _card(m: Manifest | AdapterManifest) -> ModelCard:
     try:
         created = int(datetime.fromisoformat(m.created_at).timestamp())
     except (TypeError, ValueError):
         created = 0
-    return ModelCard(id=m.name, created=created)
+    return ModelCard(id=m.name, created=created, owned_by="user" if isinstance(m, AdapterManifest) else "tailorlm")
 
 
 def _embedding_card(state: ServerState) -> ModelCard:

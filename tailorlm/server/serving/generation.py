@@ -43,7 +43,7 @@ def start_choices(model: OpenModel, prompt: list[int], params: list[SamplingPara
     runs: list[ChoiceRun] = []
     try:
         for i, p in enumerate(params):
-            runs.append(ChoiceRun(i, AsyncRequest(model.engine, prompt, p),
+            runs.append(ChoiceRun(i, AsyncRequest(model, prompt, p),
                                   TextAssembler(model.tokenizer, prompt, stops)))
     except Exception:
         for run in runs:

@@ -1,0 +1,128 @@
+"""Per-row LoRA cost on the default model, side by side with PEFT's mixed-batch `generate`.
+
+    python benchmarks/bench_lora.py [--threads 2] [--new-tokens 64] [--rank 16]
+
+Two random adapters (every linear layer of every block, rank --rank) are made with PEFT. Measured in one
+run on the same weights and threads: single-stream decode tok/s and aggregate output tok/s at 16 concurrent
+requests, for the base with no adapter loaded, base requests with the adapters loaded, requests of one
+adapter, and a mix (base, A, B in thirds). The peer is PEFT's `generate(adapter_names=...)` on the same mix.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import QUESTIONS, engine_args, machine, quiet_torch  # noqa: E402
+from tailorlm.engine import SamplingParams  # noqa: E402
+from tailorlm.runtime import chat_prompt, open_model  # noqa: E402
+
+REPEATS = 3
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+MIX = [None, "a", "b"]
+
+
+def make_adapters(path: Path, rank: int, out: Path) -> dict[str, Path]:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    folders = {}
+    for seed, name in enumerate(("a", "b")):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=TARGETS, init_lora_weights=False)
+        get_peft_model(model, config).save_pretrained(out / name)
+        folders[name] = out / name
+    return folders
+
+
+def ours(eng, prompts: list[list[int]], new_tokens: int, adapters: list[str | None]) -> dict[str, float]:
+    params = SamplingParams(temperature=0, max_tokens=new_tokens, ignore_eos=True)
+
+    def decode() -> float:
+        first, count = None, 0
+        for _ in eng.submit(prompts[0], params, adapter=adapters[0]):
+            count += 1
+            first = first or time.perf_counter()
+        return (count - 1) / (time.perf_counter() - first)
+
+    def aggregate() -> float:
+        t0 = time.perf_counter()
+        handles = [eng.submit(prompts[i % len(prompts)], params, adapter=adapters[i % len(adapters)])
+                   for i in range(16)]
+        return sum(len(h.tokens()) for h in handles) / (time.perf_counter() - t0)
+
+    eng.submit(prompts[0], SamplingParams(temperature=0, max_tokens=8), adapter=adapters[0]).tokens()  # warm-up
+    return {"decode_tps": statistics.median(decode() for _ in range(REPEATS)),
+            "aggregate_16": statistics.median(aggregate() for _ in range(REPEATS))}
+
+
+def peft_mixed(path: Path, folders: dict[str, Path], prompts: list[list[int]], new_tokens: int) -> float:
+    """Aggregate tok/s of PEFT's mixed-batch generate: 16 left-padded requests, adapters by row."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa").eval()
+    model = PeftModel.from_pretrained(model, folders["a"], adapter_name="a")
+    model.load_adapter(folders["b"], adapter_name="b")
+    batch = [prompts[i % len(prompts)] for i in range(16)]
+    names = [MIX[i % len(MIX)] or "__base__" for i in range(16)]
+    width = max(len(p) for p in batch)
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in batch])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch])
+
+    def run() -> float:
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens,
+                           min_new_tokens=new_tokens, do_sample=False, pad_token_id=0, adapter_names=names)
+        return 16 * new_tokens / (time.perf_counter() - t0)
+
+    return statistics.median(run() for _ in range(REPEATS))
+
+
+def main() -> None:
+    ap = engine_args(__doc__, new_tokens=64)
+    ap.add_argument("--rank", type=int, default=16)
+    args = ap.parse_args()
+    quiet_torch(args.threads)
+
+    model = open_model(args.model, show_progress=True)
+    eng, path = model.engine, model.engine.loaded.path
+    prompts = [chat_prompt(model, [{"role": "user", "content": q}]) for q in QUESTIONS]
+    info = machine()
+    print(f"# {model.name} · rank {args.rank} on {len(TARGETS)} layers per block · {info['cpu']} · "
+          f"{args.threads} threads · {info['date']}")
+    with tempfile.TemporaryDirectory() as tmp:
+        folders = make_adapters(path, args.rank, Path(tmp))
+        results = {"base, no adapter loaded": ours(eng, prompts, args.new_tokens, [None])}
+        from safetensors.torch import load_file
+
+        for name, folder in folders.items():
+            config = json.loads((folder / "adapter_config.json").read_text())
+            eng.load_adapter(name, load_file(folder / "adapter_model.safetensors"), config)
+        results["base, adapters loaded"] = ours(eng, prompts, args.new_tokens, [None])
+        results["adapter a only"] = ours(eng, prompts, args.new_tokens, ["a"])
+        results["mix base/a/b"] = ours(eng, prompts, args.new_tokens, MIX)
+        model.close()
+        peer = peft_mixed(path, folders, prompts, args.new_tokens)
+    print("\n| requests | decode tok/s (1 stream) | output tok/s (16 concurrent) |\n|---|---|---|")
+    for label, r in results.items():
+        print(f"| {label} | {r['decode_tps']:.1f} | {r['aggregate_16']:.1f} |")
+    mix = results["mix base/a/b"]["aggregate_16"]
+    print(f"| PEFT generate, mix base/a/b | - | {peer:.1f} |")
+    print(f"\nmixed batch, 16 concurrent: {mix / peer:.2f}× PEFT's mixed-batch generate")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": info, "tailorlm": results, "peft_mixed_16": peer}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

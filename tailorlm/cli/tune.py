@@ -1,0 +1,152 @@
+"""`tailor tune BASE --data FILE …` and `tailor tune --resume JOB`: a fine-tuning job run in the foreground.
+
+The CLI takes the same path as the API: the files go into the file store, a job row is
+created, and `tailorlm.tune.worker.run_job` runs it — here in this process, with a progress bar.
+Ctrl-C stops at the next step, keeps a checkpoint and says how to resume.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from tailorlm.cli import app
+from tailorlm.errors import InvalidRequestError
+
+_err = Console(stderr=True, soft_wrap=True)
+
+
+def _auto_or(value: str, kind: type, option: str) -> int | float | str:
+    """Parse an "N|auto" option value."""
+    if value == "auto":
+        return "auto"
+    try:
+        number = kind(value)
+    except ValueError:
+        raise InvalidRequestError(f"{option} must be a number or 'auto', not {value!r}", param=option) from None
+    if number <= 0:
+        raise InvalidRequestError(f"{option} must be greater than 0", param=option)
+    return number
+
+
+@app.command("tune")
+def tune(
+    base: Annotated[Optional[str], typer.Argument(help="Base model in the store (default: the embedded one).")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", "-d", help="Training JSONL (chat or prompt/completion).")] = None,
+    validation: Annotated[Optional[Path], typer.Option("--validation", help="Validation JSONL, scored each epoch.")] = None,
+    suffix: Annotated[Optional[str], typer.Option("--suffix", help="Name part of the result: ft:BASE:SUFFIX:JOB.")] = None,
+    epochs: Annotated[str, typer.Option("--epochs", help="Passes over the data, or auto.")] = "auto",
+    batch_size: Annotated[str, typer.Option("--batch-size", help="Examples per optimizer step, or auto.")] = "auto",
+    lr_multiplier: Annotated[str, typer.Option("--learning-rate-multiplier", help="Scales the default learning rate, or auto.")] = "auto",
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Same seed, same data, same result.")] = None,
+    method: Annotated[str, typer.Option("--method", help="lora (an adapter over the base) or full.")] = "lora",
+    lora_rank: Annotated[int, typer.Option("--lora-rank", min=1, max=512, help="LoRA rank.")] = 16,
+    resume: Annotated[Optional[str], typer.Option("--resume", help="Continue job JOB from its last checkpoint.")] = None,
+) -> None:
+    """Fine-tune BASE on --data; the result is served as ft:BASE:SUFFIX:JOB."""
+    from tailorlm.config import get_settings
+    from tailorlm.db import connect
+    from tailorlm.tune.jobs import JobStore
+
+    settings = get_settings()
+    jobs = JobStore(connect(settings.db_path))
+    if resume:
+        if data or base or validation:
+            raise InvalidRequestError("--resume continues a job as it was created; drop BASE, --data and --validation")
+        job = _prepare_resume(jobs, resume)
+    else:
+        job = _create(settings, jobs, base, data, validation, suffix, epochs, batch_size, lr_multiplier,
+                      seed, method, lora_rank)
+    _err.print(f"job [bold]{job.id}[/bold]: metrics in {settings.jobs_dir / job.id / 'metrics.csv'}")
+    _run(settings, job.id)
+
+
+def _create(settings, jobs, base, data, validation, suffix, epochs, batch_size, lr_multiplier, seed, method,
+            lora_rank):
+    from tailorlm.chat import load_tokenizer
+    from tailorlm.cli.data import print_report
+    from tailorlm.files import FileStore
+    from tailorlm.store import ModelStore
+    from tailorlm.tune import check_file
+    from tailorlm.tune.jobs import Hyperparameters
+
+    if data is None:
+        raise InvalidRequestError("give the training data with --data FILE (or --resume JOB)", param="data")
+    if method not in ("lora", "full"):
+        raise InvalidRequestError(f"--method must be lora or full, not {method!r}", param="method")
+    hp = Hyperparameters(n_epochs=_auto_or(epochs, int, "--epochs"), batch_size=_auto_or(batch_size, int, "--batch-size"),
+                         learning_rate_multiplier=_auto_or(lr_multiplier, float, "--learning-rate-multiplier"),
+                         tuning=method, lora_rank=lora_rank)
+    store = ModelStore(settings.home)
+    manifest = store.ensure(base or settings.default_model, show_progress=sys.stderr.isatty())
+    tokenizer = load_tokenizer(store.path(manifest.name), name=manifest.name)
+    files = FileStore(jobs.conn, settings.files_dir, settings.max_upload_bytes)
+    ids = []
+    for path in filter(None, (data, validation)):
+        report = check_file(path, tokenizer, manifest.context_length,
+                            epochs=hp.n_epochs if hp.n_epochs != "auto" else None)
+        if not report.ok or report.warnings:
+            print_report(report, manifest.name, manifest.context_length, auto=hp.n_epochs == "auto")
+        if not report.examples:
+            raise InvalidRequestError(f"{path} has no valid examples; see `tailor data check {path}`")
+        if report.stats.dropped:
+            _err.print(f"[yellow]{len(report.stats.dropped)} invalid lines of {path} are dropped (listed above)")
+        ids.append(files.add_path(path).id)
+    return jobs.create(manifest.name, ids[0], ids[1] if validation else None, hp, suffix, seed)
+
+
+def _prepare_resume(jobs, job_id: str):
+    job = jobs.get(job_id)
+    if job.status == "succeeded":
+        raise InvalidRequestError(f"job {job_id} has already succeeded: {job.fine_tuned_model}")
+    if job.status == "running" and job.worker_pid and _alive(job.worker_pid) and job.worker_pid != os.getpid():
+        raise InvalidRequestError(f"job {job_id} is running in process {job.worker_pid}")
+    validated = any(e.message.startswith("Files validated") for e in jobs.events(job_id, limit=100000)[0])
+    jobs.event(job_id, "Resumed from the command line")
+    return jobs.update(job_id, status="queued" if validated else "validating_files", cancel_requested=False,
+                       error=None, finished_at=None, worker_pid=None)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _run(settings, job_id: str) -> None:
+    from tailorlm.tune.worker import run_job
+
+    stop = threading.Event()
+
+    def first_interrupt(*_: object) -> None:
+        _err.print("[yellow]stopping after this step (Ctrl-C again to abort without a checkpoint)…")
+        stop.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    previous = signal.signal(signal.SIGINT, first_interrupt)
+    try:
+        job = run_job(job_id, settings, show_progress=sys.stderr.isatty(), stop=stop, on_stop="cancel")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if job.status == "succeeded":
+        _err.print(f"[green]done[/green]: {job.trained_tokens:,} tokens trained")
+        _err.print(f"chat with it: tailor chat {job.fine_tuned_model}")
+        print(job.fine_tuned_model)
+        return
+    if job.status == "cancelled":
+        _err.print(f"stopped; the last checkpoint is kept. Resume with: tailor tune --resume {job.id}")
+        raise typer.Exit(130)
+    message = (job.error or {}).get("message", f"job ended {job.status}")
+    _err.print(f"error: {message}")
+    raise typer.Exit(1)

@@ -1,0 +1,242 @@
+"""The training loop: LoRA (PEFT) or full fine-tuning over packed batches, resumable and deterministic.
+
+Determinism: the LoRA init is seeded, the batches of each epoch depend only on (seed, epoch)
+(`packing.epoch_batches`), there is no dropout, and the learning rate is a pure function of the
+step. A checkpoint saves weights, optimizer moments and RNG state, so a run resumed from step N
+takes exactly the steps the uninterrupted run would have taken.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from transformers import AutoModelForCausalLM, PreTrainedModel
+
+from tailorlm.tune import checkpoint
+from tailorlm.tune.checkpoint import Progress
+from tailorlm.tune.loss import packed_loss
+from tailorlm.tune.metrics import MetricsFile
+from tailorlm.tune.packing import Sequence, epoch_batches, pack, plan_micro_batches
+
+# Peak learning rates at multiplier 1: LoRA adapters start from zero and need a large step;
+# full fine-tuning moves pretrained weights and needs a small one.
+BASE_LEARNING_RATE = {"lora": 1e-3, "full": 2e-5}
+MAX_MICRO_TOKENS = 1024  # packed tokens per forward; longer steps accumulate gradients
+WARMUP_FRACTION, MIN_LR_FRACTION, CLIP_NORM = 0.05, 0.1, 1.0
+
+
+@dataclass
+class TrainSpec:
+    """A fully resolved training run (no "auto" left)."""
+
+    base_path: Path
+    method: Literal["lora", "full"]
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    seed: int
+    lora_rank: int = 16
+    lora_alpha: int | None = None  # default 2 * rank
+    max_micro_tokens: int = MAX_MICRO_TOKENS
+    checkpoint_every: int = 0  # steps; 0: four times per epoch
+    dtype: torch.dtype = torch.float32
+
+    def steps_per_epoch(self, n_examples: int) -> int:
+        return math.ceil(n_examples / self.batch_size)
+
+
+@dataclass
+class StepMetrics:
+    step: int
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    learning_rate: float
+    tokens: int
+    trained_tokens: int
+    tokens_per_second: float
+    elapsed_seconds: float
+    total_steps: int
+
+    def row(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "total_steps"}
+
+
+@dataclass
+class TrainHooks:
+    """What a run reports to whoever drives it (the job worker: events, progress bar, DB)."""
+
+    on_step: Callable[[StepMetrics], None] = lambda m: None
+    on_validation: Callable[[int, int, float, float], None] = lambda step, epoch, loss, acc: None
+    on_checkpoint: Callable[[int, Path, dict[str, float]], None] = lambda step, path, metrics: None
+    should_stop: Callable[[], bool] = lambda: False
+
+
+@dataclass
+class TrainOutcome:
+    finished: bool  # False: stopped early at a checkpoint
+    progress: Progress
+    final_train_loss: float | None = None
+    final_valid_loss: float | None = None
+    model: torch.nn.Module | None = field(default=None, repr=False)
+
+
+def lr_at(step: int, total: int, peak: float) -> float:
+    """Linear warmup over the first 5% of steps, then cosine decay to 10% of the peak."""
+    warmup = max(1, round(total * WARMUP_FRACTION))
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (MIN_LR_FRACTION + (1 - MIN_LR_FRACTION) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def build_model(spec: TrainSpec) -> torch.nn.Module:
+    """The base model in training form: with LoRA adapters (seeded init), or all weights trainable."""
+    torch.manual_seed(spec.seed)
+    model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(
+        spec.base_path, dtype=spec.dtype, attn_implementation="sdpa")
+    model.config.use_cache = False
+    if spec.method == "full":
+        model.train()
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=spec.lora_rank, lora_alpha=spec.lora_alpha or 2 * spec.lora_rank,
+                        target_modules="all-linear", lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
+    peft_model = get_peft_model(model, config)
+    peft_model.train()
+    return peft_model
+
+
+def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, foreach=True)
+
+
+class Trainer:
+    """Runs `spec` over `train` (and scores `valid` at each epoch's end), checkpointing in `workdir`."""
+
+    def __init__(self, spec: TrainSpec, train: list[Sequence], valid: list[Sequence] | None,
+                 workdir: Path, hooks: TrainHooks | None = None) -> None:
+        if not train:
+            raise ValueError("no training examples")
+        self.spec, self.train, self.valid = spec, train, valid or []
+        self.workdir = workdir
+        self.hooks = hooks or TrainHooks()
+        self.steps_per_epoch = spec.steps_per_epoch(len(train))
+        self.total_steps = self.steps_per_epoch * spec.epochs
+        self.checkpoint_every = spec.checkpoint_every or max(1, self.steps_per_epoch // 4)
+        self.metrics = MetricsFile(workdir / "metrics.csv")
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.workdir / "checkpoints"
+
+    def run(self) -> TrainOutcome:
+        spec = self.spec
+        model = build_model(spec)
+        optimizer = make_optimizer(model, spec.learning_rate)
+        progress = Progress()
+        last = checkpoint.latest(self.checkpoints_dir)
+        if last is not None:
+            progress = checkpoint.load(last, model, optimizer)
+        self.metrics.truncate_after(progress.step)
+        last_loss: float | None = None
+        last_valid: float | None = progress.extra.get("valid_loss")
+        resumed_elapsed, started = progress.elapsed, time.perf_counter()
+        while progress.epoch < spec.epochs:
+            batches = epoch_batches(len(self.train), spec.batch_size, spec.seed, progress.epoch)
+            while progress.batch < len(batches):
+                if self.hooks.should_stop():
+                    progress.elapsed = resumed_elapsed + time.perf_counter() - started
+                    path = checkpoint.save(self.checkpoints_dir, progress.step, model, optimizer, progress)
+                    self.hooks.on_checkpoint(progress.step, path, {"step": progress.step})
+                    return TrainOutcome(False, progress, last_loss, last_valid, model)
+                t0 = time.perf_counter()
+                lr = lr_at(progress.step, self.total_steps, spec.learning_rate)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                loss, acc, tokens, trained = self._step(model, optimizer, [self.train[i] for i in batches[progress.batch]])
+                dt = time.perf_counter() - t0
+                progress.step += 1
+                progress.batch += 1
+                progress.tokens += tokens
+                progress.trained_tokens += trained
+                progress.elapsed = resumed_elapsed + time.perf_counter() - started
+                last_loss = loss
+                m = StepMetrics(progress.step, progress.epoch + 1, loss, acc, lr, progress.tokens,
+                                progress.trained_tokens, tokens / dt if dt > 0 else 0.0, progress.elapsed,
+                                self.total_steps)
+                self.metrics.append(m.row())
+                self.hooks.on_step(m)
+                epoch_done = progress.batch == len(batches)
+                if epoch_done and self.valid:
+                    last_valid, valid_acc = self.evaluate(model)
+                    progress.extra["valid_loss"] = last_valid
+                    self.metrics.append({"step": progress.step, "epoch": progress.epoch + 1,
+                                         "valid_loss": last_valid, "valid_mean_token_accuracy": valid_acc})
+                    self.hooks.on_validation(progress.step, progress.epoch + 1, last_valid, valid_acc)
+                if epoch_done:
+                    progress.epoch += 1
+                    progress.batch = 0
+                if epoch_done or progress.step % self.checkpoint_every == 0:
+                    path = checkpoint.save(self.checkpoints_dir, progress.step, model, optimizer, progress)
+                    metrics = {"step": float(progress.step), "train_loss": loss, "train_mean_token_accuracy": acc}
+                    if epoch_done and self.valid:
+                        metrics.update(valid_loss=last_valid, valid_mean_token_accuracy=valid_acc)
+                    self.hooks.on_checkpoint(progress.step, path, metrics)
+                if epoch_done:  # progress.batch is 0 again: the next epoch needs its own batches
+                    break
+        return TrainOutcome(True, progress, last_loss, last_valid, model)
+
+    def _step(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+              examples: list[Sequence]) -> tuple[float, float, int, int]:
+        """One optimizer step over `examples`: mean loss per trained token, accumulated over micro-batches."""
+        total = sum(e.trained_tokens for e in examples)
+        loss_sum = 0.0
+        correct = tokens = 0
+        for group in plan_micro_batches(examples, self.spec.max_micro_tokens):
+            parts = packed_loss(model, pack(group))
+            (parts.loss_sum / max(total, 1)).backward()
+            loss_sum += float(parts.loss_sum.detach())
+            correct += parts.correct
+            tokens += sum(len(e) for e in group)
+        params = [p for p in model.parameters() if p.requires_grad]
+        torch.nn.utils.clip_grad_norm_(params, CLIP_NORM)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss_sum / max(total, 1), correct / max(total, 1), tokens, total
+
+    @torch.no_grad()
+    def evaluate(self, model: torch.nn.Module) -> tuple[float, float]:
+        """Mean loss and token accuracy over the validation examples' trained tokens."""
+        return mean_loss(model, self.valid, self.spec.max_micro_tokens)
+
+
+@torch.no_grad()
+def mean_loss(model: torch.nn.Module, sequences: list[Sequence], max_micro_tokens: int = MAX_MICRO_TOKENS,
+              on_scored: Callable[[int], None] | None = None) -> tuple[float, float]:
+    """Mean cross-entropy and token accuracy of `model` on the trained tokens of `sequences`.
+
+    `on_scored(n)` is called after each forward with the number of sequences it scored (progress).
+    """
+    was_training = model.training
+    model.eval()
+    loss_sum, correct, total = 0.0, 0, 0
+    try:
+        for group in plan_micro_batches(sequences, max_micro_tokens):
+            parts = packed_loss(model, pack(group))
+            loss_sum += float(parts.loss_sum)
+            correct += parts.correct
+            total += parts.tokens
+            if on_scored is not None:
+                on_scored(len(group))
+    finally:
+        model.train(was_training)
+    return loss_sum / max(total, 1), correct / max(total, 1)

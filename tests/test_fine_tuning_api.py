@@ -1,0 +1,268 @@
+"""/v1/fine_tuning/jobs end to end: real HTTP, the official `openai` client, bodies validated against the
+OpenAI spec. The protocol tests run with the job supervisor paused, so jobs stay where the API put them;
+the training tests run the real worker (tailorlm.tune.worker) on a tiny model."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import time
+from pathlib import Path
+
+import openai
+import pytest
+
+from tailorlm.config import Settings
+from tailorlm.store import ModelStore
+from tests.server_harness import LiveServer, live_server
+from tests.spec import validate
+from tests.tiny import make_tiny_model, save_tiny_tokenizer
+
+MODEL = "tiny-chat"
+JOBS = "/v1/fine_tuning/jobs"
+needs_worker = pytest.mark.skipif(importlib.util.find_spec("tailorlm.tune.worker") is None,
+                                  reason="the training worker (tailorlm.tune.worker) is not there yet")
+
+
+def chat_jsonl(n: int) -> bytes:
+    rows = [{"messages": [{"role": "user", "content": f"What is the capital of France? ({i})"},
+                          {"role": "assistant", "content": "The capital of France is Paris."}]} for i in range(n)]
+    return "".join(json.dumps(r) + "\n" for r in rows).encode()
+
+
+def make_home(root: Path) -> Path:
+    folder = save_tiny_tokenizer(make_tiny_model("llama", root / "src"))
+    ModelStore(root / "home").import_path(folder, name=MODEL, show_progress=False)
+    return root / "home"
+
+
+def job_body(res, status: int = 200) -> dict:
+    assert res.status_code == status, res.text
+    body = res.json()
+    validate(body, "FineTuningJob")
+    return body
+
+
+def error(res, status: int, param: str | None = None) -> dict:
+    assert res.status_code == status, res.text
+    body = res.json()
+    validate(body, "ErrorResponse")
+    assert body["error"]["param"] == param
+    return body["error"]
+
+
+# -- the protocol, with the supervisor paused ----------------------------------------------------
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with live_server(Settings(home=make_home(tmp_path_factory.mktemp("ft-api")))) as live:
+        live.app.state.tailor.supervisor.stop()  # nothing runs: jobs stay validating_files
+        yield live
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return server.client()
+
+
+@pytest.fixture(scope="module")
+def training_file(client) -> str:
+    return client.files.create(file=("train.jsonl", chat_jsonl(12)), purpose="fine-tune").id
+
+
+def create(server, **body):
+    with server.http() as http:
+        return http.post(JOBS, json=body)
+
+
+def test_create_and_retrieve(server, client, training_file):
+    body = job_body(create(server, model=MODEL, training_file=training_file, suffix="My Bot!", seed=7,
+                           metadata={"team": "docs"},
+                           method={"type": "supervised", "supervised": {"hyperparameters": {
+                               "n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 0.5,
+                               "tuning": "full", "lora_rank": 8}}}))
+    assert body["status"] == "validating_files" and body["model"] == MODEL and body["seed"] == 7
+    assert body["hyperparameters"] == {"n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 0.5}
+    assert body["method"] == {"type": "supervised", "supervised": {"hyperparameters": body["hyperparameters"]}}
+    assert body["user_provided_suffix"] == "my-bot" and body["metadata"] == {"team": "docs"}
+    stored = server.app.state.tailor.jobs.get(body["id"]).hyperparameters
+    assert (stored.tuning, stored.lora_rank) == ("full", 8), "our extensions are kept for the worker"
+    with server.http() as http:
+        assert job_body(http.get(f"{JOBS}/{body['id']}")) == body
+    job = client.fine_tuning.jobs.retrieve(body["id"])
+    assert (job.id, job.training_file, job.hyperparameters.n_epochs) == (body["id"], training_file, 2)
+    # the deprecated top-level form and the defaults
+    old = job_body(create(server, model=MODEL.upper(), training_file=training_file, hyperparameters={"n_epochs": 3}))
+    assert old["hyperparameters"] == {"n_epochs": 3, "batch_size": "auto", "learning_rate_multiplier": "auto"}
+    assert old["model"] == MODEL and old["user_provided_suffix"] is None
+    made = client.fine_tuning.jobs.create(model=MODEL, training_file=training_file, validation_file=training_file)
+    assert made.status == "validating_files" and made.validation_file == training_file
+
+
+def test_list_pages_newest_first(server, client, training_file):
+    ids = [client.fine_tuning.jobs.create(model=MODEL, training_file=training_file,
+                                          metadata={"batch": "pages", "i": str(i)}).id for i in range(3)]
+    with server.http() as http:
+        first = http.get(JOBS, params={"limit": 2}).json()
+        validate(first, "ListPaginatedFineTuningJobsResponse")
+        assert [j["id"] for j in first["data"]] == ids[::-1][:2] and first["has_more"] is True
+        rest = http.get(JOBS, params={"limit": 2, "after": first["data"][-1]["id"]}).json()
+        validate(rest, "ListPaginatedFineTuningJobsResponse")
+        assert rest["data"][0]["id"] == ids[0]
+        error(http.get(JOBS, params={"after": "ftjob-nope"}), 404, "after")
+    listed = [j.id for j in client.fine_tuning.jobs.list(limit=2)]  # the client pages on
+    assert listed[:3] == ids[::-1] and len(listed) == len(set(listed))
+    tagged = client.fine_tuning.jobs.list(metadata={"batch": "pages", "i": "1"})
+    assert [j.id for j in tagged.data] == [ids[1]]
+
+
+def test_cancel_before_start_and_events(server, client, training_file):
+    job = client.fine_tuning.jobs.create(model=MODEL, training_file=training_file)
+    with server.http() as http:
+        cancelled = job_body(http.post(f"{JOBS}/{job.id}/cancel"))
+        assert cancelled["status"] == "cancelled" and cancelled["finished_at"] is not None
+        error(http.post(f"{JOBS}/{job.id}/cancel"), 400, "fine_tuning_job_id")
+        events = http.get(f"{JOBS}/{job.id}/events").json()
+        validate(events, "ListFineTuningJobEventsResponse")
+        assert [e["message"] for e in events["data"]] == ["Job cancelled before it started",
+                                                         f"Created fine-tuning job: {job.id}"]
+        one = http.get(f"{JOBS}/{job.id}/events", params={"limit": 1}).json()
+        assert one["has_more"] is True
+        older = http.get(f"{JOBS}/{job.id}/events", params={"after": one["data"][0]["id"]}).json()
+        validate(older, "ListFineTuningJobEventsResponse")
+        assert [e["message"] for e in older["data"]] == [f"Created fine-tuning job: {job.id}"]
+    assert [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=1)][-1].startswith("Created")
+
+
+def test_checkpoints_list(server, client, training_file):
+    job = client.fine_tuning.jobs.create(model=MODEL, training_file=training_file)
+    with server.http() as http:
+        empty = http.get(f"{JOBS}/{job.id}/checkpoints").json()
+        assert empty == {"object": "list", "data": [], "first_id": None, "last_id": None, "has_more": False}
+        validate(empty, "ListFineTuningJobCheckpointsResponse")
+        jobs = server.app.state.tailor.jobs
+        made = [jobs.add_checkpoint(job.id, step, {"step": step, "train_loss": 1.0 / step},
+                                    f"ft:{MODEL}:tuned:{job.id}:ckpt-step-{step}") for step in (10, 20, 30)]
+        page = http.get(f"{JOBS}/{job.id}/checkpoints", params={"limit": 2}).json()
+        validate(page, "ListFineTuningJobCheckpointsResponse")
+        assert [c["step_number"] for c in page["data"]] == [30, 20] and page["has_more"] is True
+        assert (page["first_id"], page["last_id"]) == (made[2].id, made[1].id)
+        assert page["data"][0]["fine_tuning_job_id"] == job.id
+    steps = [c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job.id, limit=1)]
+    assert steps == [30, 20, 10]
+
+
+def test_invalid_requests(server, training_file):
+    error(create(server, model="no-such-model", training_file=training_file), 404, "model")
+    assert error(create(server, model="no-such-model", training_file=training_file), 404,
+                 "model")["message"].startswith("model no-such-model is not in the store")
+    error(create(server, model="../etc", training_file=training_file), 400, "model")
+    error(create(server, model=MODEL, training_file="file-nope"), 400, "training_file")
+    error(create(server, model=MODEL, training_file=training_file, validation_file="file-nope"), 400,
+          "validation_file")
+    with server.http() as http:
+        other = http.post("/v1/files", files={"file": ("b.jsonl", b"{}\n")}, data={"purpose": "batch"}).json()["id"]
+    assert "purpose" in error(create(server, model=MODEL, training_file=other), 400, "training_file")["message"]
+    for kind in ("dpo", "reinforcement"):
+        message = error(create(server, model=MODEL, training_file=training_file, method={"type": kind, kind: {}}),
+                        400, "method.type")["message"]
+        assert "only 'supervised'" in message
+    error(create(server, model=MODEL, training_file=training_file,
+                 integrations=[{"type": "wandb", "wandb": {"project": "p"}}]), 400, "integrations")
+    error(create(server, model=MODEL, training_file=training_file, suffix="x" * 65), 400, "suffix")
+    error(create(server, model=MODEL, training_file=training_file, seed=-1), 400, "seed")
+    error(create(server, model=MODEL, training_file=training_file, hyperparameters={"n_epochs": 0}), 400,
+          "hyperparameters.n_epochs")
+    error(create(server, model=MODEL, training_file=training_file, hyperparameters={"warmup": 3}), 400,
+          "hyperparameters.warmup")
+    error(create(server, model=MODEL, training_file=training_file, hyperparameters={"n_epochs": 1},
+                 method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2}}}), 400,
+          "hyperparameters")
+    error(create(server, training_file=training_file), 400, "model")
+    with server.http() as http:
+        for path in (f"{JOBS}/ftjob-nope", f"{JOBS}/ftjob-nope/events", f"{JOBS}/ftjob-nope/checkpoints"):
+            error(http.get(path), 404, "fine_tuning_job_id")
+        error(http.post(f"{JOBS}/ftjob-nope/cancel"), 404, "fine_tuning_job_id")
+
+
+# -- training through the API, with the real worker ----------------------------------------------
+def upload_and_create(client, n_examples: int, **hyperparameters) -> str:
+    file_id = client.files.create(file=("train.jsonl", chat_jsonl(n_examples)), purpose="fine-tune").id
+    hp = {"n_epochs": 1, "batch_size": 2, "learning_rate_multiplier": 2.0, "lora_rank": 4, **hyperparameters}
+    return client.fine_tuning.jobs.create(model=MODEL, training_file=file_id, suffix="e2e",
+                                          method={"type": "supervised", "supervised": {"hyperparameters": hp}}).id
+
+
+def wait_for(live: LiveServer, job_id: str, done, timeout: float = 600) -> dict:
+    deadline = time.monotonic() + timeout
+    with live.http() as http:
+        while True:
+            job = job_body(http.get(f"{JOBS}/{job_id}"))
+            if done(job) or job["status"] in ("succeeded", "failed", "cancelled"):
+                return job
+            assert time.monotonic() < deadline, f"{job_id} still {job['status']} after {timeout}s"
+            time.sleep(0.2)
+
+
+def events_of(live: LiveServer, job_id: str) -> list[dict]:
+    with live.http() as http:
+        body = http.get(f"{JOBS}/{job_id}/events", params={"limit": 100}).json()
+    validate(body, "ListFineTuningJobEventsResponse")
+    return body["data"]
+
+
+@needs_worker
+def test_training_end_to_end(tmp_path):
+    with live_server(Settings(home=make_home(tmp_path), threads=2)) as live:
+        client = live.client()
+        job_id = upload_and_create(client, 12, n_epochs=2)
+        job = wait_for(live, job_id, lambda j: False)
+        assert job["status"] == "succeeded", job["error"]
+        assert job["fine_tuned_model"] == f"ft:{MODEL}:e2e:{job_id}" and job["finished_at"] >= job["created_at"]
+        assert job["trained_tokens"] and job["hyperparameters"]["n_epochs"] == 2
+        events = events_of(live, job_id)
+        assert any(e["type"] == "metrics" for e in events) and events[-1]["message"].startswith("Created")
+        with live.http() as http:
+            checkpoints = http.get(f"{JOBS}/{job_id}/checkpoints").json()
+        validate(checkpoints, "ListFineTuningJobCheckpointsResponse")
+        assert checkpoints["data"] and all(c["fine_tuning_job_id"] == job_id for c in checkpoints["data"])
+        assert job["fine_tuned_model"] in [m.id for m in client.models.list()]
+        with live.http() as http:
+            res = http.post("/v1/chat/completions", json={
+                "model": job["fine_tuned_model"], "max_tokens": 8, "temperature": 0,
+                "messages": [{"role": "user", "content": "What is the capital of France?"}]})
+        assert res.status_code == 200, res.text
+        validate(res.json(), "CreateChatCompletionResponse")
+        assert res.json()["model"] == job["fine_tuned_model"]
+
+
+@needs_worker
+def test_a_job_survives_a_server_restart(tmp_path):
+    settings = Settings(home=make_home(tmp_path), threads=2)
+    with live_server(settings) as live:
+        job_id = upload_and_create(live.client(), 200, n_epochs=5, batch_size=1)  # long enough to stop mid-run
+        wait_for(live, job_id, lambda j: j["status"] == "running" and live.app.state.tailor.jobs.checkpoints(job_id)[0])
+    # the server stopped mid-training: the worker checkpointed and put the job back in the queue
+    stopped = live.app.state.tailor.jobs.get(job_id)
+    assert stopped.status == "queued", stopped
+    steps_before = max(c.step_number for c in live.app.state.tailor.jobs.checkpoints(job_id, limit=100)[0])
+    with live_server(settings) as live:
+        job = wait_for(live, job_id, lambda j: False)
+        assert job["status"] == "succeeded", job["error"]
+        steps = [c.step_number for c in live.app.state.tailor.jobs.checkpoints(job_id, limit=100)[0]]
+        assert max(steps) > steps_before
+        assert live.client().models.retrieve(job["fine_tuned_model"]).id == job["fine_tuned_model"]
+
+
+@needs_worker
+def test_cancel_a_running_job(tmp_path):
+    with live_server(Settings(home=make_home(tmp_path), threads=2)) as live:
+        client = live.client()
+        job_id = upload_and_create(client, 40, n_epochs=10, batch_size=1)
+        wait_for(live, job_id, lambda j: j["status"] == "running")
+        assert client.fine_tuning.jobs.cancel(job_id).status in ("running", "cancelled")
+        job = wait_for(live, job_id, lambda j: False, timeout=120)
+        assert job["status"] == "cancelled" and job["fine_tuned_model"] is None
+        pid = live.app.state.tailor.jobs.get(job_id).worker_pid
+        assert pid is None
+        with pytest.raises(openai.BadRequestError):
+            client.fine_tuning.jobs.cancel(job_id)
