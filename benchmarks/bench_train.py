@@ -1,6 +1,6 @@
 """LoRA training speed and memory on the default model, side by side with transformers `Trainer` + PEFT.
 
-    python benchmarks/bench_train.py [--threads 2] [--steps 15] [--warmup 2] [--batch-size 8]
+    python benchmarks/bench_train.py [--threads 2] [--steps 15] [--warmup 2] [--batch-size 8] [--precision float32]
 
 Both sides train the default model (fp32) on the demo data (`tailorlm/tune/demo/train.jsonl`) with the same
 LoRA (r=16, alpha=32, every linear layer, dropout 0), the same batches of examples in the same order, the
@@ -11,6 +11,10 @@ labels -100 off the assistant tokens) and computes the full-vocabulary logits. E
 process (peak RSS is its own), with `--warmup` untimed steps before `--steps` timed optimizer steps.
 tokens/s counts real tokens (no padding) over the timed steps; the first step's loss, the same for both
 when they train the same tokens (LoRA starts as the identity), is printed as a check.
+
+`--precision` is like for like: float32 runs both sides in fp32; bfloat16 runs our frozen base matmuls in
+bf16 (`train_dtype`, tailorlm/tune/frozen.py; the default on CPUs with native bf16) and the peer with
+`TrainingArguments(bf16=True)` (autocast).
 """
 
 from __future__ import annotations
@@ -55,12 +59,12 @@ def timed_sums(batches: list[list], warmup: int) -> dict[str, int]:
             "padded_tokens": padded}
 
 
-def run_ours(path: Path, batches: list[list], warmup: int) -> tuple[float, list[float], float]:
+def run_ours(path: Path, batches: list[list], warmup: int, precision: str) -> tuple[float, list[float], float]:
     """(seconds over the timed steps, loss of each step, peak RSS once the model is built)."""
     from tailorlm.tune.trainer import Trainer, TrainSpec, build_model, make_optimizer
 
     spec = TrainSpec(base_path=path, method="lora", epochs=1, batch_size=len(batches[0]), learning_rate=LR,
-                     seed=SEED, lora_rank=RANK, lora_alpha=ALPHA)
+                     seed=SEED, lora_rank=RANK, lora_alpha=ALPHA, train_dtype=precision)
     model = build_model(spec)
     optimizer = make_optimizer(model, LR)
     loaded_rss = peak_rss_mib()
@@ -74,7 +78,8 @@ def run_ours(path: Path, batches: list[list], warmup: int) -> tuple[float, list[
         return time.perf_counter() - t0, losses, loaded_rss
 
 
-def run_transformers(path: Path, batches: list[list], warmup: int, threads: int) -> tuple[float, list[float], float]:
+def run_transformers(path: Path, batches: list[list], warmup: int, threads: int,
+                     precision: str) -> tuple[float, list[float], float]:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer,
@@ -106,7 +111,7 @@ def run_transformers(path: Path, batches: list[list], warmup: int, threads: int)
             optim="adamw_torch", adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, seed=SEED,
             train_sampling_strategy="sequential", dataloader_num_workers=0, remove_unused_columns=False,
             logging_strategy="steps", logging_steps=1, save_strategy="no", report_to=[], disable_tqdm=True,
-            use_cpu=True, label_names=["labels"],
+            use_cpu=True, label_names=["labels"], bf16=precision == "bfloat16",
         )
         tokenizer = AutoTokenizer.from_pretrained(path)
         collator = DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100)
@@ -124,9 +129,9 @@ def child(args: argparse.Namespace) -> None:
     path = ModelStore().path(args.model)
     batches = step_batches(load_tokenizer(path), args.batch_size, args.warmup + args.steps)
     if args.side == "tailorlm":
-        seconds, losses, loaded = run_ours(path, batches, args.warmup)
+        seconds, losses, loaded = run_ours(path, batches, args.warmup, args.precision)
     else:
-        seconds, losses, loaded = run_transformers(path, batches, args.warmup, args.threads)
+        seconds, losses, loaded = run_transformers(path, batches, args.warmup, args.threads, args.precision)
     sums = timed_sums(batches, args.warmup)
     print(json.dumps({
         "side": args.side, "seconds": seconds, **sums, "steps": args.steps,
@@ -143,6 +148,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     ap.add_argument("--batch-size", type=int, default=8, help="examples per optimizer step")
     ap.add_argument("--model", default=None, help="store name (default: the embedded default)")
+    ap.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
+                    help="both sides' matmul precision (like for like)")
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--side", choices=list(SIDES), help=argparse.SUPPRESS)  # internal: run one side
     args = ap.parse_args()
@@ -159,13 +166,14 @@ def main() -> None:
     info = machine()
     info["threads"] = str(args.threads)
     print(f"# {args.model} · {info['cpu']} · {args.threads} threads · {info['date']}")
-    print(f"# LoRA r={RANK} alpha={ALPHA} all-linear, fp32, batch {args.batch_size} examples, "
+    print(f"# LoRA r={RANK} alpha={ALPHA} all-linear, {args.precision}, batch {args.batch_size} examples, "
           f"{args.warmup} warm-up + {args.steps} timed steps, demo data")
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
     results, commands = {}, {}
     for side in SIDES:
         cmd = [sys.executable, __file__, "--side", side, "--model", args.model, "--threads", str(args.threads),
-               "--steps", str(args.steps), "--warmup", str(args.warmup), "--batch-size", str(args.batch_size)]
+               "--steps", str(args.steps), "--warmup", str(args.warmup), "--batch-size", str(args.batch_size),
+               "--precision", args.precision]
         commands[side] = " ".join(cmd)
         print(f"$ {commands[side]}", flush=True)
         done = subprocess.run(cmd, env=env, capture_output=True, text=True)

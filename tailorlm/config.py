@@ -10,6 +10,7 @@ import json
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from platformdirs import user_data_path
 from pydantic import Field
@@ -65,6 +66,9 @@ class Settings(BaseSettings):
     max_prompt_tokens: int = Field(0, ge=0, description="Largest accepted prompt in tokens; 0: the model's context length.")
     max_n: int = Field(8, ge=1, description="Largest `n` (choices per request).")
     graceful_timeout: float = Field(10.0, ge=0, description="Seconds in-flight requests get to finish on shutdown.")
+    train_dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="LoRA training: dtype of the frozen base matmuls; auto is bfloat16 on CPUs with native bf16."
+    )
     max_upload_bytes: int = Field(
         512 * 1024 * 1024, ge=1024, description="Largest file accepted by POST /v1/files (413 beyond)."
     )

@@ -219,3 +219,36 @@ def test_cli_tune_resumes_after_kill_to_the_same_result(tiny, tmp_path):
     assert [r["step"] for r in killed] == list(range(1, 121))  # no step lost or repeated
     assert killed[-1]["train_loss"] == pytest.approx(straight[-1]["train_loss"], rel=1e-5)
     assert [r["train_loss"] for r in killed] == pytest.approx([r["train_loss"] for r in straight], rel=1e-5)
+
+
+# -- frozen base layers (oneDNN-packed) ------------------------------------------------------------
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
+def test_frozen_linear_matches_linear_forward_and_input_gradient(dtype, tol):
+    from tailorlm.engine.layout import onednn_available
+    from tailorlm.tune.frozen import FrozenLinear
+
+    if not onednn_available(dtype):
+        pytest.skip(f"oneDNN cannot run {dtype} here")
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(48, 80).requires_grad_(False)
+    frozen = FrozenLinear(linear, dtype)
+    x1 = torch.randn(3, 7, 48, requires_grad=True)
+    x2 = x1.detach().clone().requires_grad_(True)
+    g = torch.randn(3, 7, 80)
+    (linear(x1) * g).sum().backward()
+    (frozen(x2) * g).sum().backward()
+    assert torch.allclose(frozen(x2), linear(x1), rtol=tol, atol=tol)
+    assert torch.allclose(x2.grad, x1.grad, rtol=tol, atol=tol)
+
+
+def test_fp32_frozen_layers_train_the_same_as_plain_peft(tiny, tmp_path, monkeypatch):
+    data = _data(tiny, 8)
+    plain = Trainer(_spec(tiny, epochs=1, train_dtype="float32", dtype=torch.float32), data, None, tmp_path / "a")
+    outcome = plain.run()
+    from tailorlm.tune.frozen import FrozenLinear
+
+    assert any(isinstance(m, FrozenLinear) for m in outcome.model.modules())
+    monkeypatch.setattr("tailorlm.tune.trainer.freeze_base_layers", lambda model, dtype: 0)  # PEFT's layers only
+    reference = Trainer(_spec(tiny, epochs=1), data, None, tmp_path / "b").run()
+    assert not any(isinstance(m, FrozenLinear) for m in reference.model.modules())
+    assert outcome.final_train_loss == pytest.approx(reference.final_train_loss, rel=1e-4)

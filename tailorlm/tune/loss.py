@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
+from tailorlm.tune import attention
 from tailorlm.tune.packing import PackedBatch
 
 
@@ -36,9 +37,11 @@ def packed_loss(model: torch.nn.Module, batch: PackedBatch) -> LossParts:
     """Forward one packed row and return the summed cross-entropy of its trained tokens."""
     lm = causal_lm(model)
     decoder = lm.base_model if lm.base_model is not lm else lm.model
+    # The example boundaries let `tune.attention` attend per example; other attentions use the mask.
+    packed = {"cu_seq_lens_q": batch.bounds} if lm.config._attn_implementation == attention.NAME else {}
     hidden = decoder(
         input_ids=batch.input_ids, position_ids=batch.position_ids,
-        attention_mask=batch.attention_mask, use_cache=False,
+        attention_mask=batch.attention_mask, use_cache=False, **packed,
     ).last_hidden_state[0]
     keep = batch.targets != -100
     targets = batch.targets[keep]

@@ -64,7 +64,11 @@ class PackedBatch:
     position_ids: torch.Tensor
     attention_mask: torch.Tensor
     targets: torch.Tensor
-    examples: int
+    bounds: list[int]  # where each example starts in the row, then the row's length
+
+    @property
+    def examples(self) -> int:
+        return len(self.bounds) - 1
 
     @property
     def tokens(self) -> int:
@@ -81,8 +85,10 @@ def pack(sequences: Seq[Sequence]) -> PackedBatch:
     positions: list[int] = []
     targets: list[int] = []
     segment: list[int] = []
+    bounds = [0]
     for k, seq in enumerate(sequences):
         n = len(seq)
+        bounds.append(bounds[-1] + n)
         ids.extend(seq.ids)
         positions.extend(range(n))
         segment.extend([k] * n)
@@ -97,7 +103,7 @@ def pack(sequences: Seq[Sequence]) -> PackedBatch:
         position_ids=torch.tensor([positions], dtype=torch.long),
         attention_mask=mask[None, None],
         targets=torch.tensor(targets, dtype=torch.long),
-        examples=len(sequences),
+        bounds=bounds,
     )
 
 

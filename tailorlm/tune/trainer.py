@@ -18,8 +18,9 @@ from typing import Any, Literal
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from tailorlm.tune import checkpoint
+from tailorlm.tune import attention, checkpoint
 from tailorlm.tune.checkpoint import Progress
+from tailorlm.tune.frozen import freeze_base_layers, resolve_compute_dtype
 from tailorlm.tune.loss import packed_loss
 from tailorlm.tune.metrics import MetricsFile
 from tailorlm.tune.packing import Sequence, epoch_batches, pack, plan_micro_batches
@@ -45,7 +46,8 @@ class TrainSpec:
     lora_alpha: int | None = None  # default 2 * rank
     max_micro_tokens: int = MAX_MICRO_TOKENS
     checkpoint_every: int = 0  # steps; 0: four times per epoch
-    dtype: torch.dtype = torch.float32
+    dtype: torch.dtype = torch.float32  # the weights' dtype
+    train_dtype: str = "auto"  # LoRA: the frozen base matmuls' dtype (auto, float32, bfloat16); see tune.frozen
 
     def steps_per_epoch(self, n_examples: int) -> int:
         return math.ceil(n_examples / self.batch_size)
@@ -102,6 +104,8 @@ def build_model(spec: TrainSpec) -> torch.nn.Module:
     model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(
         spec.base_path, dtype=spec.dtype, attn_implementation="sdpa")
     model.config.use_cache = False
+    if model.config._attn_implementation == "sdpa":
+        model.set_attn_implementation(attention.NAME)  # per-example causal attention over packed rows
     if spec.method == "full":
         model.train()
         return model
@@ -110,6 +114,8 @@ def build_model(spec: TrainSpec) -> torch.nn.Module:
     config = LoraConfig(r=spec.lora_rank, lora_alpha=spec.lora_alpha or 2 * spec.lora_rank,
                         target_modules="all-linear", lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
     peft_model = get_peft_model(model, config)
+    if spec.dtype == torch.float32:
+        freeze_base_layers(peft_model, resolve_compute_dtype(spec.train_dtype))
     peft_model.train()
     return peft_model
 

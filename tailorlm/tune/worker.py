@@ -117,6 +117,7 @@ def _run(job: Job, settings: Settings, jobs: JobStore, files: FileStore, show_pr
     spec = TrainSpec(
         base_path=base_path, method=resolved.tuning, epochs=int(resolved.n_epochs),
         batch_size=int(resolved.batch_size), seed=job.seed, lora_rank=resolved.lora_rank,
+        train_dtype=settings.train_dtype,
         learning_rate=BASE_LEARNING_RATE[resolved.tuning] * float(resolved.learning_rate_multiplier),
     )
     workdir = job_dir(settings, job.id)
