@@ -252,3 +252,31 @@ def test_fp32_frozen_layers_train_the_same_as_plain_peft(tiny, tmp_path, monkeyp
     reference = Trainer(_spec(tiny, epochs=1), data, None, tmp_path / "b").run()
     assert not any(isinstance(m, FrozenLinear) for m in reference.model.modules())
     assert outcome.final_train_loss == pytest.approx(reference.final_train_loss, rel=1e-4)
+
+
+def test_cli_ctrl_c_stops_cleanly_keeps_a_checkpoint_and_resumes(tiny, tmp_path):
+    from tailorlm.store import ModelStore
+    from tailorlm.tune.checkpoint import list_steps
+
+    home = tmp_path / "home"
+    ModelStore(home).import_path(tiny, name="tiny", show_progress=False)
+    train = write_jsonl(tmp_path / "train.jsonl", [chat(i) for i in range(240)])
+    proc = subprocess.Popen(_tune_cmd("tiny", "--data", str(train), "--epochs", "1", "--batch-size", "2",
+                                      "--lora-rank", "4", "--suffix", "ctrlc"),
+                            env=_env(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((home / "jobs").glob("*/metrics.csv")):
+        time.sleep(0.01)
+    while time.time() < deadline and len(read_metrics(next((home / "jobs").glob("*/metrics.csv")))) < 3:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "tailor tune --resume" in err and "Traceback" not in err
+    job_dir = next((home / "jobs").iterdir())
+    stopped_at = len(read_metrics(job_dir / "metrics.csv"))
+    assert stopped_at < 120 and list_steps(job_dir / "checkpoints")[-1] == stopped_at  # checkpoint at the stop
+    done = subprocess.run(_tune_cmd("--resume", job_dir.name), env=_env(home), capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert [r["step"] for r in read_metrics(job_dir / "metrics.csv")] == list(range(1, 121))
