@@ -71,6 +71,46 @@ MIGRATIONS: list[str] = [
         fine_tuned_model_checkpoint TEXT NOT NULL
     );
     """,
+    # v3: knowledge bases (vector stores). Chunk text lives in the FTS5 table (rowid = kb_chunks.id);
+    # vectors are float32 BLOBs; `version` changes with every write so that vector caches know to refresh, and
+    # chunk ids are never reused (AUTOINCREMENT), so a cache can trust that an id it holds means the same chunk.
+    """
+    CREATE TABLE kb (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        created_at INTEGER NOT NULL,
+        metadata TEXT NOT NULL DEFAULT '{}',
+        embedding_model TEXT NOT NULL,
+        version INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE kb_files (
+        kb_id TEXT NOT NULL REFERENCES kb (id) ON DELETE CASCADE,
+        id TEXT NOT NULL,
+        filename TEXT NOT NULL,
+        bytes INTEGER NOT NULL,
+        sha256 TEXT NOT NULL,
+        chunks INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        error TEXT,
+        created_at INTEGER NOT NULL,
+        attributes TEXT NOT NULL DEFAULT '{}',
+        PRIMARY KEY (kb_id, id)
+    );
+    CREATE INDEX kb_files_name ON kb_files (kb_id, filename);
+    CREATE TABLE kb_chunks (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        kb_id TEXT NOT NULL,
+        file_id TEXT NOT NULL,
+        position INTEGER NOT NULL,
+        start_char INTEGER NOT NULL,
+        end_char INTEGER NOT NULL,
+        heading TEXT,
+        vector BLOB NOT NULL,
+        FOREIGN KEY (kb_id, file_id) REFERENCES kb_files (kb_id, id) ON DELETE CASCADE
+    );
+    CREATE INDEX kb_chunks_file ON kb_chunks (kb_id, file_id, position);
+    CREATE VIRTUAL TABLE kb_fts USING fts5 (text, heading, kb_id UNINDEXED, tokenize = 'unicode61 remove_diacritics 2');
+    """,
 ]
 
 _lock = threading.Lock()

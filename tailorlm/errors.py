@@ -35,6 +35,9 @@ class NotFoundError(TailorError):
 class ModelNotFoundError(NotFoundError):
     code = "model_not_found"
 
+    def __init__(self, message: str, *, param: str | None = "model") -> None:
+        super().__init__(message, param=param)
+
 
 class AlreadyExistsError(TailorError):
     status = 409

@@ -11,14 +11,16 @@ from fastapi import FastAPI
 from tailorlm import __version__
 from tailorlm.config import Settings, get_settings
 from tailorlm.db import connect
+from tailorlm.embeddings import EmbeddingModels
 from tailorlm.files import FileStore
 from tailorlm.server import errors
 from tailorlm.server.auth import KeyStore
 from tailorlm.server.jobs_supervisor import JobSupervisor
+from tailorlm.server.knowledge import Knowledge
 from tailorlm.server.metrics import Metrics
 from tailorlm.server.middleware import GuardMiddleware
 from tailorlm.server.registry import ModelRegistry
-from tailorlm.server.routes import embeddings, files, fine_tuning, generate, health, models
+from tailorlm.server.routes import embeddings, files, fine_tuning, generate, health, models, vector_stores
 from tailorlm.server.state import ServerState
 from tailorlm.tune.jobs import JobStore
 
@@ -29,8 +31,10 @@ def build_state(settings: Settings) -> ServerState:
     registry = ModelRegistry(settings)
     db = connect(settings.db_path)
     jobs = JobStore(db)
-    return ServerState(settings, registry, Metrics(registry.stats), KeyStore(db),
-                       FileStore(db, settings.files_dir, settings.max_upload_bytes), jobs, JobSupervisor(settings, jobs))
+    files = FileStore(db, settings.files_dir, settings.max_upload_bytes)
+    embeddings = EmbeddingModels(settings.embedding_model)
+    return ServerState(settings, registry, Metrics(registry.stats), KeyStore(db), files, jobs,
+                       JobSupervisor(settings, jobs), Knowledge(settings, files, embeddings), embeddings)
 
 
 async def _preload(state: ServerState) -> None:
@@ -53,12 +57,13 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         warm.cancel()
         await asyncio.to_thread(state.supervisor.stop)  # a running job checkpoints and is requeued
         state.registry.close_all()  # cancels whatever is still in flight
+        await asyncio.to_thread(state.knowledge.close)  # lets a running ingestion finish its transaction
 
     app = FastAPI(title="tailorlm", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.tailor = state
     errors.install(app)
     for router in (health.router, models.router, generate.router, embeddings.router, files.router,
-                   fine_tuning.router):
+                   fine_tuning.router, vector_stores.router):
         app.include_router(router)
     app.add_middleware(GuardMiddleware, state=state)
     return app

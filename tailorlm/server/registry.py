@@ -11,6 +11,7 @@ import logging
 from collections import OrderedDict
 
 from tailorlm.config import Settings
+from tailorlm.presets import PresetStore
 from tailorlm.runtime import OpenModel, open_model
 from tailorlm.runtime.model import with_adapter
 from tailorlm.store import AdapterManifest, AdapterStore, Manifest, ModelStore
@@ -23,6 +24,7 @@ class ModelRegistry:
         self.settings = settings
         self.store = store or ModelStore(settings.home)
         self.adapters = AdapterStore(self.store.home)
+        self.presets = PresetStore(self.store.home)  # named models over these (served by serving/presets.py)
         self._loaded: OrderedDict[str, OpenModel] = OrderedDict()
         self._locks: dict[str, asyncio.Lock] = {}
 

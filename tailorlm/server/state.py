@@ -1,4 +1,4 @@
-"""What every route needs, built once per app: settings, models, metrics, API keys, files, jobs."""
+"""What every route needs, built once per app: settings, models, metrics, API keys, files, jobs, knowledge."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from tailorlm.config import Settings
+from tailorlm.embeddings import EmbeddingModels
 from tailorlm.files import FileStore
 from tailorlm.server.auth import KeyStore
 from tailorlm.server.jobs_supervisor import JobSupervisor
+from tailorlm.server.knowledge import Knowledge
 from tailorlm.server.metrics import Metrics
 from tailorlm.server.registry import ModelRegistry
 from tailorlm.tune.jobs import JobStore
@@ -24,6 +26,8 @@ class ServerState:
     files: FileStore
     jobs: JobStore
     supervisor: JobSupervisor  # runs fine-tuning jobs in worker processes
+    knowledge: Knowledge  # knowledge bases (vector stores) and their background ingestion
+    embeddings: EmbeddingModels  # embedding models, loaded on first use; shared by /v1/embeddings and knowledge
 
 
 def get_state(request: Request) -> ServerState:

@@ -12,8 +12,10 @@ _NAME = re.compile(r"[a-z0-9][a-z0-9._:-]*(/[a-z0-9][a-z0-9._:-]*)?")
 _MAX_LEN = 200
 
 
-def validate_name(name: str) -> str:
-    """Return `name` lower-cased, or raise InvalidRequestError if it could escape the store."""
+def validate_name(name: str, what: str = "model") -> str:
+    """Return `name` lower-cased, or raise InvalidRequestError if it could escape the store.
+
+    `what` names the kind of thing in the message ("model", "knowledge base")."""
     cleaned = name.strip().lower()
     if (
         not cleaned
@@ -23,7 +25,7 @@ def validate_name(name: str) -> str:
         or not _NAME.fullmatch(cleaned)
     ):
         raise InvalidRequestError(
-            f"invalid model name {name!r}: use lower-case letters, digits and . _ : - "
+            f"invalid {what} name {name!r}: use lower-case letters, digits and . _ : - "
             "with at most one '/' (as in org/name), and no '..' or '--'",
             param="name",
         )

@@ -76,6 +76,8 @@ class ChatCompletion(OpenAIResponse):
     system_fingerprint: str = FINGERPRINT
     choices: list[ChatChoice]
     usage: Usage
+    sources: list[dict[str, Any]] | None = None  # extension: what a preset's knowledge bases gave (docs/api.md)
+    omit_if_none: ClassVar[frozenset[str]] = frozenset({"sources"})
 
 
 class FunctionCallDelta(OpenAIResponse):
@@ -108,7 +110,7 @@ class ChatChunkChoice(OpenAIResponse):
 
 
 class ChatCompletionChunk(OpenAIResponse):
-    omit_if_none: ClassVar[frozenset[str]] = frozenset({"usage"})
+    omit_if_none: ClassVar[frozenset[str]] = frozenset({"usage", "sources"})
     id: str
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
     created: int
@@ -116,3 +118,4 @@ class ChatCompletionChunk(OpenAIResponse):
     system_fingerprint: str = FINGERPRINT
     choices: list[ChatChunkChoice]
     usage: Usage | None = None
+    sources: list[dict[str, Any]] | None = None  # extension: a preset's sources, on the first chunk only

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Response
 
 from tailorlm.embeddings import EmbeddingModels
 from tailorlm.server.protocol.embeddings import CreateEmbeddingResponse, EmbeddingRequest
@@ -13,12 +13,9 @@ from tailorlm.server.state import ServerState, get_state
 router = APIRouter()
 
 
-async def get_embedding_models(request: Request, state: ServerState = Depends(get_state)) -> EmbeddingModels:
-    """One cache per app, created on first use (async, so on the loop: no race)."""
-    models = getattr(request.app.state, "tailor_embeddings", None)
-    if models is None:
-        models = request.app.state.tailor_embeddings = EmbeddingModels(state.settings.embedding_model)
-    return models
+async def get_embedding_models(state: ServerState = Depends(get_state)) -> EmbeddingModels:
+    """The app's embedding models (shared with its knowledge bases)."""
+    return state.embeddings
 
 
 @router.post("/v1/embeddings")

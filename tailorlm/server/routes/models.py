@@ -1,4 +1,4 @@
-"""GET /v1/models and /v1/models/{id}: every model and LoRA adapter in the store."""
+"""GET /v1/models and /v1/models/{id}: every model, LoRA adapter and preset in the store."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from datetime import datetime
 
 from fastapi import APIRouter, Depends
 
+from tailorlm.presets import Preset
 from tailorlm.server.protocol.models import ModelCard, ModelList
 from tailorlm.server.state import ServerState, get_state
 from tailorlm.store import AdapterManifest, Manifest
@@ -21,6 +22,11 @@ def _card(m: Manifest | AdapterManifest) -> ModelCard:
     return ModelCard(id=m.name, created=created, owned_by="user" if isinstance(m, AdapterManifest) else "tailorlm")
 
 
+def _preset_card(p: Preset, ref: str | None = None) -> ModelCard:
+    """A preset as a model; `ref` is the name it was asked for ("name" or "name@2")."""
+    return ModelCard(id=ref or p.name, created=p.created_at, owned_by="user")
+
+
 def _embedding_card(state: ServerState) -> ModelCard:
     return ModelCard(id=state.settings.embedding_model, created=0)
 
@@ -28,6 +34,7 @@ def _embedding_card(state: ServerState) -> ModelCard:
 @router.get("/v1/models")
 def list_models(state: ServerState = Depends(get_state)) -> dict:
     cards = [_card(m) for m in state.registry.manifests()] + [_embedding_card(state)]
+    cards += [_preset_card(p) for p in state.registry.presets.list()]
     return ModelList(data=cards).model_dump(mode="json")
 
 
@@ -35,4 +42,7 @@ def list_models(state: ServerState = Depends(get_state)) -> dict:
 def get_model(model_id: str, state: ServerState = Depends(get_state)) -> dict:
     if model_id == state.settings.embedding_model:
         return _embedding_card(state).model_dump(mode="json")
+    preset = state.registry.presets.find(model_id)
+    if preset is not None:
+        return _preset_card(preset, model_id).model_dump(mode="json")
     return _card(state.registry.manifest(model_id)).model_dump(mode="json")

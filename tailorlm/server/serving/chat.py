@@ -32,6 +32,7 @@ from tailorlm.server.protocol.chat import (
 )
 from tailorlm.server.protocol.common import Usage, new_id, now, stop_list
 from tailorlm.server.serving import generation as gen
+from tailorlm.server.serving import presets
 from tailorlm.server.state import ServerState
 
 
@@ -109,14 +110,16 @@ def _chat_delta(d: MessageDelta) -> ChatDelta:
 async def create(req: ChatCompletionRequest, http: Request, state: ServerState):
     if req.n > state.settings.max_n:
         raise InvalidRequestError(f"n must be at most {state.settings.max_n}.", param="n")
-    model = await state.registry.get(req.model)
+    req, target, sources = await presets.prepare(req, state)
+    model = await state.registry.get(target)
     plan = plan_chat(model, req)
     gen.check_prompt(model, plan.prompt, state.settings.max_prompt_tokens)
     runs = gen.start_choices(model, plan.prompt, _params(req, plan), stop_list(req.stop))
     parsers = [plan.parser() for _ in runs]
     cid, created = new_id("chatcmpl"), now()
     if req.stream:
-        return StreamingResponse(_stream(req, model, runs, parsers, cid, created, state), media_type="text/event-stream")
+        return StreamingResponse(_stream(req, model, runs, parsers, cid, created, state, sources),
+                                 media_type="text/event-stream")
 
     await gen.collect(runs, http, lambda run, d: parsers[run.index].feed(d.text, d.token_id))
     gen.record(state.metrics, model.name, runs)
@@ -133,17 +136,20 @@ async def create(req: ChatCompletionRequest, http: Request, state: ServerState):
             logprobs=_logprobs(model, run.events) if req.logprobs else None,
             finish_reason=reason,
         ))
-    body = ChatCompletion(id=cid, created=created, model=req.model, choices=choices, usage=Usage(**gen.usage(runs)))
+    body = ChatCompletion(id=cid, created=created, model=req.model, choices=choices, usage=Usage(**gen.usage(runs)),
+                          sources=sources)
     return JSONResponse(body.model_dump(mode="json"))
 
 
 async def _stream(req: ChatCompletionRequest, model: OpenModel, runs: list[gen.ChoiceRun],
-                  parsers: list[OutputParser], cid: str, created: int, state: ServerState) -> AsyncIterator[str]:
-    def chunk(choices: list[ChatChunkChoice], usage: Usage | None = None) -> str:
+                  parsers: list[OutputParser], cid: str, created: int, state: ServerState,
+                  sources: list[dict] | None = None) -> AsyncIterator[str]:
+    def chunk(choices: list[ChatChunkChoice], usage: Usage | None = None, sources: list[dict] | None = None) -> str:
         return gen.sse(ChatCompletionChunk(id=cid, created=created, model=req.model, choices=choices,
-                                           usage=usage).model_dump(mode="json"))
+                                           usage=usage, sources=sources).model_dump(mode="json"))
 
-    yield chunk([ChatChunkChoice(index=r.index, delta=ChatDelta(role="assistant", content="")) for r in runs])
+    yield chunk([ChatChunkChoice(index=r.index, delta=ChatDelta(role="assistant", content="")) for r in runs],
+                sources=sources)
     called = [False] * len(runs)
     sent = [0] * len(runs)  # token events already covered by logprobs
     async for run, delta in gen.merged_deltas(runs):

@@ -1,0 +1,123 @@
+"""Knowledge bases for the server: one KnowledgeBases, built on first use, and ingestion off the event loop.
+
+An uploaded file added to a vector store is ingested by one background thread (writes go one at a time);
+until it ends, the file reports `in_progress` from `pending`, then the knowledge base's own record.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tailorlm.config import Settings
+from tailorlm.files import FileStore
+
+if TYPE_CHECKING:
+    from tailorlm.embeddings import EmbeddingModels
+
+log = logging.getLogger("tailorlm.server")
+
+
+@dataclass
+class PendingFile:
+    """A file being ingested (or whose ingestion failed before the knowledge base recorded it)."""
+
+    id: str
+    kb_id: str
+    filename: str
+    bytes: int
+    created_at: int
+    attributes: dict[str, Any] | None
+    status: str = "in_progress"
+    error: str | None = None
+
+
+class Knowledge:
+    def __init__(self, settings: Settings, files: FileStore, embeddings: EmbeddingModels | None = None) -> None:
+        self.settings = settings
+        self.files = files
+        self.embeddings = embeddings  # the server's own models, so MiniLM is loaded once
+        self._kbs: Any = None
+        self._lock = threading.Lock()
+        self.pending: dict[tuple[str, str], PendingFile] = {}
+        self._pool: ThreadPoolExecutor | None = None
+
+    @property
+    def kbs(self) -> Any:
+        """The KnowledgeBases (imported and opened on first use: a server that never uses them pays nothing)."""
+        with self._lock:
+            if self._kbs is None:
+                from tailorlm.kb import KnowledgeBases
+
+                self._kbs = KnowledgeBases(self.settings, embeddings=self.embeddings)
+            return self._kbs
+
+    def add_file(self, kb_id: str, file_id: str, attributes: dict[str, Any] | None) -> PendingFile:
+        """Start ingesting uploaded file `file_id` into `kb_id`; returns its in-progress record at once."""
+        record = self.files.get(file_id)  # 404 for an unknown file, before anything starts
+        pending = PendingFile(record.id, kb_id, record.filename, record.bytes, int(time.time()), attributes)
+        with self._lock:
+            self.pending[(kb_id, file_id)] = pending
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="kb-ingest")
+        self._pool.submit(self._ingest, pending)
+        return pending
+
+    def _ingest(self, pending: PendingFile) -> None:
+        key = (pending.kb_id, pending.id)
+        try:
+            with _named_copy(self.files.path(pending.id), pending.filename, self.settings.files_dir) as path:
+                result = self.kbs.add_path(pending.kb_id, path, file_id=pending.id, attributes=pending.attributes)
+            if result.status == "failed":
+                pending.status, pending.error = "failed", result.error or "the file could not be ingested"
+        except Exception as exc:  # reported on the file object, as OpenAI does
+            log.warning("ingesting %s into %s failed: %s", pending.id, pending.kb_id, exc)
+            pending.status, pending.error = "failed", getattr(exc, "message", None) or str(exc)
+        with self._lock:
+            if pending.status != "failed":  # the knowledge base's record now speaks for it
+                self.pending.pop(key, None)
+
+    def pending_for(self, kb_id: str) -> list[PendingFile]:
+        with self._lock:
+            return [p for (k, _), p in self.pending.items() if k == kb_id]
+
+    def forget(self, kb_id: str, file_id: str | None = None) -> PendingFile | None:
+        """Drop the pending record(s) of a removed file or knowledge base."""
+        with self._lock:
+            if file_id is not None:
+                return self.pending.pop((kb_id, file_id), None)
+            for key in [k for k in self.pending if k[0] == kb_id]:
+                self.pending.pop(key)
+            return None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _named_copy:
+    """The blob `src` under its upload's filename (its extension says its format), as a hard link when possible."""
+
+    def __init__(self, src: Path, filename: str, scratch_root: Path) -> None:
+        self.src, self.filename, self.scratch_root = src, os.path.basename(filename) or "upload.txt", scratch_root
+
+    def __enter__(self) -> Path:
+        self.scratch_root.mkdir(parents=True, exist_ok=True)
+        self.dir = Path(tempfile.mkdtemp(prefix=".kb-", dir=self.scratch_root))
+        path = self.dir / self.filename
+        try:
+            os.link(self.src, path)
+        except OSError:
+            shutil.copyfile(self.src, path)
+        return path
+
+    def __exit__(self, *exc: object) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -1,0 +1,192 @@
+"""/v1/vector_stores: OpenAI's vector stores API over tailorlm's knowledge bases (tailorlm.kb).
+
+A vector store is a knowledge base; its files are uploaded files (/v1/files) ingested in the background.
+Handlers are plain functions, so FastAPI runs them (and the knowledge base's disk work) off the event loop.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal, TypeVar
+
+from fastapi import APIRouter, Depends, Query
+
+from tailorlm.errors import NotFoundError
+from tailorlm.server.knowledge import Knowledge, PendingFile
+from tailorlm.server.protocol.vector_stores import (
+    CreateVectorStoreFileRequest,
+    CreateVectorStoreRequest,
+    DeleteVectorStoreFileResponse,
+    DeleteVectorStoreResponse,
+    FileCounts,
+    LastError,
+    ListVectorStoreFilesResponse,
+    ListVectorStoresResponse,
+    SearchContent,
+    UpdateVectorStoreRequest,
+    VectorStoreFileObject,
+    VectorStoreObject,
+    VectorStoreSearchRequest,
+    VectorStoreSearchResultItem,
+    VectorStoreSearchResultsPage,
+)
+from tailorlm.server.state import ServerState, get_state
+
+router = APIRouter()
+T = TypeVar("T")
+
+
+def _knowledge(state: ServerState = Depends(get_state)) -> Knowledge:
+    return state.knowledge
+
+
+def _file_object(f: Any) -> VectorStoreFileObject:
+    """A KbFile or a PendingFile as OpenAI's vector store file."""
+    error = None
+    if f.status == "failed":
+        error = LastError(code="invalid_file", message=f.error or "the file could not be ingested")
+    return VectorStoreFileObject(id=f.id, usage_bytes=f.bytes, created_at=f.created_at,
+                                 vector_store_id=f.kb_id, status=f.status, last_error=error,
+                                 attributes=f.attributes or None)
+
+
+def _files(kn: Knowledge, kb_id: str) -> list[VectorStoreFileObject]:
+    """The files of a store: the knowledge base's records, and those still being ingested (or failed early)."""
+    done = {f.id: _file_object(f) for f in kn.kbs.files(kb_id)}
+    pending = [_file_object(p) for p in kn.pending_for(kb_id) if p.id not in done or p.status == "in_progress"]
+    merged = {**done, **{p.id: p for p in pending}}
+    return sorted(merged.values(), key=lambda f: f.created_at)
+
+
+def _store_object(kn: Knowledge, kb: Any) -> VectorStoreObject:
+    files = _files(kn, kb.id)
+    counts = {s: sum(f.status == s for f in files) for s in ("in_progress", "completed", "failed", "cancelled")}
+    return VectorStoreObject(
+        id=kb.id, created_at=kb.created_at, name=kb.name, usage_bytes=int(kb.bytes or 0),
+        file_counts=FileCounts(**counts, total=len(files)),
+        status="in_progress" if counts["in_progress"] else "completed",
+        last_active_at=kb.created_at, metadata=kb.metadata or {},
+    )
+
+
+def page(items: list[T], limit: int, order: str, after: str | None, before: str | None) -> tuple[list[T], bool]:
+    """OpenAI's cursor pagination over `items` (oldest first): a window of `limit` after/before a cursor id."""
+    ordered = items[::-1] if order == "desc" else list(items)
+    ids = [i.id for i in ordered]  # type: ignore[attr-defined]
+    for cursor, name in ((after, "after"), (before, "before")):
+        if cursor is not None and cursor not in ids:
+            raise NotFoundError(f"No such object: {cursor}", param=name)
+    start = ids.index(after) + 1 if after else 0
+    end = ids.index(before) if before else len(ordered)
+    window = ordered[start:end]
+    if before and not after:  # the items just before the cursor
+        return window[-limit:], len(window) > limit
+    return window[:limit], len(window) > limit
+
+
+@router.post("/v1/vector_stores")
+def create_store(body: CreateVectorStoreRequest, kn: Knowledge = Depends(_knowledge)) -> dict:
+    for file_id in body.file_ids:
+        kn.files.get(file_id)  # every file exists, or nothing is created
+    name = body.name or f"store-{datetime.now().strftime('%Y%m%d-%H%M%S-%f')}"
+    kb = kn.kbs.create(name, metadata=body.metadata)
+    for file_id in body.file_ids:
+        kn.add_file(kb.id, file_id, None)
+    return _store_object(kn, kb).model_dump(mode="json")
+
+
+@router.get("/v1/vector_stores")
+def list_stores(
+    limit: int = Query(20, ge=1, le=100),
+    order: Literal["asc", "desc"] = "desc",
+    after: str | None = None,
+    before: str | None = None,
+    kn: Knowledge = Depends(_knowledge),
+) -> dict:
+    stores = kn.kbs.list()  # oldest first
+    window, more = page(stores, limit, order, after, before)
+    return ListVectorStoresResponse.build([_store_object(kn, kb) for kb in window], more).model_dump(mode="json")
+
+
+@router.get("/v1/vector_stores/{store_id}")
+def retrieve_store(store_id: str, kn: Knowledge = Depends(_knowledge)) -> dict:
+    return _store_object(kn, kn.kbs.get(store_id)).model_dump(mode="json")
+
+
+@router.post("/v1/vector_stores/{store_id}")
+def update_store(store_id: str, body: UpdateVectorStoreRequest, kn: Knowledge = Depends(_knowledge)) -> dict:
+    kb = kn.kbs.update(store_id, name=body.name, metadata=body.metadata)
+    return _store_object(kn, kb).model_dump(mode="json")
+
+
+@router.delete("/v1/vector_stores/{store_id}")
+def delete_store(store_id: str, kn: Knowledge = Depends(_knowledge)) -> dict:
+    kb = kn.kbs.get(store_id)
+    kn.kbs.remove(kb.id)
+    kn.forget(kb.id)
+    return DeleteVectorStoreResponse(id=kb.id, deleted=True).model_dump(mode="json")
+
+
+@router.post("/v1/vector_stores/{store_id}/files")
+def add_file(store_id: str, body: CreateVectorStoreFileRequest, kn: Knowledge = Depends(_knowledge)) -> dict:
+    kb = kn.kbs.get(store_id)
+    pending: PendingFile = kn.add_file(kb.id, body.file_id, body.attributes)
+    return _file_object(pending).model_dump(mode="json")
+
+
+@router.get("/v1/vector_stores/{store_id}/files")
+def list_files(
+    store_id: str,
+    limit: int = Query(20, ge=1, le=100),
+    order: Literal["asc", "desc"] = "desc",
+    after: str | None = None,
+    before: str | None = None,
+    filter: Literal["in_progress", "completed", "failed", "cancelled"] | None = None,  # noqa: A002 (OpenAI's name)
+    kn: Knowledge = Depends(_knowledge),
+) -> dict:
+    files = _files(kn, kn.kbs.get(store_id).id)
+    if filter is not None:
+        files = [f for f in files if f.status == filter]
+    window, more = page(files, limit, order, after, before)
+    return ListVectorStoreFilesResponse.build(window, more).model_dump(mode="json")
+
+
+def _find_file(kn: Knowledge, store_id: str, file_id: str) -> VectorStoreFileObject:
+    kb = kn.kbs.get(store_id)
+    for f in _files(kn, kb.id):
+        if f.id == file_id:
+            return f
+    raise NotFoundError(f"No file {file_id} in vector store {kb.id}", param="file_id")
+
+
+@router.get("/v1/vector_stores/{store_id}/files/{file_id}")
+def retrieve_file(store_id: str, file_id: str, kn: Knowledge = Depends(_knowledge)) -> dict:
+    return _find_file(kn, store_id, file_id).model_dump(mode="json")
+
+
+@router.delete("/v1/vector_stores/{store_id}/files/{file_id}")
+def delete_file(store_id: str, file_id: str, kn: Knowledge = Depends(_knowledge)) -> dict:
+    found = _find_file(kn, store_id, file_id)
+    kn.forget(found.vector_store_id, file_id)
+    if any(f.id == file_id for f in kn.kbs.files(found.vector_store_id)):
+        kn.kbs.remove_file(found.vector_store_id, file_id)
+    return DeleteVectorStoreFileResponse(id=file_id, deleted=True).model_dump(mode="json")
+
+
+@router.post("/v1/vector_stores/{store_id}/search")
+def search(store_id: str, body: VectorStoreSearchRequest, kn: Knowledge = Depends(_knowledge)) -> dict:
+    kb = kn.kbs.get(store_id)
+    queries = [body.query] if isinstance(body.query, str) else list(body.query)
+    threshold = body.ranking_options.score_threshold if body.ranking_options else 0.0
+    best: dict[str, Any] = {}  # chunk id -> its best hit over all queries
+    for q in queries:
+        for hit in kn.kbs.search(kb.id, q, k=body.max_num_results, filters=body.filters):
+            key = str(hit.chunk_id)
+            if key not in best or hit.score > best[key].score:
+                best[key] = hit
+    hits = sorted(best.values(), key=lambda h: h.score, reverse=True)[: body.max_num_results]
+    data = [VectorStoreSearchResultItem(file_id=h.file_id, filename=h.filename,
+                                        score=min(max(float(h.score), 0.0), 1.0),  # the spec's range
+                                        attributes=h.attributes or None, content=[SearchContent(text=h.text)])
+            for h in hits if h.score >= threshold]
+    return VectorStoreSearchResultsPage(search_query=queries, data=data).model_dump(mode="json")
