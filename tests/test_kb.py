@@ -3,8 +3,10 @@ hybrid search with filters, and the `tailor kb` verbs."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from importlib.resources import files
 from pathlib import Path
 
 import pytest
@@ -317,3 +319,14 @@ def test_vector_cache_follows_deletes_and_survives_a_restart(kbs: KnowledgeBases
     assert fresh.search("kb", "phone hours", k=1, mode="vector")[0].filename == "support.txt"
     fresh.remove("kb")
     assert not (tailor_home / "kb" / kb.id).exists()
+
+
+def test_demo_questions_have_their_answers_in_the_demo_documents():
+    """The retrieval benchmark's answer passages must stay findable if the documents are edited."""
+    demo = Path(str(files("tailorlm.kb") / "demo"))
+    texts = {p.name: " ".join(joined(extract(p)).split()) for p in demo.iterdir()
+             if p.suffix in (".md", ".txt", ".html", ".pdf", ".docx", ".jsonl") and p.name != "questions.jsonl"}
+    questions = [json.loads(line) for line in (demo / "questions.jsonl").read_text().splitlines() if line.strip()]
+    assert len(questions) >= 40
+    for q in questions:
+        assert any(" ".join(a["text"].split()) in texts[a["file"]] for a in q["answers"]), q["question"]
