@@ -330,3 +330,20 @@ def test_demo_questions_have_their_answers_in_the_demo_documents():
     assert len(questions) >= 40
     for q in questions:
         assert any(" ".join(a["text"].split()) in texts[a["file"]] for a in q["answers"]), q["question"]
+
+
+def test_keyword_search_leaves_out_words_common_to_most_chunks(kbs: KnowledgeBases, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from tailorlm.kb import index
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(6):
+        (folder / f"note{i}.txt").write_text(f"Common wording appears in every note. Code QX-{i}{i}{i} is unique.")
+    kbs.create("many")
+    kbs.add_paths("many", sorted(folder.iterdir()))
+    monkeypatch.setattr(index, "COMMON_MIN_DOCS", 2)  # "common", "wording", "note", "unique" are in 6 of 6 chunks
+    assert index._rare_words(kbs.conn, ["common", "wording", "qx", "333"]) == ["333"]
+    assert index._rare_words(kbs.conn, ["common", "wording"]) in (["common"], ["wording"])  # never nothing
+    hits = kbs.search("many", "common wording QX-333", mode="keyword")
+    assert hits[0].filename == "note3.txt"

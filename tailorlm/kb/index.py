@@ -157,10 +157,30 @@ def fts_query(text: str) -> str:
     return " OR ".join(f'"{w}"' for w in content)
 
 
+# A query word found in more chunks than this carries little BM25 weight but makes FTS5's OR query walk its
+# whole posting list (at 1M chunks, a second per query): it is left out while rarer words remain.
+COMMON_MIN_DOCS, COMMON_FRACTION = 2000, 0.05
+
+
+def _rare_words(conn: sqlite3.Connection, words: list[str]) -> list[str]:
+    """`words` without the very common ones (document frequency from FTS5's own vocabulary), never none."""
+    conn.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.kb_fts_vocab USING fts5vocab(main, kb_fts, 'row')")
+    total = conn.execute("SELECT COALESCE(MAX(id), 0) FROM kb_chunks").fetchone()[0]
+    cutoff = max(COMMON_MIN_DOCS, COMMON_FRACTION * total)
+    if total <= cutoff:
+        return words
+    marks = ",".join("?" * len(words))
+    docs = dict(conn.execute(f"SELECT term, doc FROM temp.kb_fts_vocab WHERE term IN ({marks})", words).fetchall())
+    rare = [w for w in words if docs.get(w, 0) <= cutoff]
+    return rare or sorted(words, key=lambda w: docs.get(w, 0))[:1]
+
+
 def keyword_search(conn: sqlite3.Connection, kb_id: str, query: str, n: int,
                    allowed: set[str] | None = None) -> list[tuple[int, float]]:
     """(rowid, BM25 score, higher is better) of the `n` best keyword matches."""
-    match = fts_query(query)
+    words = list(dict.fromkeys(re.findall(r"\w+", query.lower())))
+    content = [w for w in words if w not in STOPWORDS] or words
+    match = fts_query(" ".join(_rare_words(conn, content))) if content else ""
     if not match:
         return []
     if allowed is None:
