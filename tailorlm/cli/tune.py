@@ -103,25 +103,17 @@ def _create(settings, jobs, base, data, validation, suffix, epochs, batch_size, 
 
 
 def _prepare_resume(jobs, job_id: str):
+    from tailorlm.tune.jobs import worker_alive
+
     job = jobs.get(job_id)
     if job.status == "succeeded":
         raise InvalidRequestError(f"job {job_id} has already succeeded: {job.fine_tuned_model}")
-    if job.status == "running" and job.worker_pid and _alive(job.worker_pid) and job.worker_pid != os.getpid():
+    if job.status == "running" and job.worker_pid != os.getpid() and worker_alive(job.worker_pid, job_id):
         raise InvalidRequestError(f"job {job_id} is running in process {job.worker_pid}")
     validated = any(e.message.startswith("Files validated") for e in jobs.events(job_id, limit=100000)[0])
     jobs.event(job_id, "Resumed from the command line")
     return jobs.update(job_id, status="queued" if validated else "validating_files", cancel_requested=False,
                        error=None, finished_at=None, worker_pid=None)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _run(settings, job_id: str) -> None:

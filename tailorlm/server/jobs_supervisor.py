@@ -18,10 +18,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from tailorlm.config import Settings
-from tailorlm.tune.jobs import TERMINAL, Job, JobStore
+from tailorlm.tune.jobs import TERMINAL, Job, JobStore, worker_alive
 
 log = logging.getLogger("tailorlm.server")
 WorkerCommand = Callable[[str], list[str]]
@@ -29,23 +28,6 @@ WorkerCommand = Callable[[str], list[str]]
 
 def worker_command(job_id: str) -> list[str]:
     return [sys.executable, "-m", "tailorlm.tune.worker", job_id]
-
-
-def worker_alive(pid: int | None, job_id: str) -> bool:
-    """Whether `pid` is a live worker of `job_id`: after a reboot the pid may belong to anything else."""
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):  # gone, or another user's process: not our worker
-        return False
-    cmdline = Path(f"/proc/{pid}/cmdline")
-    if cmdline.parent.is_dir():  # Linux: check it runs this job (a zombie's cmdline is empty)
-        try:
-            return job_id.encode() in cmdline.read_bytes()
-        except OSError:
-            return False
-    return True
 
 
 @dataclass

@@ -8,11 +8,13 @@ status, so a job survives a restart of whatever ran it.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sqlite3
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -265,21 +267,9 @@ class JobStore:
 
     def events(self, job_id: str, after: str | None = None, limit: int = 20) -> tuple[list[Event], bool]:
         """Events newest first, strictly older than the event `after`; and whether more follow."""
-        self.get(job_id)
-        args: list[Any] = [job_id]
-        where = "job_id = ?"
-        if after:
-            row = self.conn.execute("SELECT seq FROM fine_tuning_events WHERE id = ?", (after,)).fetchone()
-            if row is None:
-                raise NotFoundError(f"No event with id {after!r}", param="after")
-            where += " AND seq < ?"
-            args.append(row[0])
-        rows = self.conn.execute(
-            f"SELECT * FROM fine_tuning_events WHERE {where} ORDER BY seq DESC LIMIT ?", (*args, limit + 1)
-        ).fetchall()
-        out = [Event(r["id"], r["created_at"], r["level"], r["type"], r["message"],
-                     json.loads(r["data"]) if r["data"] else None) for r in rows[:limit]]
-        return out, len(rows) > limit
+        rows, more = self._page("fine_tuning_events", "event", job_id, after, limit)
+        return [Event(r["id"], r["created_at"], r["level"], r["type"], r["message"],
+                      json.loads(r["data"]) if r["data"] else None) for r in rows], more
 
     # -- checkpoints ----------------------------------------------------------------------------
     def add_checkpoint(self, job_id: str, step: int, metrics: dict[str, float], model_name: str) -> Checkpoint:
@@ -293,21 +283,42 @@ class JobStore:
 
     def checkpoints(self, job_id: str, after: str | None = None, limit: int = 10) -> tuple[list[Checkpoint], bool]:
         """Checkpoints newest first, strictly older than the checkpoint `after`."""
+        rows, more = self._page("fine_tuning_checkpoints", "checkpoint", job_id, after, limit)
+        return [Checkpoint(r["id"], r["job_id"], r["created_at"], r["step_number"], json.loads(r["metrics"]),
+                           r["fine_tuned_model_checkpoint"]) for r in rows], more
+
+    def _page(self, table: str, noun: str, job_id: str, after: str | None,
+              limit: int) -> tuple[list[sqlite3.Row], bool]:
+        """Rows of a job's `table` newest first, strictly older than row `after`; and whether more follow."""
         self.get(job_id)
         args: list[Any] = [job_id]
         where = "job_id = ?"
         if after:
-            row = self.conn.execute("SELECT seq FROM fine_tuning_checkpoints WHERE id = ?", (after,)).fetchone()
+            row = self.conn.execute(f"SELECT seq FROM {table} WHERE id = ?", (after,)).fetchone()
             if row is None:
-                raise NotFoundError(f"No checkpoint with id {after!r}", param="after")
+                raise NotFoundError(f"No {noun} with id {after!r}", param="after")
             where += " AND seq < ?"
             args.append(row[0])
         rows = self.conn.execute(
-            f"SELECT * FROM fine_tuning_checkpoints WHERE {where} ORDER BY seq DESC LIMIT ?", (*args, limit + 1)
-        ).fetchall()
-        out = [Checkpoint(r["id"], r["job_id"], r["created_at"], r["step_number"], json.loads(r["metrics"]),
-                          r["fine_tuned_model_checkpoint"]) for r in rows[:limit]]
-        return out, len(rows) > limit
+            f"SELECT * FROM {table} WHERE {where} ORDER BY seq DESC LIMIT ?", (*args, limit + 1)).fetchall()
+        return rows[:limit], len(rows) > limit
+
+
+def worker_alive(pid: int | None, job_id: str) -> bool:
+    """Whether `pid` is a live worker of `job_id`: after a reboot the pid may belong to anything else."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):  # gone, or another user's process: not our worker
+        return False
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    if cmdline.parent.is_dir():  # Linux: check it runs this job (a zombie's cmdline is empty)
+        try:
+            return job_id.encode() in cmdline.read_bytes()
+        except OSError:
+            return False
+    return True
 
 
 def _job(row: sqlite3.Row) -> Job:
