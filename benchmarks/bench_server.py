@@ -289,8 +289,10 @@ def prompt_lengths(folder: Path) -> list[int]:
 def ours_server(args, home: Path, log_dir: Path) -> Callable[[int], Server]:
     def make(slots: int) -> Server:
         port = free_port()
+        # --no-preflight: the check sizes every slot for a full 8K context; these requests are short (the peer's
+        # -c is sized to them too, see peer_ctx)
         cmd = [sys.executable, "-m", "tailorlm", "serve", "--port", str(port), "--threads", str(args.threads),
-               "--max-batch", str(slots)]
+               "--max-batch", str(slots), "--no-preflight"]
         return Server(OURS, cmd, port, log_dir / f"tailorlm-{slots}.log", env={**os.environ, "TAILOR_HOME": str(home)})
     return make
 

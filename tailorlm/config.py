@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     default_model: str = Field(DEFAULT_MODEL, description="Model used when none is named.")
     threads: int = Field(0, ge=0, description="CPU threads for torch; 0 keeps torch's default.")
     dtype: str = Field("auto", description="Compute dtype: auto (the stored dtype), float32, bfloat16, float16.")
+    backend: Literal["auto", "native", "llama.cpp", "onnxruntime"] = Field(
+        "auto", description="Inference backend: auto picks by artifact (safetensors: native, GGUF: llama.cpp, "
+        "ONNX: onnxruntime).")
     max_batch: int = Field(32, ge=1, description="Most requests decoded together in one step.")
     prefill_chunk: int = Field(512, ge=16, description="Most prompt tokens prefilled per request per step.")
     verify_digests: bool = Field(True, description="Verify every file's sha256 when a model loads.")

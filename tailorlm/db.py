@@ -111,6 +111,20 @@ MIGRATIONS: list[str] = [
     CREATE INDEX kb_chunks_file ON kb_chunks (kb_id, file_id, position);
     CREATE VIRTUAL TABLE kb_fts USING fts5 (text, heading, kb_id UNINDEXED, tokenize = 'unicode61 remove_diacritics 2');
     """,
+    # v4: per-file chunking (JSON [max tokens, overlap]; NULL: the base's own), store expiry (OpenAI's
+    # expires_after as JSON, counted from last_active_at), and file batches (the file ids each one added).
+    """
+    ALTER TABLE kb_files ADD COLUMN chunking TEXT;
+    ALTER TABLE kb ADD COLUMN expires_after TEXT;
+    ALTER TABLE kb ADD COLUMN last_active_at INTEGER;
+    CREATE TABLE kb_batches (
+        id TEXT PRIMARY KEY,
+        kb_id TEXT NOT NULL REFERENCES kb (id) ON DELETE CASCADE,
+        created_at INTEGER NOT NULL,
+        file_ids TEXT NOT NULL,
+        cancelled INTEGER NOT NULL DEFAULT 0
+    )
+    """,
 ]
 
 _lock = threading.Lock()

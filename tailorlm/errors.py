@@ -79,6 +79,14 @@ class UnsupportedModelError(TailorError):
     code = "unsupported_model"
 
 
+class BackendMissingError(TailorError):
+    """An optional inference backend (llama.cpp, onnxruntime) is not installed."""
+
+    status = 501
+    code = "backend_not_installed"
+    type = "server_error"
+
+
 class NoChatTemplateError(InvalidRequestError):
     code = "no_chat_template"
 

@@ -21,3 +21,15 @@ def default_store_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     home = tmp_path_factory.mktemp("default-store")
     ModelStore(home).pull(DEFAULT_MODEL, show_progress=False)
     return home
+
+
+def exported_default(home: Path, fmt: str, quant: str) -> str:
+    """The default model exported (parity gate included) into the store at `home`, once; returns its name."""
+    from tailorlm.config import Settings
+    from tailorlm.export import default_name, export, target
+    from tailorlm.store import ModelStore
+
+    name = default_name(DEFAULT_MODEL, target(fmt, quant))
+    if ModelStore(home).find(name) is None:
+        export(DEFAULT_MODEL, fmt, quant, settings=Settings(home=home, threads=2), show_progress=False)
+    return name

@@ -347,3 +347,13 @@ def test_keyword_search_leaves_out_words_common_to_most_chunks(kbs: KnowledgeBas
     assert index._rare_words(kbs.conn, ["common", "wording"]) in (["common"], ["wording"])  # never nothing
     hits = kbs.search("many", "common wording QX-333", mode="keyword")
     assert hits[0].filename == "note3.txt"
+
+
+def test_a_file_removed_while_it_was_embedded_is_never_written(kbs: KnowledgeBases, docs: Path) -> None:
+    kbs.create("kb")
+    result = kbs.add_path("kb", docs / "office.txt", file_id="file-gone", cancelled=lambda: True)
+    assert result.status == "failed" and result.file.status == "cancelled"
+    assert kbs.files("kb") == [] and kbs.search("kb", "ZX-4471", mode="keyword") == []
+    (docs / "broken.pdf").write_bytes(b"%PDF-1.4 not really")  # a failure after removal leaves no record either
+    kbs.add_path("kb", docs / "broken.pdf", file_id="file-gone2", cancelled=lambda: True)
+    assert kbs.files("kb") == []

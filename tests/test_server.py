@@ -1,5 +1,8 @@
 """The OpenAI-compatible server end to end: real HTTP on loopback, the official `openai` client,
-every response body validated against the official OpenAI spec."""
+every response body validated against the official OpenAI spec.
+
+The API tests run three times, on the same weights through each backend: the native engine, the GGUF export
+through llama.cpp, and the ONNX export through onnxruntime (`model` fixture)."""
 
 from __future__ import annotations
 
@@ -33,37 +36,47 @@ def client(server):
     return server.client()
 
 
-def raw_chat(server, **body) -> httpx.Response:
+@pytest.fixture(scope="module", params=["native", "gguf-f16", "onnx-f32"])
+def model(request, default_store_home) -> str:
+    """The default model as each backend serves it (exported once per session, parity-gated)."""
+    if request.param == "native":
+        return MODEL
+    from tests.fixtures_default import exported_default
+
+    return exported_default(default_store_home, *request.param.split("-"))
+
+
+def raw_chat(server, model: str = MODEL, **body) -> httpx.Response:
     with server.http() as http:
-        return http.post("/v1/chat/completions", json={"model": MODEL, "messages": FRANCE, **body})
+        return http.post("/v1/chat/completions", json={"model": model, "messages": FRANCE, **body})
 
 
-def test_models(server, client):
+def test_models(server, client, model):
     with server.http() as http:
         body = http.get("/v1/models").json()
         validate(body, "ListModelsResponse")
-        assert MODEL in [m["id"] for m in body["data"]]
-        validate(http.get(f"/v1/models/{MODEL}").json(), "Model")
+        assert model in [m["id"] for m in body["data"]]
+        validate(http.get(f"/v1/models/{model}").json(), "Model")
         missing = http.get("/v1/models/no-such-model")
         assert missing.status_code == 404
         validate(missing.json(), "ErrorResponse")
-    assert client.models.retrieve(MODEL).id == MODEL
+    assert client.models.retrieve(model).id == model
 
 
-def test_chat_plain(server, client):
-    res = raw_chat(server, temperature=0, max_tokens=20, user="alice")
+def test_chat_plain(server, client, model):
+    res = raw_chat(server, model, temperature=0, max_tokens=20, user="alice")
     assert res.status_code == 200
     validate(res.json(), "CreateChatCompletionResponse")
-    out = client.chat.completions.create(model=MODEL, messages=FRANCE, temperature=0, max_tokens=20)
+    out = client.chat.completions.create(model=model, messages=FRANCE, temperature=0, max_tokens=20)
     assert "Paris" in out.choices[0].message.content
     assert out.choices[0].finish_reason == "stop"
     assert out.usage.total_tokens == out.usage.prompt_tokens + out.usage.completion_tokens
 
 
-def test_chat_stream_matches_plain(server, client):
-    plain = client.chat.completions.create(model=MODEL, messages=FRANCE, temperature=0, max_tokens=20)
+def test_chat_stream_matches_plain(server, client, model):
+    plain = client.chat.completions.create(model=model, messages=FRANCE, temperature=0, max_tokens=20)
     with server.http() as http, http.stream("POST", "/v1/chat/completions", json={
-        "model": MODEL, "messages": FRANCE, "temperature": 0, "max_tokens": 20, "stream": True,
+        "model": model, "messages": FRANCE, "temperature": 0, "max_tokens": 20, "stream": True,
         "stream_options": {"include_usage": True},
     }) as res:
         lines = [line for line in res.iter_lines() if line]
@@ -74,12 +87,12 @@ def test_chat_stream_matches_plain(server, client):
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
     assert text == plain.choices[0].message.content
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == plain.usage.completion_tokens
-    stream = client.chat.completions.create(model=MODEL, messages=FRANCE, temperature=0, max_tokens=20, stream=True)
+    stream = client.chat.completions.create(model=model, messages=FRANCE, temperature=0, max_tokens=20, stream=True)
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == text
 
 
-def test_n_and_seed(client):
-    kw = dict(model=MODEL, messages=[{"role": "user", "content": "Tell me a fun fact."}], temperature=1.0,
+def test_n_and_seed(client, model):
+    kw = dict(model=model, messages=[{"role": "user", "content": "Tell me a fun fact."}], temperature=1.0,
               max_tokens=16, n=2, seed=1234)
     first = client.chat.completions.create(**kw)
     again = client.chat.completions.create(**kw)
@@ -88,15 +101,15 @@ def test_n_and_seed(client):
     assert first.choices[0].message.content != first.choices[1].message.content
 
 
-def test_stop_and_length(client):
-    out = client.chat.completions.create(model=MODEL, messages=FRANCE, temperature=0, max_tokens=20, stop=["Paris"])
+def test_stop_and_length(client, model):
+    out = client.chat.completions.create(model=model, messages=FRANCE, temperature=0, max_tokens=20, stop=["Paris"])
     assert "Paris" not in out.choices[0].message.content and out.choices[0].finish_reason == "stop"
-    out = client.chat.completions.create(model=MODEL, messages=FRANCE, temperature=0, max_completion_tokens=3)
+    out = client.chat.completions.create(model=model, messages=FRANCE, temperature=0, max_completion_tokens=3)
     assert out.choices[0].finish_reason == "length" and out.usage.completion_tokens == 3
 
 
-def test_logprobs(server):
-    res = raw_chat(server, temperature=0, max_tokens=5, logprobs=True, top_logprobs=3)
+def test_logprobs(server, model):
+    res = raw_chat(server, model, temperature=0, max_tokens=5, logprobs=True, top_logprobs=3)
     body = res.json()
     validate(body, "CreateChatCompletionResponse")
     content = body["choices"][0]["logprobs"]["content"]
@@ -106,9 +119,9 @@ def test_logprobs(server):
         assert entry["top_logprobs"][0]["token"] == entry["token"]  # greedy picks the top alternative
 
 
-def test_penalties_bias_and_roles(client):
+def test_penalties_bias_and_roles(client, model):
     out = client.chat.completions.create(
-        model=MODEL, temperature=0, max_tokens=4, presence_penalty=0.5, frequency_penalty=0.5,
+        model=model, temperature=0, max_tokens=4, presence_penalty=0.5, frequency_penalty=0.5,
         logit_bias={"28": 100},  # token 28 forced every step
         messages=[{"role": "developer", "content": "Be brief."}, *FRANCE,
                   {"role": "assistant", "content": "Paris."}, {"role": "user", "content": "Again?"}],
@@ -116,24 +129,24 @@ def test_penalties_bias_and_roles(client):
     assert out.usage.completion_tokens == 4 and out.choices[0].finish_reason == "length"
 
 
-def test_completions(server, client):
+def test_completions(server, client, model):
     with server.http() as http:
-        body = http.post("/v1/completions", json={"model": MODEL, "prompt": ["The capital of France is", "One, two,"],
+        body = http.post("/v1/completions", json={"model": model, "prompt": ["The capital of France is", "One, two,"],
                                                   "max_tokens": 4, "temperature": 0, "logprobs": 2, "echo": True}).json()
     # echoed prompt tokens carry null logprobs (as OpenAI's API does; the spec's schema says number)
     assert body["choices"][0]["text"].startswith("The capital of France is")
     assert body["choices"][0]["logprobs"]["token_logprobs"][0] is None
     with server.http() as http:
-        body = http.post("/v1/completions", json={"model": MODEL, "prompt": "The capital of France is",
+        body = http.post("/v1/completions", json={"model": model, "prompt": "The capital of France is",
                                                   "max_tokens": 4, "temperature": 0, "logprobs": 2}).json()
     validate(body, "CreateCompletionResponse")
     assert len(body["choices"][0]["logprobs"]["tokens"]) == body["usage"]["completion_tokens"]
-    out = client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=3, temperature=0)
+    out = client.completions.create(model=model, prompt="The capital of France is", max_tokens=3, temperature=0)
     assert "Paris" in out.choices[0].text
-    tokens = client.completions.create(model=MODEL, prompt=[504, 3575, 282], max_tokens=2, temperature=0)
+    tokens = client.completions.create(model=model, prompt=[504, 3575, 282], max_tokens=2, temperature=0)
     assert tokens.usage.prompt_tokens == 3
     streamed = "".join(c.choices[0].text for c in client.completions.create(
-        model=MODEL, prompt="The capital of France is", max_tokens=3, temperature=0, stream=True) if c.choices)
+        model=model, prompt="The capital of France is", max_tokens=3, temperature=0, stream=True) if c.choices)
     assert streamed == out.choices[0].text
 
 
@@ -144,15 +157,15 @@ def test_completions(server, client):
     ({"n": 99}, "n"),
     ({"logit_bias": {"abc": 1}}, "logit_bias"),
 ])
-def test_invalid_parameters_are_400_naming_the_param(server, body, param):
-    res = raw_chat(server, **body)
+def test_invalid_parameters_are_400_naming_the_param(server, body, param, model):
+    res = raw_chat(server, model, **body)
     assert res.status_code == 400, res.text
     validate(res.json(), "ErrorResponse")
     assert res.json()["error"]["param"] == param
 
 
-def test_context_overflow_gives_counts(server):
-    res = raw_chat(server, max_tokens=9000)
+def test_context_overflow_gives_counts(server, model):
+    res = raw_chat(server, model, max_tokens=9000)
     assert res.status_code == 400
     message = res.json()["error"]["message"]
     assert "8192" in message and "9000" in message and res.json()["error"]["code"] == "context_length_exceeded"

@@ -24,9 +24,21 @@ Lost cards are replaced at the front desk for two euros.
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with live_server(Settings(home=tmp_path_factory.mktemp("vs-home"), threads=2)) as live:
+def settings(tmp_path_factory):
+    return Settings(home=tmp_path_factory.mktemp("vs-home"), threads=2)
+
+
+@pytest.fixture(scope="module")
+def server(settings):
+    with live_server(settings) as live:
         yield live
+
+
+def chunks_in(settings: Settings, store_id: str) -> int:
+    from tailorlm import db
+
+    return db.connect(settings.db_path).execute("SELECT count(*) FROM kb_chunks WHERE kb_id = ?",
+                                                (store_id,)).fetchone()[0]
 
 
 @pytest.fixture(scope="module")
@@ -143,3 +155,113 @@ def test_unknown_store_file_and_bad_bodies(server, client):
         res = http.post("/v1/vector_stores", json={"name": "errors"})
         assert res.status_code == 409
         validate(res.json(), "ErrorResponse")
+
+
+LONG = ("# Seed saving\n\n" + " ".join(
+    f"Step {i}: dry the pods of variety {i} for {i % 9 + 3} days in a paper bag, then label the jar." for i in range(60))
+    + "\n").encode()
+
+
+def test_static_chunking_is_honoured_and_checked(server, client, settings):
+    long = client.files.create(file=("long.md", LONG), purpose="assistants")
+    store = client.vector_stores.create(name="chunking")
+    default = wait_done(client, store.id, client.vector_stores.files.create(
+        vector_store_id=store.id, file_id=long.id).id)
+    assert default.chunking_strategy.type == "static"
+    assert default.chunking_strategy.static.max_chunk_size_tokens == 200
+    with server.http() as http:
+        default_chunks = http.get("/v1/vector_stores/" + store.id).json()
+    small = client.vector_stores.create(name="chunking-small")
+    f = client.vector_stores.files.create(vector_store_id=small.id, file_id=long.id, chunking_strategy={
+        "type": "static", "static": {"max_chunk_size_tokens": 100, "chunk_overlap_tokens": 20}})
+    f = wait_done(client, small.id, f.id)
+    assert f.status == "completed"
+    assert (f.chunking_strategy.static.max_chunk_size_tokens, f.chunking_strategy.static.chunk_overlap_tokens) == (100, 20)
+    with server.http() as http:
+        validate(http.get(f"/v1/vector_stores/{small.id}/files/{f.id}").json(), "VectorStoreFileObject")
+    assert chunks_in(settings, small.id) > chunks_in(settings, store.id) > 0  # smaller chunks, more of them
+    assert default_chunks["file_counts"]["completed"] == 1
+    with server.http() as http:  # chunks the embedding model cannot take whole: a 400 now, not a failed file later
+        res = http.post(f"/v1/vector_stores/{small.id}/files", json={"file_id": long.id, "chunking_strategy": {
+            "type": "static", "static": {"max_chunk_size_tokens": 800, "chunk_overlap_tokens": 400}}})
+        assert res.status_code == 400 and res.json()["error"]["param"] == "chunking_strategy"
+        assert "at most" in res.json()["error"]["message"]
+        res = http.post("/v1/vector_stores", json={"name": "bad-overlap", "file_ids": [long.id], "chunking_strategy": {
+            "type": "static", "static": {"max_chunk_size_tokens": 100, "chunk_overlap_tokens": 80}}})
+        assert res.status_code == 400
+        assert "bad-overlap" not in [s["name"] for s in http.get("/v1/vector_stores").json()["data"]]
+
+
+def test_expiry_is_reported_and_an_expired_store_is_refused(server, client, settings):
+    store = client.vector_stores.create(name="expiring", expires_after={"anchor": "last_active_at", "days": 2})
+    assert store.expires_after.days == 2 and store.expires_at == store.last_active_at + 2 * 86400
+    with server.http() as http:
+        validate(http.get(f"/v1/vector_stores/{store.id}").json(), "VectorStoreObject")
+        from tailorlm import db
+
+        conn = db.connect(settings.db_path)  # three days without use
+        conn.execute("UPDATE kb SET last_active_at = last_active_at - 3 * 86400 WHERE id = ?", (store.id,))
+        body = http.get(f"/v1/vector_stores/{store.id}").json()
+        assert body["status"] == "expired"
+        res = http.post(f"/v1/vector_stores/{store.id}/search", json={"query": "hours"})
+        assert res.status_code == 400 and "expired" in res.json()["error"]["message"]
+        res = http.post("/v1/vector_stores", json={"name": "bad-expiry",
+                                                   "expires_after": {"anchor": "created_at", "days": 2}})
+        assert res.status_code == 400
+
+
+def test_file_batches_and_file_content(server, client):
+    hours = client.files.create(file=("hours.md", HOURS), purpose="assistants")
+    cards = client.files.create(file=("cards.md", CARDS), purpose="assistants")
+    store = client.vector_stores.create(name="batches")
+    batch = client.vector_stores.file_batches.create_and_poll(vector_store_id=store.id, file_ids=[hours.id, cards.id],
+                                                              attributes={"source": "handbook"})
+    assert (batch.object, batch.status, batch.file_counts.completed, batch.file_counts.total) == (
+        "vector_store.files_batch", "completed", 2, 2)
+    with server.http() as http:
+        validate(http.get(f"/v1/vector_stores/{store.id}/file_batches/{batch.id}").json(), "VectorStoreFileBatchObject")
+        listed = http.get(f"/v1/vector_stores/{store.id}/file_batches/{batch.id}/files").json()
+        validate(listed, "ListVectorStoreFilesResponse")
+        content = http.get(f"/v1/vector_stores/{store.id}/files/{hours.id}/content").json()
+        validate(content, "VectorStoreFileContentResponse")
+    assert {f["id"] for f in listed["data"]} == {hours.id, cards.id}
+    assert all(f["attributes"] == {"source": "handbook"} for f in listed["data"])
+    assert "nine in the morning" in " ".join(c["text"] for c in content["data"])
+    hits = client.vector_stores.search(store.id, query="How much is a library card?",
+                                       filters={"type": "eq", "key": "source", "value": "handbook"})
+    assert hits.data[0].file_id == cards.id
+
+    with server.http() as http:  # bad bodies create nothing
+        res = http.post(f"/v1/vector_stores/{store.id}/file_batches", json={"file_ids": [hours.id, "file-nope"]})
+        assert res.status_code == 404
+        res = http.post(f"/v1/vector_stores/{store.id}/file_batches",
+                        json={"file_ids": [hours.id], "files": [{"file_id": hours.id}]})
+        assert res.status_code == 400
+        res = http.get(f"/v1/vector_stores/{store.id}/file_batches/vsfb_nope")
+        assert res.status_code == 404
+        validate(res.json(), "ErrorResponse")
+
+    per_file = client.vector_stores.file_batches.create(vector_store_id=store.id, files=[
+        {"file_id": hours.id, "attributes": {"topic": "hours"}}])
+    cancelled = client.vector_stores.file_batches.cancel(per_file.id, vector_store_id=store.id)
+    assert cancelled.status in ("cancelled", "completed")  # completed if it finished before the cancel
+    with server.http() as http:
+        validate(http.post(f"/v1/vector_stores/{store.id}/file_batches/{per_file.id}/cancel").json(),
+                 "VectorStoreFileBatchObject")
+
+
+def test_cancelling_a_batch_stops_the_files_still_waiting(server, client):
+    long = client.files.create(file=("long-again.md", LONG + b"\nMore steps follow.\n"), purpose="assistants")
+    late = client.files.create(file=("late.md", b"# Late\n\nThe greenhouse key hangs behind the blue door.\n"),
+                               purpose="assistants")
+    store = client.vector_stores.create(name="cancelling")
+    batch = client.vector_stores.file_batches.create(vector_store_id=store.id, file_ids=[long.id, late.id])
+    batch = client.vector_stores.file_batches.cancel(batch.id, vector_store_id=store.id)
+    late_file = wait_done(client, store.id, late.id)
+    assert late_file.status == "cancelled"  # it was queued behind the long file, so it never started
+    deadline = time.monotonic() + 60
+    while client.vector_stores.file_batches.retrieve(batch.id, vector_store_id=store.id).status == "in_progress":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert client.vector_stores.file_batches.retrieve(batch.id, vector_store_id=store.id).status == "cancelled"
+    assert all(h.file_id != late.id for h in client.vector_stores.search(store.id, query="greenhouse key").data)

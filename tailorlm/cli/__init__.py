@@ -19,7 +19,7 @@ app = typer.Typer(
 
 def _register() -> None:
     # Each verb group lives in its own module and adds its commands to `app`.
-    from tailorlm.cli import adapters, data, evaluate, kb, models, preset, run, serve, tune  # noqa: F401
+    from tailorlm.cli import adapters, bundle, data, evaluate, export, kb, models, plan, preset, run, serve, tune  # noqa: F401
 
 
 def _quiet_libraries() -> None:

@@ -9,7 +9,9 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
+from tailorlm.backends import BACKENDS
 from tailorlm.cli import app
+from tailorlm.config import get_settings
 from tailorlm.engine import SamplingParams
 from tailorlm.errors import InvalidRequestError
 from tailorlm.runtime import ChatSession, Completion, OpenModel, chat_prompt, open_model, stream_text
@@ -21,6 +23,8 @@ TopK = Annotated[int, typer.Option("--top-k", help="Keep the k likeliest tokens 
 Seed = Annotated[Optional[int], typer.Option("--seed", help="Seed for reproducible sampling.")]
 Stop = Annotated[Optional[list[str]], typer.Option("--stop", help="Stop string (repeatable).")]
 System = Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt.")]
+Backend = Annotated[Optional[str], typer.Option(
+    "--backend", help="native, llama.cpp or onnxruntime (default: by the model's artifact) [env TAILOR_BACKEND].")]
 
 
 def _params(max_tokens: int | None, temperature: float, top_p: float, top_k: int, seed: int | None) -> SamplingParams:
@@ -35,8 +39,13 @@ def _split_model_and_prompt(args: list[str]) -> tuple[str | None, str]:
     raise InvalidRequestError("give a prompt, or a model and a prompt: tailor generate [MODEL] PROMPT")
 
 
-def _open(name: str | None) -> OpenModel:
-    return open_model(name, show_progress=sys.stderr.isatty())
+def _open(name: str | None, backend: str | None = None) -> OpenModel:
+    settings = get_settings()
+    if backend is not None:
+        if backend not in BACKENDS:
+            raise InvalidRequestError(f"unknown backend {backend!r}: use {', '.join(BACKENDS)}", param="backend")
+        settings = settings.model_copy(update={"backend": backend})
+    return open_model(name, settings=settings, show_progress=sys.stderr.isatty())
 
 
 @app.command()
@@ -51,11 +60,12 @@ def generate(
     system: System = None,
     raw: Annotated[bool, typer.Option("--raw", help="Plain completion: no chat template.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of streaming text.")] = False,
+    backend: Backend = None,
 ) -> None:
     """Answer one prompt and exit (scriptable)."""
     name, prompt = _split_model_and_prompt(args)
     params = _params(max_tokens, temperature, top_p, top_k, seed)
-    model = _open(name)
+    model = _open(name, backend)
     try:
         if raw:
             ids = model.tokenizer.encode(prompt, add_special_tokens=True)
@@ -98,10 +108,11 @@ def chat(
     top_k: TopK = 0,
     seed: Seed = None,
     system: System = None,
+    backend: Backend = None,
 ) -> None:
     """Chat interactively, with streamed answers and history."""
     console = Console(highlight=False)
-    model = _open(model_name)
+    model = _open(model_name, backend)
     params = _params(max_tokens, temperature, top_p, top_k, seed)
     session = ChatSession(model, params, system)
     interactive = sys.stdin.isatty()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import ipaddress
 import os
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -46,18 +47,49 @@ def run_server(settings: Settings) -> None:
 
 
 def _serve(**flags: Any) -> None:
+    bundle, verify = flags.pop("bundle", None), flags.pop("verify", None)
+    preflight = flags.pop("preflight", True)
     config = flags.pop("config")
     if config is not None:
         if not config.is_file():
             raise InvalidRequestError(f"config file {config} does not exist")
         os.environ["TAILOR_CONFIG"] = str(config)
     given = {k: v for k, v in flags.items() if v is not None}
-    run_server(Settings(**given))
+    if bundle is not None:  # `tailor serve FILE.tailor`: unpack (every digest verified first), serve what it holds
+        from tailorlm.bundle import SUFFIX, unpack_bundle
+        from tailorlm.cli.bundle import report_unpacked
+
+        if not (bundle.is_file() and bundle.name.endswith(SUFFIX)):
+            raise InvalidRequestError(f"{bundle} does not exist or is not a {SUFFIX} bundle", param="bundle")
+        unpacked = unpack_bundle(Settings(**given), bundle, verify_key=verify, show_progress=sys.stderr.isatty())
+        report_unpacked(unpacked, bundle)
+        given.setdefault("default_model", unpacked.manifest.name)
+    elif verify is not None:
+        raise InvalidRequestError("--verify checks a bundle: give the .tailor file to serve", param="verify")
+    settings = Settings(**given)
+    if preflight:  # refuse now, with the numbers, what would run out of memory later
+        from tailorlm.plan.preflight import check_serve
+
+        settings = check_serve(settings)
+    run_server(settings)
 
 
 def _serve_signature() -> inspect.Signature:
     """One optional flag per Settings field, with its description as help: declared once, listed by --help."""
     params = [inspect.Parameter(
+        "bundle", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None,
+        annotation=Annotated[Optional[Path], typer.Argument(help="A .tailor bundle to unpack (verified) and serve.",
+                                                            metavar="FILE.tailor", show_default=False)],
+    ), inspect.Parameter(
+        "verify", inspect.Parameter.KEYWORD_ONLY, default=None,
+        annotation=Annotated[Optional[Path], typer.Option("--verify", help="Refuse the bundle unless signed by "
+                                                          "this public key.", show_default=False)],
+    ), inspect.Parameter(
+        "preflight", inspect.Parameter.KEYWORD_ONLY, default=True,
+        annotation=Annotated[bool, typer.Option("--preflight/--no-preflight", help="Refuse to start when the default "
+                                                "model at --max-batch requests of its full context would not fit "
+                                                "in memory (see `tailor plan`).")],
+    ), inspect.Parameter(
         "config", inspect.Parameter.KEYWORD_ONLY, default=None,
         annotation=Annotated[Optional[Path], typer.Option("--config", help="YAML file of settings (lowest precedence).")],
     )]

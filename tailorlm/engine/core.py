@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from tailorlm.engine.runner import ModelRunner
+from tailorlm.engine.backend import Runner
 from tailorlm.engine.sampling import RowState, SampleResult, sample
 from tailorlm.engine.types import SamplingParams, TokenEvent
 from tailorlm.errors import ContextOverflowError, InvalidRequestError
@@ -50,11 +50,11 @@ class Request:
 class EngineCore:
     """Token-level continuous-batching scheduler. Not thread-safe: one caller drives `step()`."""
 
-    def __init__(self, runner: ModelRunner | Callable[[], ModelRunner], *, vocab_size: int, context_length: int,
+    def __init__(self, runner: Runner | Callable[[], Runner], *, vocab_size: int, context_length: int,
                  eos_token_ids: list[int], max_batch: int, prefill_budget: int = 512) -> None:
         # A factory defers building the runner to the first step, i.e. to the thread that will run it:
         # oneDNN-packed weights run ~1.4x faster in the thread that packed them (docs/decisions.md).
-        self._runner = runner if isinstance(runner, ModelRunner) else None
+        self._runner = runner if hasattr(runner, "prefill") else None
         self._runner_factory = None if self._runner is not None else runner
         self.vocab_size = vocab_size
         self.context_length = context_length
@@ -67,7 +67,7 @@ class EngineCore:
         self.steps = 0
 
     @property
-    def runner(self) -> ModelRunner:
+    def runner(self) -> Runner:
         if self._runner is None:
             self._runner = self._runner_factory()
         return self._runner
@@ -210,7 +210,7 @@ class EngineCore:
         """Free req's slot, moving the last running request into the hole to stay contiguous."""
         slot, last = req.slot, self.running[-1]
         if last is not req:
-            self.runner.cache.move(last.slot, slot, last.length)
+            self.runner.move_slot(last.slot, slot, last.length)
             last.slot = slot
             self.running[slot] = last
         self.running.pop()

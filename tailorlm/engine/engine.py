@@ -17,12 +17,13 @@ from typing import Callable
 
 import torch
 
+from tailorlm.engine.backend import Runner
 from tailorlm.engine.core import EngineCore
 from tailorlm.engine.loader import LoadedModel
 from tailorlm.engine.lora import linear_features, lora_from_peft
 from tailorlm.engine.runner import ModelRunner
 from tailorlm.engine.types import SamplingParams, TokenEvent
-from tailorlm.errors import ModelNotFoundError, QueueFullError
+from tailorlm.errors import ModelNotFoundError, QueueFullError, UnsupportedModelError
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,9 @@ class Engine:
         self.max_waiting = max_waiting
         self.loaded = loaded
         self.name = loaded.name
-        def runner() -> ModelRunner:
+        def runner() -> Runner:
+            if loaded.runner_factory is not None:
+                return loaded.runner_factory(max_batch, loaded.context_length)
             return ModelRunner(loaded.model, max_slots=max_batch, context_length=loaded.context_length)
 
         self.core = EngineCore(
@@ -77,7 +80,8 @@ class Engine:
         self._lock = threading.Lock()
         self._pending = 0  # submitted and not yet finished (waiting or running)
         self._adapters: dict[str, str] = {}  # LoRA adapter name -> version, as submit sees them
-        self._linear_features = linear_features(loaded.model)  # read now, before the engine thread swaps layers
+        # read now, before the engine thread swaps layers; other backends serve no runtime adapters
+        self._linear_features = linear_features(loaded.model) if loaded.model is not None else None
 
     @property
     def context_length(self) -> int:
@@ -124,6 +128,10 @@ class Engine:
         Checked here, against this model's layers; installed by the engine thread between steps, before any
         request submitted afterwards. Loading a name again replaces its weights. `version` is the caller's tag.
         """
+        if self.loaded.model is None:
+            raise UnsupportedModelError(
+                f"{self.name} runs on the {self.loaded.backend} backend, which serves no LoRA adapters at runtime; "
+                f"export the adapter merged into its base instead (`tailor export {name}`)")
         weights = lora_from_peft(config, tensors, self._linear_features, self.loaded.model.dtype)
         with self._lock:
             self._adapters[name] = version

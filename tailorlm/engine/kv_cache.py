@@ -44,7 +44,8 @@ class SlotKVCache(Cache):
             raise ValueError(f"cache reservation {slots}x{length} beyond {self.max_slots}x{self.max_len}")
         if slots <= self.slot_cap and length <= self.len_cap:
             return
-        new_slots = min(self.max_slots, max(slots, self.slot_cap * 2, 1))
+        # slots double only when more slots are needed: a longer request alone must not multiply the rows
+        new_slots = self.slot_cap if slots <= self.slot_cap else min(self.max_slots, max(slots, self.slot_cap * 2))
         new_len = min(self.max_len, max(-(-length // GROW_BLOCK) * GROW_BLOCK, self.len_cap))
         def grow(old: torch.Tensor | None, dim: int) -> torch.Tensor:
             new = torch.zeros(new_slots, self.kv_heads, new_len, dim, dtype=self.dtype)

@@ -5,29 +5,40 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, PreTrainedModel
 
 from tailorlm.errors import UnsupportedModelError
 
+if TYPE_CHECKING:
+    from tailorlm.engine.backend import RunnerFactory
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
 
 @dataclass
 class LoadedModel:
-    """A model ready for the engine, with the token-level facts it needs."""
+    """A model ready for the engine, with the token-level facts it needs.
+
+    The native backend holds the transformers `model`; another backend (llama.cpp, onnxruntime) holds
+    `runner_factory` instead, and `model` is None.
+    """
 
     name: str
     path: Path
-    model: PreTrainedModel
+    model: PreTrainedModel | None
     context_length: int
     vocab_size: int
     eos_token_ids: list[int]
     load_seconds: float
+    model_type: str = ""
+    backend: str = "native"
+    runner_factory: RunnerFactory | None = None
 
 
-def _eos_ids(model: PreTrainedModel, path: Path) -> list[int]:
+def eos_ids(model: PreTrainedModel, path: Path) -> list[int]:
     ids: list[int] = []
     sources = [getattr(model, "generation_config", None), model.config]
     try:
@@ -72,5 +83,6 @@ def load_model(path: Path, *, name: str | None = None, dtype: str = "auto") -> L
     vocab = model.config.get_text_config().vocab_size
     return LoadedModel(
         name=name or path.name, path=path, model=model, context_length=context_length_of(config),
-        vocab_size=vocab, eos_token_ids=_eos_ids(model, path), load_seconds=time.perf_counter() - start,
+        vocab_size=vocab, eos_token_ids=eos_ids(model, path), load_seconds=time.perf_counter() - start,
+        model_type=model.config.model_type,
     )

@@ -117,3 +117,6 @@ class ModelRunner:
         finally:
             self.lora.clear()
         return out.logits[:, -1]
+
+    def move_slot(self, src: int, dst: int, length: int) -> None:
+        self.cache.move(src, dst, length)

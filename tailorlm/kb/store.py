@@ -45,6 +45,18 @@ class KnowledgeBase:
     chunks: int
     bytes: int
     embedding_model: str = ""
+    expires_after: dict | None = None  # OpenAI's {"anchor": "last_active_at", "days": N}
+    last_active_at: int | None = None
+
+    @property
+    def expires_at(self) -> int | None:
+        if not self.expires_after:
+            return None
+        return (self.last_active_at or self.created_at) + int(self.expires_after["days"]) * 86400
+
+    @property
+    def expired(self) -> bool:
+        return self.expires_at is not None and time.time() >= self.expires_at
 
 
 @dataclass
@@ -55,10 +67,11 @@ class KbFile:
     bytes: int
     sha256: str
     chunks: int
-    status: Literal["completed", "failed"]
+    status: Literal["completed", "failed", "cancelled"]
     error: str | None
     created_at: int
     attributes: dict
+    chunking: tuple[int, int] | None = None  # (max tokens, overlap); None: the knowledge base's own
 
 
 @dataclass
@@ -96,15 +109,19 @@ class KnowledgeBases:
         self._lock = threading.RLock()  # one writer transaction at a time on this connection
 
     # -- knowledge bases ------------------------------------------------------------------------
-    def create(self, name: str, *, metadata: dict[str, str] | None = None) -> KnowledgeBase:
+    def create(self, name: str, *, metadata: dict[str, str] | None = None,
+               expires_after: dict | None = None) -> KnowledgeBase:
         name = validate_name(name, "knowledge base")
         kb_id = f"vs_{uuid.uuid4().hex}"
+        expiry = _expires_after(expires_after)
+        now = int(time.time())
         with self._write():
             if self._find(name) is not None:
                 raise AlreadyExistsError(f"a knowledge base named {name!r} already exists", param="name")
-            self.conn.execute("INSERT INTO kb (id, name, created_at, metadata, embedding_model) VALUES (?, ?, ?, ?, ?)",
-                              (kb_id, name, int(time.time()), json.dumps(_metadata(metadata)),
-                               self.settings.embedding_model))
+            self.conn.execute("INSERT INTO kb (id, name, created_at, metadata, embedding_model, expires_after, "
+                              "last_active_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                              (kb_id, name, now, json.dumps(_metadata(metadata)), self.settings.embedding_model,
+                               json.dumps(expiry) if expiry else None, now))
         return self.get(kb_id)
 
     def get(self, name_or_id: str) -> KnowledgeBase:
@@ -117,10 +134,13 @@ class KnowledgeBases:
     def list(self) -> list[KnowledgeBase]:
         return [self._kb(r) for r in self._read(f"{_KB_SELECT} GROUP BY kb.id ORDER BY kb.created_at, kb.rowid")]
 
-    def update(self, name_or_id: str, *, name: str | None = None,
-               metadata: dict[str, str] | None = None) -> KnowledgeBase:
+    def update(self, name_or_id: str, *, name: str | None = None, metadata: dict[str, str] | None = None,
+               expires_after: dict | None = None) -> KnowledgeBase:
         kb = self.get(name_or_id)
+        expiry = _expires_after(expires_after)
         with self._write():
+            if expiry is not None:
+                self.conn.execute("UPDATE kb SET expires_after = ? WHERE id = ?", (json.dumps(expiry), kb.id))
             if name is not None:
                 name = validate_name(name, "knowledge base")
                 other = self._find(name)
@@ -130,6 +150,19 @@ class KnowledgeBases:
             if metadata is not None:
                 self.conn.execute("UPDATE kb SET metadata = ? WHERE id = ?", (json.dumps(_metadata(metadata)), kb.id))
         return self.get(kb.id)
+
+    def usable(self, name_or_id: str) -> KnowledgeBase:
+        """The knowledge base, if it has not expired; using it moves its `last_active_at` to now."""
+        kb = self.get(name_or_id)
+        if kb.expired:
+            raise InvalidRequestError(f"vector store {kb.id} expired (no use for {kb.expires_after['days']} days); "
+                                      "create a new one", param="vector_store_id")
+        now = int(time.time())
+        if kb.last_active_at != now:
+            with self._write():
+                self.conn.execute("UPDATE kb SET last_active_at = ? WHERE id = ?", (now, kb.id))
+            kb.last_active_at = now
+        return kb
 
     def remove(self, name_or_id: str) -> None:
         kb = self.get(name_or_id)
@@ -151,6 +184,14 @@ class KnowledgeBases:
             raise NotFoundError(f"No file {file_id!r} in knowledge base {kb.name!r}.", param="file_id")
         return _file(row)
 
+    def file_text(self, name_or_id: str, file_id: str) -> list[str]:
+        """The text of a file's chunks, in order (overlaps included)."""
+        kb = self.get(name_or_id)
+        self.get_file(kb.id, file_id)
+        rows = self._read("SELECT t.text FROM kb_chunks c JOIN kb_fts t ON t.rowid = c.id "
+                          "WHERE c.kb_id = ? AND c.file_id = ? ORDER BY c.position", (kb.id, file_id))
+        return [r["text"] for r in rows]
+
     def remove_file(self, name_or_id: str, file_id: str) -> None:
         kb = self.get(name_or_id)
         self.get_file(kb.id, file_id)
@@ -169,21 +210,25 @@ class KnowledgeBases:
         return results
 
     def add_path(self, name_or_id: str, path: Path, *, file_id: str | None = None, attributes: dict | None = None,
-                 progress: Progress | None = None) -> IngestResult:
+                 progress: Progress | None = None, chunking: tuple[int, int] | None = None,
+                 cancelled: Callable[[], bool] | None = None) -> IngestResult:
         """Extract, chunk, embed and index one file. The same bytes under the same name are a no-op;
-        other bytes under a name already present (or `file_id`) replace that file once they are indexed."""
+        other bytes under a name already present (or `file_id`) replace that file once they are indexed.
+
+        `chunking` is (max tokens, overlap) for this file instead of the base's own; `cancelled` is asked inside
+        the write transaction, so a file removed while it was being embedded is never written."""
         kb = self.get(name_or_id)
         path = Path(path)
         attrs = _attributes(attributes)
         existing = self._existing(kb.id, path.name, file_id)
         file = KbFile(existing.id if existing else file_id or f"file-{uuid.uuid4().hex[:24]}", kb.id, path.name,
-                      0, "", 0, "completed", None, int(time.time()), attrs)
+                      0, "", 0, "completed", None, int(time.time()), attrs, chunking)
         try:
             with open(path, "rb") as fh:  # streamed: a large PDF is hashed without holding it in memory
                 file.sha256 = hashlib.file_digest(fh, "sha256").hexdigest()
                 file.bytes = fh.tell()
             if existing and existing.status == "completed" and existing.sha256 == file.sha256 \
-                    and existing.filename == file.filename:
+                    and existing.filename == file.filename and existing.chunking == file.chunking:
                 if attributes is not None and attrs != existing.attributes:
                     with self._write():
                         self.conn.execute("UPDATE kb_files SET attributes = ? WHERE kb_id = ? AND id = ?",
@@ -193,11 +238,14 @@ class KnowledgeBases:
             if attributes is None and existing:
                 file.attributes = existing.attributes
             model = self._model(kb)
-            _, chunks = chunk_blocks(extract(path), model.tokenizer, max_tokens=self._chunk_tokens(model),
-                                     overlap=self.overlap)
+            max_tokens, overlap = self._chunking(model, chunking)
+            _, chunks = chunk_blocks(extract(path), model.tokenizer, max_tokens=max_tokens, overlap=overlap)
             vectors = _embed_chunks(model, chunks, progress)
             file.chunks = len(chunks)
             with self._write(kb.id):
+                if cancelled is not None and cancelled():
+                    file.status, file.error = "cancelled", "removed before it was indexed"
+                    return IngestResult(file, "failed", file.error)
                 _delete_file(self.conn, kb.id, file.id)
                 _insert_file(self.conn, file)
                 _insert_chunks(self.conn, file, chunks, vectors)
@@ -207,7 +255,9 @@ class KnowledgeBases:
             if not isinstance(exc, TailorError):
                 log.warning("indexing %s failed", path, exc_info=True)
             file.status, file.error, file.chunks = "failed", message, 0
-            if existing is None or existing.status == "failed":  # a good earlier version stays searchable
+            if cancelled is not None and cancelled():
+                file.status = "cancelled"
+            elif existing is None or existing.status == "failed":  # a good earlier version stays searchable
                 with self._write(kb.id):
                     _delete_file(self.conn, kb.id, file.id)
                     _insert_file(self.conn, file)
@@ -270,7 +320,9 @@ class KnowledgeBases:
     @staticmethod
     def _kb(row) -> KnowledgeBase:
         return KnowledgeBase(row["id"], row["name"], row["created_at"], json.loads(row["metadata"]), row["n_files"],
-                             row["n_chunks"], row["n_bytes"], row["embedding_model"])
+                             row["n_chunks"], row["n_bytes"], row["embedding_model"],
+                             json.loads(row["expires_after"]) if row["expires_after"] else None,
+                             row["last_active_at"])
 
     def _existing(self, kb_id: str, filename: str, file_id: str | None) -> KbFile | None:
         if file_id is not None:
@@ -284,7 +336,32 @@ class KnowledgeBases:
         return self.embeddings.get(kb.embedding_model or self.settings.embedding_model).model
 
     def _chunk_tokens(self, model: EmbeddingModel) -> int:
-        return min(self.chunk_tokens, model.max_length - HEADING_TOKENS - len(model.prefix) - len(model.suffix))
+        return min(self.chunk_tokens, self.max_chunk_tokens(model))
+
+    @staticmethod
+    def max_chunk_tokens(model: EmbeddingModel) -> int:
+        """The longest chunk `model` embeds whole, with its heading in front."""
+        return model.max_length - HEADING_TOKENS - len(model.prefix) - len(model.suffix)
+
+    def check_chunking(self, name_or_id: str | None, chunking: tuple[int, int]) -> None:
+        """Raise InvalidRequestError unless the knowledge base's embedding model can embed such chunks whole."""
+        model_name = self.get(name_or_id).embedding_model if name_or_id else ""
+        self._chunking(self.embeddings.get(model_name or self.settings.embedding_model).model, chunking)
+
+    def _chunking(self, model: EmbeddingModel, chunking: tuple[int, int] | None) -> tuple[int, int]:
+        """(max tokens, overlap) for one file: the base's own, or a caller's that the model can embed whole."""
+        if chunking is None:
+            return self._chunk_tokens(model), self.overlap
+        size, overlap = chunking
+        limit = self.max_chunk_tokens(model)
+        if not 1 <= size <= limit:
+            raise InvalidRequestError(f"chunks of {size} tokens do not fit the embedding model, which embeds at "
+                                      f"most {limit} tokens per chunk; use a max_chunk_size_tokens up to {limit}.",
+                                      param="chunking_strategy")
+        if not 0 <= overlap <= size // 2:
+            raise InvalidRequestError(f"chunk_overlap_tokens must be between 0 and half of max_chunk_size_tokens "
+                                      f"({size // 2}), got {overlap}.", param="chunking_strategy")
+        return size, overlap
 
     def _allowed(self, kb_id: str, filters: dict) -> set[str]:
         rows = self._read("SELECT id, filename, attributes FROM kb_files WHERE kb_id = ? AND status = ?",
@@ -311,8 +388,9 @@ _KB_SELECT = ("SELECT kb.*, count(f.id) AS n_files, coalesce(sum(f.chunks), 0) A
 
 
 def _file(row) -> KbFile:
+    chunking = tuple(json.loads(row["chunking"])) if row["chunking"] else None
     return KbFile(row["id"], row["kb_id"], row["filename"], row["bytes"], row["sha256"], row["chunks"], row["status"],
-                  row["error"], row["created_at"], json.loads(row["attributes"]))
+                  row["error"], row["created_at"], json.loads(row["attributes"]), chunking)  # type: ignore[arg-type]
 
 
 def _delete_file(conn, kb_id: str, file_id: str) -> None:
@@ -323,9 +401,9 @@ def _delete_file(conn, kb_id: str, file_id: str) -> None:
 
 def _insert_file(conn, f: KbFile) -> None:
     conn.execute("INSERT INTO kb_files (kb_id, id, filename, bytes, sha256, chunks, status, error, created_at, "
-                 "attributes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 "attributes, chunking) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                  (f.kb_id, f.id, f.filename, f.bytes, f.sha256, f.chunks, f.status, f.error, f.created_at,
-                  json.dumps(f.attributes)))
+                  json.dumps(f.attributes), json.dumps(list(f.chunking)) if f.chunking else None))
 
 
 def _insert_chunks(conn, f: KbFile, chunks: list[Chunk], vectors: np.ndarray) -> None:
@@ -371,6 +449,18 @@ def _metadata(metadata: dict | None) -> dict[str, str]:
         raise InvalidRequestError("metadata: at most 16 string pairs, keys up to 64 and values up to 512 "
                                   "characters.", param="metadata")
     return dict(metadata)
+
+
+def _expires_after(expires_after: dict | None) -> dict | None:
+    """OpenAI's expiration policy: anchor `last_active_at`, 1 to 365 days."""
+    if expires_after is None:
+        return None
+    days = expires_after.get("days") if isinstance(expires_after, dict) else None
+    if not isinstance(expires_after, dict) or expires_after.get("anchor") != "last_active_at" \
+            or not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= 365:
+        raise InvalidRequestError('expires_after must be {"anchor": "last_active_at", "days": N} with N from 1 '
+                                  "to 365.", param="expires_after")
+    return {"anchor": "last_active_at", "days": days}
 
 
 def _attributes(attributes: dict | None) -> dict:

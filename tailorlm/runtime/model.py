@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from safetensors.torch import load_file
 
+from tailorlm.backends import load_backend, pick_backend
 from tailorlm.chat import TextTokenizer, load_tokenizer
 from tailorlm.config import Settings, get_settings
 from tailorlm.engine import Engine, RequestHandle, SamplingParams, TokenEvent, load_model
@@ -87,7 +88,11 @@ def _open_base(name: str, settings: Settings, store: ModelStore, show_progress: 
     if settings.threads:
         torch.set_num_threads(settings.threads)
     path = store.path(manifest.name)
-    loaded = load_model(path, name=manifest.name, dtype=settings.dtype)
+    backend = pick_backend(manifest.format, settings.backend)
+    if backend == "native":
+        loaded = load_model(path, name=manifest.name, dtype=settings.dtype)
+    else:
+        loaded = load_backend(backend, path, manifest, settings)
     tokenizer = load_tokenizer(path, name=manifest.name)
     eos = list(dict.fromkeys(loaded.eos_token_ids + tokenizer.eos_token_ids))
     loaded.eos_token_ids = eos

@@ -36,8 +36,10 @@ class PendingFile:
     bytes: int
     created_at: int
     attributes: dict[str, Any] | None
+    chunking: tuple[int, int] | None = None
     status: str = "in_progress"
     error: str | None = None
+    cancelled: bool = False  # removed while being ingested: the ingestion must not write it
 
 
 class Knowledge:
@@ -49,6 +51,17 @@ class Knowledge:
         self._lock = threading.Lock()
         self.pending: dict[tuple[str, str], PendingFile] = {}
         self._pool: ThreadPoolExecutor | None = None
+        self._batches: Any = None
+
+    @property
+    def batches(self) -> Any:
+        """The file batches (tailorlm.kb.batches.FileBatches), opened on first use."""
+        with self._lock:
+            if self._batches is None:
+                from tailorlm.kb.batches import FileBatches
+
+                self._batches = FileBatches(self.settings)
+            return self._batches
 
     @property
     def kbs(self) -> Any:
@@ -60,10 +73,11 @@ class Knowledge:
                 self._kbs = KnowledgeBases(self.settings, embeddings=self.embeddings)
             return self._kbs
 
-    def add_file(self, kb_id: str, file_id: str, attributes: dict[str, Any] | None) -> PendingFile:
+    def add_file(self, kb_id: str, file_id: str, attributes: dict[str, Any] | None,
+                 chunking: tuple[int, int] | None = None) -> PendingFile:
         """Start ingesting uploaded file `file_id` into `kb_id`; returns its in-progress record at once."""
         record = self.files.get(file_id)  # 404 for an unknown file, before anything starts
-        pending = PendingFile(record.id, kb_id, record.filename, record.bytes, int(time.time()), attributes)
+        pending = PendingFile(record.id, kb_id, record.filename, record.bytes, int(time.time()), attributes, chunking)
         with self._lock:
             self.pending[(kb_id, file_id)] = pending
             if self._pool is None:
@@ -73,30 +87,43 @@ class Knowledge:
 
     def _ingest(self, pending: PendingFile) -> None:
         key = (pending.kb_id, pending.id)
+        if pending.cancelled:  # cancelled while it waited its turn
+            return
         try:
             with _named_copy(self.files.path(pending.id), pending.filename, self.settings.files_dir) as path:
-                result = self.kbs.add_path(pending.kb_id, path, file_id=pending.id, attributes=pending.attributes)
+                result = self.kbs.add_path(pending.kb_id, path, file_id=pending.id, attributes=pending.attributes,
+                                           chunking=pending.chunking, cancelled=lambda: pending.cancelled)
             if result.status == "failed":
                 pending.status, pending.error = "failed", result.error or "the file could not be ingested"
         except Exception as exc:  # reported on the file object, as OpenAI does
             log.warning("ingesting %s into %s failed: %s", pending.id, pending.kb_id, exc)
             pending.status, pending.error = "failed", getattr(exc, "message", None) or str(exc)
         with self._lock:
-            if pending.status != "failed":  # the knowledge base's record now speaks for it
+            if pending.cancelled:
+                pending.status, pending.error = "cancelled", None
+            elif pending.status != "failed":  # the knowledge base's record now speaks for it
                 self.pending.pop(key, None)
 
     def pending_for(self, kb_id: str) -> list[PendingFile]:
         with self._lock:
             return [p for (k, _), p in self.pending.items() if k == kb_id]
 
+    def cancel(self, kb_id: str, file_ids: list[str]) -> None:
+        """Stop ingesting these files (those not yet written): they end `cancelled`, with nothing indexed."""
+        with self._lock:
+            for file_id in file_ids:
+                p = self.pending.get((kb_id, file_id))
+                if p is not None and p.status == "in_progress":
+                    p.cancelled, p.status = True, "cancelled"
+
     def forget(self, kb_id: str, file_id: str | None = None) -> PendingFile | None:
         """Drop the pending record(s) of a removed file or knowledge base."""
         with self._lock:
-            if file_id is not None:
-                return self.pending.pop((kb_id, file_id), None)
-            for key in [k for k in self.pending if k[0] == kb_id]:
-                self.pending.pop(key)
-            return None
+            keys = [(kb_id, file_id)] if file_id is not None else [k for k in self.pending if k[0] == kb_id]
+            dropped = [p for key in keys if (p := self.pending.pop(key, None)) is not None]
+            for p in dropped:  # an ingestion still running checks this before it writes
+                p.cancelled = True
+            return dropped[0] if file_id is not None and dropped else None
 
     def close(self) -> None:
         if self._pool is not None:

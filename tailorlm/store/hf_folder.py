@@ -72,9 +72,14 @@ def check_weights(folder: Path, allow_pickle: bool) -> list[Path]:
     return pickles
 
 
-def copy_model_files(src: Path, dst: Path, *, move: bool = False) -> None:
-    """Copy (or move, for a download we own) the files the store keeps from `src` into `dst`."""
-    for path in _files(src, MODEL_FILE_PATTERNS):
+WEIGHT_PATTERNS: tuple[str, ...] = ("*.safetensors", "model.safetensors.index.json")
+
+
+def copy_model_files(src: Path, dst: Path, *, move: bool = False, weights: bool = True) -> None:
+    """Copy (or move, for a download we own) the files the store keeps from `src` into `dst`; with
+    `weights=False`, only config, tokenizer, chat template and license (what an exported artifact carries along)."""
+    patterns = MODEL_FILE_PATTERNS if weights else tuple(p for p in MODEL_FILE_PATTERNS if p not in WEIGHT_PATTERNS)
+    for path in _files(src, patterns):
         target = dst / path.relative_to(src)
         target.parent.mkdir(parents=True, exist_ok=True)
         if move:

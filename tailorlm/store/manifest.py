@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -71,5 +71,8 @@ class Manifest(StoredManifest):
     dtype: str | None = None
     license: str | None = None
     has_chat_template: bool = False
+    format: Literal["safetensors", "gguf", "onnx"] = "safetensors"  # the weights' artifact; picks the backend
+    quantization: str | None = None  # of an exported artifact (f16, q8_0, int8...)
+    exported_from: str | None = None  # the model or adapter an exported artifact was made from
     created_at: str = Field(default_factory=now_iso)
     files: dict[str, FileDigest]

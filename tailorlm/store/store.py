@@ -121,9 +121,16 @@ class ModelStore(Catalogue[Manifest]):
                 raise
         return self.pull(key, show_progress=show_progress)
 
+    def add_artifact(self, key: str, source: str, fill: Filler, extra: dict[str, Any], *,
+                     overwrite: bool = False, show_progress: bool = True) -> Manifest:
+        """Register an artifact `fill` writes (an export): staged, hashed and published like an import;
+        `extra` sets manifest fields the files cannot tell (format, quantization, what it was made from)."""
+        return self._build(validate_name(key), source, overwrite, show_progress, fill, extra)
+
     # -- import pipeline -------------------------------------------------------------------------
 
-    def _build(self, key: str, source: str, overwrite: bool, show_progress: bool, fill: Filler) -> Manifest:
+    def _build(self, key: str, source: str, overwrite: bool, show_progress: bool, fill: Filler,
+               extra: dict[str, Any] | None = None) -> Manifest:
         """Stage, hash, write the manifest last, then publish with one rename."""
         if not overwrite:
             self.check_absent(key)
@@ -132,7 +139,8 @@ class ModelStore(Catalogue[Manifest]):
             hints = fill(staged, staging, stages)
             advance = stages.bytes("hashing", self.staged_bytes(staged))
             return self.publish(
-                staged, staging, lambda files: Manifest(name=key, source=source, files=files, **describe(staged, **hints)),
+                staged, staging,
+                lambda files: Manifest(name=key, source=source, files=files, **{**describe(staged, **hints), **(extra or {})}),
                 overwrite=overwrite, advance=advance,
             )
 

@@ -11,25 +11,72 @@ from tailorlm.server.protocol.common import CursorListResponse, OpenAIRequest, O
 Attributes = dict[str, str | float | bool]
 
 
+class ExpiresAfter(OpenAIRequest):
+    anchor: Literal["last_active_at"]
+    days: int = Field(ge=1, le=365)
+
+
+class StaticChunking(OpenAIRequest):
+    max_chunk_size_tokens: int = Field(ge=100, le=4096)
+    chunk_overlap_tokens: int = Field(ge=0)
+
+
+class ChunkingStrategy(OpenAIRequest):
+    """OpenAI's `auto` (the knowledge base's own chunking) or `static` (sizes in the embedding model's tokens)."""
+
+    type: Literal["auto", "static"]
+    static: StaticChunking | None = None
+
+    def sizes(self) -> tuple[int, int] | None:
+        """(max tokens, overlap) for `static`; None for `auto`."""
+        if self.type == "auto":
+            return None
+        if self.static is None:
+            from tailorlm.errors import InvalidRequestError
+
+            raise InvalidRequestError("a static chunking_strategy needs its `static` object.",
+                                      param="chunking_strategy")
+        return self.static.max_chunk_size_tokens, self.static.chunk_overlap_tokens
+
+
 class CreateVectorStoreRequest(OpenAIRequest):
     name: str | None = None
     description: str | None = None
     file_ids: list[str] = Field(default_factory=list, max_length=500)
     metadata: dict[str, str] | None = Field(None, max_length=16)
-    expires_after: dict[str, Any] | None = None  # accepted, not enforced: stores stay until deleted
-    chunking_strategy: dict[str, Any] | None = None  # accepted; chunking is the knowledge base's own
+    expires_after: ExpiresAfter | None = None
+    chunking_strategy: ChunkingStrategy | None = None  # for `file_ids`
 
 
 class UpdateVectorStoreRequest(OpenAIRequest):
     name: str | None = None
     metadata: dict[str, str] | None = Field(None, max_length=16)
-    expires_after: dict[str, Any] | None = None
+    expires_after: ExpiresAfter | None = None
 
 
 class CreateVectorStoreFileRequest(OpenAIRequest):
     file_id: str
     attributes: Attributes | None = Field(None, max_length=16)
-    chunking_strategy: dict[str, Any] | None = None
+    chunking_strategy: ChunkingStrategy | None = None
+
+
+class CreateVectorStoreFileBatchRequest(OpenAIRequest):
+    """`file_ids` (with shared attributes and chunking) or `files` (each with its own), not both."""
+
+    file_ids: list[str] | None = Field(None, min_length=1, max_length=2000)
+    files: list[CreateVectorStoreFileRequest] | None = Field(None, min_length=1, max_length=2000)
+    attributes: Attributes | None = Field(None, max_length=16)
+    chunking_strategy: ChunkingStrategy | None = None
+
+    def entries(self) -> list[CreateVectorStoreFileRequest]:
+        if (self.file_ids is None) == (self.files is None):
+            from tailorlm.errors import InvalidRequestError
+
+            raise InvalidRequestError("give either file_ids or files, not both and not neither.", param="file_ids")
+        if self.files is not None:
+            return list(self.files)
+        return [CreateVectorStoreFileRequest(file_id=f, attributes=self.attributes,
+                                             chunking_strategy=self.chunking_strategy) for f in self.file_ids or []]
 
 
 class RankingOptions(OpenAIRequest):
@@ -54,6 +101,7 @@ class FileCounts(OpenAIResponse):
 
 
 class VectorStoreObject(OpenAIResponse):
+    omit_if_none: ClassVar[frozenset[str]] = frozenset({"expires_after"})
     id: str
     object: Literal["vector_store"] = "vector_store"
     created_at: int
@@ -63,6 +111,8 @@ class VectorStoreObject(OpenAIResponse):
     status: Literal["expired", "in_progress", "completed"]
     last_active_at: int | None
     metadata: dict[str, str] | None
+    expires_after: dict[str, Any] | None = None
+    expires_at: int | None = None
 
 
 class ListVectorStoresResponse(CursorListResponse[VectorStoreObject]):
@@ -89,7 +139,7 @@ class VectorStoreFileObject(OpenAIResponse):
     vector_store_id: str
     status: Literal["in_progress", "completed", "cancelled", "failed"]
     last_error: LastError | None
-    chunking_strategy: dict[str, Any] = Field(default_factory=lambda: {"type": "other"})
+    chunking_strategy: dict[str, Any]
     attributes: Attributes | None = None
 
 
@@ -103,6 +153,15 @@ class DeleteVectorStoreFileResponse(OpenAIResponse):
     deleted: bool
 
 
+class VectorStoreFileBatchObject(OpenAIResponse):
+    id: str
+    object: Literal["vector_store.files_batch"] = "vector_store.files_batch"
+    created_at: int
+    vector_store_id: str
+    status: Literal["in_progress", "completed", "cancelled", "failed"]
+    file_counts: FileCounts
+
+
 class SearchContent(OpenAIResponse):
     type: Literal["text"] = "text"
     text: str
@@ -114,6 +173,13 @@ class VectorStoreSearchResultItem(OpenAIResponse):
     score: float
     attributes: Attributes | None
     content: list[SearchContent]
+
+
+class VectorStoreFileContentResponse(OpenAIResponse):
+    object: Literal["vector_store.file_content.page"] = "vector_store.file_content.page"
+    data: list[SearchContent]
+    has_more: bool = False
+    next_page: str | None = None
 
 
 class VectorStoreSearchResultsPage(OpenAIResponse):

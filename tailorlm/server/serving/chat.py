@@ -48,7 +48,7 @@ class ChatPlan:
 
 def plan_chat(model: OpenModel, req: ChatCompletionRequest) -> ChatPlan:
     """Choose rendering and parsing: harmony for gpt-oss, tool conventions, structured output."""
-    if model.engine.loaded.model.config.model_type == "gpt_oss":
+    if model.engine.loaded.model_type == "gpt_oss":
         from tailorlm.chat import harmony
 
         return ChatPlan(**harmony.plan(model.tokenizer, req.messages, req.tools, req.tool_choice,
