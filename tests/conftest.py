@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import tailorlm  # noqa: F401  (first: it sets OpenMP's wait policy before torch loads, as the CLI does)
-
-import pytest  # noqa: I001
+import pytest
 import torch
 
 from tests.fixtures_default import default_store_home  # noqa: F401  (one session-wide copy for all modules)

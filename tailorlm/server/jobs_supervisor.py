@@ -135,8 +135,11 @@ class JobSupervisor:
         with open(folder / "worker.log", "ab") as out:
             # Its own session: a Ctrl-C at the server's terminal reaches the server, which then stops
             # the worker cleanly (SIGTERM), instead of killing it mid-step.
+            # Its OpenMP threads wait passively: a background process whose idle threads spin starves the
+            # server's decode (docs/decisions.md, "OpenMP wait policy").
+            env = {"OMP_WAIT_POLICY": "PASSIVE", **self.settings.env()}
             proc = subprocess.Popen(self.command(job.id), stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=subprocess.STDOUT, env=self.settings.env(), start_new_session=True)
+                                    stderr=subprocess.STDOUT, env=env, start_new_session=True)
         try:  # training yields the CPU to serving
             os.setpriority(os.PRIO_PROCESS, proc.pid, min(19, os.getpriority(os.PRIO_PROCESS, 0) + self.niceness))
         except OSError:
