@@ -103,3 +103,37 @@ def test_cli_export_and_errors(tuned: str, tailor_home: Path) -> None:
     assert bad.returncode == 1 and bad.stderr.strip().startswith("error:") and len(bad.stderr.strip().splitlines()) == 1
     missing = run("export", "ft:nope:x:y", "--format", "gguf")
     assert missing.returncode == 1 and "Traceback" not in missing.stderr
+
+
+@pytest.mark.parametrize(("fmt", "quant"), [("gguf", "f16"), ("gguf", "q8_0"), ("onnx", "f32"), ("onnx", "int8")])
+def test_tuned_model_round_trips_through_each_backend(tuned: str, tailor_home: Path, fmt: str, quant: str) -> None:
+    result = export(tuned, fmt, quant, show_progress=False)
+    m = result.manifest
+    assert (m.format, m.quantization, m.exported_from) == (fmt, quant, FT) and result.parity.passed
+    folder = ModelStore(tailor_home).path(m.name)
+    assert (folder / ("model.gguf" if fmt == "gguf" else "model.onnx")).is_file()
+    assert not list(folder.glob("*.safetensors"))  # the artifact, not the source's weights
+    model = open_model(m.name, show_progress=False)
+    try:
+        assert model.engine.loaded.backend == {"gguf": "llama.cpp", "onnx": "onnxruntime"}[fmt]
+        tokens = model.submit(PROMPT, SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)).tokens()
+    finally:
+        model.close()
+    if quant in ("f16", "f32"):  # near-lossless: the same greedy tokens as the source
+        assert tokens == greedy_tokens(tuned)
+    with pytest.raises(InvalidRequestError, match="already an exported"):
+        export(m.name, "safetensors", show_progress=False)
+
+
+def test_backend_choice_and_a_missing_backend(tuned: str, tailor_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tailorlm.config import Settings
+    from tailorlm.errors import BackendMissingError, UnsupportedModelError
+
+    name = export(BASE, "gguf", "f32", show_progress=False).manifest.name
+    with pytest.raises(UnsupportedModelError, match="cannot run a gguf artifact"):
+        open_model(name, settings=Settings(home=tailor_home, backend="onnxruntime"), show_progress=False)
+    with pytest.raises(UnsupportedModelError, match="cannot run a safetensors artifact"):
+        open_model(BASE, settings=Settings(home=tailor_home, backend="llama.cpp"), show_progress=False)
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # as if llama-cpp-python were not installed
+    with pytest.raises(BackendMissingError, match=r"pip install 'tailorlm\[llama-cpp\]'"):
+        open_model(name, show_progress=False)
