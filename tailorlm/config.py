@@ -53,6 +53,9 @@ class Settings(BaseSettings):
         "ONNX: onnxruntime).")
     max_batch: int = Field(32, ge=1, description="Most requests decoded together in one step.")
     prefill_chunk: int = Field(512, ge=16, description="Most prompt tokens prefilled per request per step.")
+    prefix_cache_mb: int = Field(
+        256, ge=0, description="Memory for the keys/values of shared prompt prefixes, reused by later requests "
+        "(native backend; 0: off).")
     verify_digests: bool = Field(True, description="Verify every file's sha256 when a model loads.")
 
     database: Path | None = Field(None, description="The embedded SQLite metadata store; default HOME/tailor.db.")

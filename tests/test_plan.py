@@ -47,7 +47,7 @@ def test_estimate_is_the_documented_formula(tiny: Path, tailor_home: Path) -> No
     # growth: the generation alive during the last growth; within one block, the 2 slots before the 3rd came
     growth = 2 * 2 * 2 * 16 * 4 * 256 * 2
     assert est.parts == {"runtime": 480 * MIB, "weights": stored, "layout copy": linear * 4, "kv cache": kv,
-                         "kv growth": growth, "adapters": 0}
+                         "kv growth": growth, "adapters": 0, "prefix cache": 0}
     assert est.total == sum(est.parts.values()) and est.fits and est.verdict == "fits"
     assert est.available == LAPTOP.available_bytes and est.headroom == LAPTOP.available_bytes - est.total
     bandwidth = LAPTOP.bandwidth_gbs * 1e9 * est_mod.DECODE_FRACTION[("native", "f32")]
@@ -194,7 +194,9 @@ from tailorlm.runtime import open_model
 
 home, context, parallel = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 torch.set_num_threads(2)
-model = open_model({model!r}, settings=Settings(home=home, threads=2, max_batch=parallel, verify_digests=False),
+# the prefix cache is off here: its part of the estimate is its capacity, bounded by construction
+model = open_model({model!r}, settings=Settings(home=home, threads=2, max_batch=parallel, verify_digests=False,
+                                                prefix_cache_mb=0),
                    show_progress=False)
 # One request's prompt ends just short of the last cache block and its decode crosses into it: the cache's
 # last growth allocates `context` positions (zero-filled, so resident) while the previous generation is

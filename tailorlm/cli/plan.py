@@ -42,7 +42,7 @@ def plan(
     try:
         machine = get_target(target, settings.home, settings.threads)
         est = plan_stored(model, home=settings.home, target=machine, context=context, parallel=parallel,
-                          quant=quant)
+                          quant=quant, prefix_cache_bytes=settings.prefix_cache_mb * 2**20)
     except TailorError as exc:  # bad input: unknown model, target, quantization, context beyond the model's
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(2) from None

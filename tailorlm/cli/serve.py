@@ -70,7 +70,11 @@ def _serve(**flags: Any) -> None:
     if preflight:  # refuse now, with the numbers, what would run out of memory later
         from tailorlm.plan.preflight import check_serve
 
-        settings = check_serve(settings)
+        sized = check_serve(settings)
+        if sized.max_batch != settings.max_batch:
+            typer.echo(f"max batch {settings.max_batch} -> {sized.max_batch}: the most requests at full context that "
+                       f"fit in memory (set --max-batch to choose)", err=True)
+        settings = sized
     run_server(settings)
 
 

@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 
 from tailorlm.engine.backend import Runner
+from tailorlm.engine.prefix_cache import PrefixCache
 from tailorlm.engine.sampling import RowState, SampleResult, sample
 from tailorlm.engine.types import SamplingParams, TokenEvent
 from tailorlm.errors import ContextOverflowError, InvalidRequestError
@@ -51,7 +52,8 @@ class EngineCore:
     """Token-level continuous-batching scheduler. Not thread-safe: one caller drives `step()`."""
 
     def __init__(self, runner: Runner | Callable[[], Runner], *, vocab_size: int, context_length: int,
-                 eos_token_ids: list[int], max_batch: int, prefill_budget: int = 512) -> None:
+                 eos_token_ids: list[int], max_batch: int, prefill_budget: int = 512,
+                 prefix_cache_bytes: int = 0) -> None:
         # A factory defers building the runner to the first step, i.e. to the thread that will run it:
         # oneDNN-packed weights run ~1.4x faster in the thread that packed them (docs/decisions.md).
         self._runner = runner if hasattr(runner, "prefill") else None
@@ -61,6 +63,8 @@ class EngineCore:
         self.eos_token_ids = set(eos_token_ids)
         self.max_batch = max_batch
         self.prefill_budget = prefill_budget
+        # prompt prefixes' keys/values, reused by later requests (native runner only: see prefix_cache.py)
+        self.prefix_cache = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []  # running[i].slot == i
         self.by_id: dict[str, Request] = {}
@@ -123,6 +127,8 @@ class EngineCore:
         self._fail(users, RuntimeError(f"adapter {name} was unloaded"))
         if name in self.runner.lora:
             self.runner.lora.remove(name)
+        if self.prefix_cache is not None:
+            self.prefix_cache.clear()
 
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
@@ -144,11 +150,15 @@ class EngineCore:
     def _prefill(self, req: Request) -> None:
         req.slot = len(self.running)
         self.running.append(req)
+        cache = self.prefix_cache if hasattr(self.runner, "write_kv") else None
         try:
             chunk = max(self.prefill_budget, 1)
             logits = None
-            for start in range(0, len(req.prompt), chunk):
+            cached = self.runner.write_kv(req.slot, 0, cache.match(req.prompt, req.adapter)) if cache else 0
+            for start in range(cached, len(req.prompt), chunk):
                 logits = self.runner.prefill(req.slot, req.prompt[start : start + chunk], start, adapter=req.adapter)
+            if cache is not None:
+                cache.add(req.prompt, req.adapter, lambda a, b: self.runner.read_kv(req.slot, a, b))
         except Exception as exc:  # a fault in one request must not take the engine down
             log.exception("prefill failed for %s", req.id)
             self._fail([req], exc)

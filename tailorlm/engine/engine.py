@@ -61,7 +61,7 @@ class Engine:
     """Thread-safe front of the scheduler for one loaded model."""
 
     def __init__(self, loaded: LoadedModel, *, max_batch: int = 32, prefill_budget: int = 512,
-                 max_waiting: int | None = None) -> None:
+                 max_waiting: int | None = None, prefix_cache_bytes: int = 0) -> None:
         self.max_waiting = max_waiting
         self.loaded = loaded
         self.name = loaded.name
@@ -73,6 +73,7 @@ class Engine:
         self.core = EngineCore(
             runner, vocab_size=loaded.vocab_size, context_length=loaded.context_length,
             eos_token_ids=loaded.eos_token_ids, max_batch=max_batch, prefill_budget=prefill_budget,
+            prefix_cache_bytes=prefix_cache_bytes,
         )
         self._inbox: queue.SimpleQueue[tuple[str, object]] = queue.SimpleQueue()
         self._ids = itertools.count()
@@ -187,6 +188,8 @@ class Engine:
             self.core.abort(arg)  # type: ignore[arg-type]
         elif cmd == "load_adapter":
             self.core.runner.lora.add(*arg)  # type: ignore[misc]
+            if self.core.prefix_cache is not None:  # keys/values computed through an older version are stale
+                self.core.prefix_cache.clear()
         elif cmd == "unload_adapter":
             self.core.unload_adapter(arg)  # type: ignore[arg-type]
         elif cmd in ("stop", "abort_all"):

@@ -120,3 +120,22 @@ class ModelRunner:
 
     def move_slot(self, src: int, dst: int, length: int) -> None:
         self.cache.move(src, dst, length)
+
+    # -- prefix caching (tailorlm/engine/prefix_cache.py) --------------------------------
+    def read_kv(self, slot: int, start: int, end: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """A copy of positions start..end-1 of `slot`, per layer."""
+        return [(k[slot, :, start:end].clone(), v[slot, :, start:end].clone())
+                for k, v in zip(self.cache.keys, self.cache.values)]
+
+    def write_kv(self, slot: int, start: int, blocks: list[list[tuple[torch.Tensor, torch.Tensor]]]) -> int:
+        """Write cached blocks into `slot` from position `start` on; returns the positions written."""
+        n = sum(b[0][0].shape[1] for b in blocks)
+        self.cache.reserve(slot + 1, start + n)
+        pos = start
+        for block in blocks:
+            width = block[0][0].shape[1]
+            for (k, v), (bk, bv) in zip(zip(self.cache.keys, self.cache.values), block):
+                k[slot, :, pos:pos + width] = bk
+                v[slot, :, pos:pos + width] = bv
+            pos += width
+        return n

@@ -15,6 +15,7 @@ on the project machine (tests/test_plan.py measures it again):
   Slots double only when more requests run at once; plan `--parallel` as serve's `--max-batch` (the worst case).
   llama.cpp preallocates its cache (no growth part); onnxruntime concatenates past keys/values (old + new).
 - adapters: their stored sizes. Runtime: Python + torch + transformers + tokenizer, measured.
+- prefix cache (native engine): its capacity (`prefix_cache_mb`), which a server with many long prompts fills.
 """
 
 from __future__ import annotations
@@ -181,7 +182,7 @@ class Estimate:
 
 def estimate(shape: ModelShape, *, name: str, quant: str, context: int, parallel: int, target: Target,
              weights: int | None = None, engine: str | None = None, adapters: int = 0,
-             budget_bytes: int | None = None) -> Estimate:
+             budget_bytes: int | None = None, prefix_cache_bytes: int = 0) -> Estimate:
     """The memory and speed of serving `parallel` requests of `context` tokens each on `target`.
 
     `weights` and `engine` describe the stored artifact when planning the model as stored; by default both
@@ -213,6 +214,7 @@ def estimate(shape: ModelShape, *, name: str, quant: str, context: int, parallel
         "kv cache": kv,
         "kv growth": kv_growth(engine, shape.kv_bytes_per_token(value_bytes), kv_len, parallel),
         "adapters": adapters,
+        "prefix cache": prefix_cache_bytes if engine == "native" else 0,  # its capacity: the worst case
     }
     available, reason = target.available_bytes, "available memory"
     if budget_bytes is not None and budget_bytes < available:

@@ -29,7 +29,8 @@ def serve_estimate(settings: Settings, max_batch: int | None = None) -> Estimate
     try:
         return plan_stored(
             settings.default_model, home=settings.home, target=this_machine(settings.home, bandwidth_gbs=0.0),
-            parallel=max_batch or settings.max_batch, dtype=settings.dtype, budget_bytes=int(settings.memory_budget_gb * 1024**3),
+            parallel=max_batch or settings.max_batch, dtype=settings.dtype,
+            budget_bytes=int(settings.memory_budget_gb * 1024**3), prefix_cache_bytes=settings.prefix_cache_mb * 2**20,
         )
     except ModelNotFoundError:
         return None

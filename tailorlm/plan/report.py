@@ -14,6 +14,7 @@ WHAT = {
     "kv cache": "2 x layers x kv_heads x head_dim x bytes x {context} x {parallel}",
     "kv growth": "the previous cache, alive while the cache grows into a new one",
     "adapters": "LoRA adapters, stored size",
+    "prefix cache": "keys/values of shared prompt prefixes, at its capacity (prefix_cache_mb)",
 }
 
 
