@@ -1,0 +1,100 @@
+"""Where one decode step's time goes: the torch profiler over single-stream decode steps of the default model.
+
+    python benchmarks/profile_decode.py [--threads 2] [--steps 32] [--dtype float32] [--out profile-decode]
+
+Writes `OUT/table.md` (operators by self CPU time, grouped into matmuls, attention, elementwise/norms, cache
+writes, sampling and the rest, plus the Python-side remainder) and `OUT/trace.json` (open in chrome://tracing or
+Perfetto). The step measured is the engine's own `EngineCore.step()`, scheduler and sampling included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import QUESTIONS, machine, quiet_torch  # noqa: E402
+
+GROUPS = [  # (group, substrings of operator names), first match wins
+    ("matmul (linear layers, lm head)", ("mkldnn", "linear", "addmm", "matmul", "mm", "bmm")),
+    ("attention (SDPA)", ("scaled_dot_product", "attention", "softmax")),
+    ("KV cache writes", ("index_put", "copy_", "slice_scatter")),
+    ("sampling", ("argmax", "topk", "sort", "multinomial", "log_softmax", "cumsum")),
+    ("norms and elementwise", ("mul", "add", "rsqrt", "pow", "mean", "silu", "neg", "cat", "cos", "sin", "sub")),
+]
+
+
+def group_of(name: str) -> str:
+    lowered = name.lower()
+    for group, keys in GROUPS:
+        if any(k in lowered for k in keys):
+            return group
+    return "other operators"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=32)
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--out", default="profile-decode")
+    args = ap.parse_args()
+    quiet_torch(args.threads)
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from tailorlm.config import get_settings
+    from tailorlm.engine import SamplingParams
+    from tailorlm.runtime import chat_prompt, open_model
+
+    settings = get_settings().model_copy(update={"threads": args.threads, "dtype": args.dtype})
+    model = open_model(args.model, settings=settings, show_progress=False)
+    core = model.engine.core  # driven directly, in this thread, so the profiler sees every step
+    prompt = chat_prompt(model, [{"role": "user", "content": QUESTIONS[0]}])
+    req = core.make_request("profiled", prompt, SamplingParams(temperature=0, max_tokens=2 * args.steps + 40,
+                                                               ignore_eos=True), lambda event: None)
+    core.add(req)
+    torch.set_grad_enabled(False)
+    for _ in range(8):  # prefill and warm-up steps
+        core.step()
+    t0 = time.perf_counter()
+    for _ in range(args.steps):  # the plain step, for its wall time (the profiler slows steps down)
+        core.step()
+    wall = (time.perf_counter() - t0) / args.steps
+    t0 = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(args.steps):
+            core.step()
+    profiled = (time.perf_counter() - t0) / args.steps
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    prof.export_chrome_trace(str(out / "trace.json"))
+    by_group: dict[str, float] = defaultdict(float)
+    for evt in prof.key_averages():
+        if evt.self_cpu_time_total > 0:
+            by_group[group_of(evt.key)] += evt.self_cpu_time_total / 1e3 / args.steps  # ms per step
+    ops = sum(by_group.values())
+    info = machine()
+    lines = [f"{info['date']} · {info['cpu']} · {args.threads} threads · torch {info['torch']} · "
+             f"commit {info['commit']} · {args.dtype} · {args.steps} single-stream decode steps",
+             "", f"step: {wall * 1000:.1f} ms without the profiler ({1 / wall:.1f} tok/s), "
+             f"{profiled * 1000:.1f} ms with it", "",
+             "| where | ms per step | share of operator time |", "|---|---|---|"]
+    for group, ms in sorted(by_group.items(), key=lambda kv: -kv[1]):
+        lines.append(f"| {group} | {ms:.2f} | {100 * ms / ops:.0f}% |")
+    lines.append(f"| the plain step's wall time minus operator time (Python, scheduling, dispatch) | "
+                 f"{max(wall * 1000 - ops, 0):.2f} | — |")
+    lines += ["", "Top operators by self CPU time:", "", "```",
+              prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15), "```"]
+    (out / "table.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines[:len(by_group) + 7]))
+    model.close()
+
+
+if __name__ == "__main__":
+    main()
