@@ -11,6 +11,7 @@ Every variant goes through the same engine (scheduler, sampling) and differs onl
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import subprocess
@@ -69,7 +70,7 @@ def child(name: str, dtype: str, threads: int, new_tokens: int) -> dict:
 
 def main() -> None:
     ap = engine_args(__doc__, 128)
-    ap.add_argument("--child", nargs=2, metavar=("MODEL", "DTYPE"), help=argparse_hidden())
+    ap.add_argument("--child", nargs=2, metavar=("MODEL", "DTYPE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         print(json.dumps(child(args.child[0], args.child[1], args.threads, args.new_tokens)))
@@ -117,12 +118,6 @@ def main() -> None:
               f"{r['bandwidth_pct']:.0f}% | {r['peak_mib']:.0f} | {top1} | {kl} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": info, "bandwidth_gbs": bandwidth, "rows": rows}, indent=2))
-
-
-def argparse_hidden() -> str:
-    import argparse
-
-    return argparse.SUPPRESS
 
 
 if __name__ == "__main__":

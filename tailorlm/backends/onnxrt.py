@@ -12,7 +12,6 @@ import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -164,8 +163,7 @@ def load(path: Path, manifest: Manifest | None, settings: Settings | None) -> Lo
     return LoadedModel(
         name=manifest.name if manifest is not None else path.name, path=path, model=None,
         context_length=context_length_of(config), vocab_size=vocab,
-        # eos_ids reads `generation_config` and `config` off a model; the export has only the files
-        eos_token_ids=eos_ids(SimpleNamespace(config=config, generation_config=None), path),
+        eos_token_ids=eos_ids(path, config),
         load_seconds=time.perf_counter() - start, model_type=config.model_type, backend="onnxruntime",
         runner_factory=lambda max_slots, ctx: OnnxRunner(session, max_slots=max_slots, context_length=ctx),
     )

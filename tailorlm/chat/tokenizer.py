@@ -64,10 +64,10 @@ def load_tokenizer(model_dir: Path, *, name: str | None = None, gguf_file: str |
         hf = AutoTokenizer.from_pretrained(model_dir, **kwargs)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise UnsupportedModelError(f"Cannot load the tokenizer of model {label!r} from {model_dir}: {exc}") from exc
-    return TextTokenizer(hf, name=label, extra_eos_ids=_generation_eos_ids(model_dir))
+    return TextTokenizer(hf, name=label, extra_eos_ids=generation_eos_ids(model_dir))
 
 
-def _generation_eos_ids(model_dir: Path) -> list[int]:
+def generation_eos_ids(model_dir: Path) -> list[int]:
     """EOS id(s) from generation_config.json, else from config.json (an int or a list in either)."""
     for fname in ("generation_config.json", "config.json"):
         path = model_dir / fname

@@ -38,9 +38,10 @@ class LoadedModel:
     runner_factory: RunnerFactory | None = None
 
 
-def eos_ids(model: PreTrainedModel, path: Path) -> list[int]:
+def eos_ids(path: Path, *configs) -> list[int]:
+    """EOS ids from the folder's generation_config.json, then from `configs` (config objects), in order."""
     ids: list[int] = []
-    sources = [getattr(model, "generation_config", None), model.config]
+    sources = list(configs)
     try:
         sources.insert(0, GenerationConfig.from_pretrained(path))
     except (OSError, ValueError):
@@ -83,6 +84,7 @@ def load_model(path: Path, *, name: str | None = None, dtype: str = "auto") -> L
     vocab = model.config.get_text_config().vocab_size
     return LoadedModel(
         name=name or path.name, path=path, model=model, context_length=context_length_of(config),
-        vocab_size=vocab, eos_token_ids=eos_ids(model, path), load_seconds=time.perf_counter() - start,
+        vocab_size=vocab, eos_token_ids=eos_ids(path, getattr(model, "generation_config", None), model.config),
+        load_seconds=time.perf_counter() - start,
         model_type=model.config.model_type,
     )

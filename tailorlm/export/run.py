@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from tailorlm.backends import BACKEND_FOR_FORMAT, load_backend
+from tailorlm.chat.tokenizer import generation_eos_ids
 from tailorlm.config import Settings, get_settings
 from tailorlm.engine.backend import Runner
+from tailorlm.errors import AlreadyExistsError
 from tailorlm.export.formats import ARTIFACT_FILE, Target, target
 from tailorlm.export.parity import THRESHOLDS, ParityError, ParityReport, compare, golden_prompts
 from tailorlm.export.source import Source, materialize, resolve
@@ -56,8 +58,6 @@ def export(name: str, fmt: str, quant: str | None = None, *, out_name: str | Non
     if not overwrite:
         store.check_absent(key)
     if output is not None and output.exists() and not overwrite:
-        from tailorlm.errors import AlreadyExistsError
-
         raise AlreadyExistsError(f"{output} already exists; pass --force to replace it", param="output")
     reports: list[ParityReport] = []
 
@@ -125,10 +125,8 @@ def gate(source: Source, folder: Path, tgt: Target, manifest: Manifest, settings
 
 
 def src_eos(folder: Path, tokenizer: Any) -> list[int]:
-    from tailorlm.export.tokenizer_check import _generation_eos
-
-    return sorted({*_generation_eos(folder), *([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None
-                                               else [])})
+    return sorted({*generation_eos_ids(folder), *([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None
+                                                   else [])})
 
 
 def source_runner(source: Source) -> tuple[Runner, str | None]:
@@ -169,7 +167,10 @@ def _copy_out(folder: Path, tgt: Target, output: Path) -> Path:
     """Copy the stored artifact to `output` (the .gguf file itself; a folder for the others), atomically."""
     output = output.expanduser().resolve()
     partial = output.with_name(output.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True) if partial.is_dir() else partial.unlink(missing_ok=True)
+    if partial.is_dir():
+        shutil.rmtree(partial)
+    else:
+        partial.unlink(missing_ok=True)
     if tgt.format == "gguf":
         shutil.copyfile(folder / ARTIFACT_FILE["gguf"], partial)
     else:

@@ -4,19 +4,14 @@ for the other formats, the tokenizer files stored beside the weights."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from tailorlm.chat.tokenizer import generation_eos_ids
 
-def _generation_eos(folder: Path) -> set[int]:
-    for name in ("generation_config.json", "config.json"):
-        path = folder / name
-        if path.is_file():
-            value = json.loads(path.read_text(encoding="utf-8")).get("eos_token_id")
-            if value is not None:
-                return set(value if isinstance(value, list) else [value])
-    return set()
+
+def _eos(folder: Path) -> set[int]:
+    return set(generation_eos_ids(folder))
 
 
 def _load(folder: Path) -> Any:
@@ -29,7 +24,7 @@ def tokenizer_problems(source: Path, artifact: Path, fmt: str) -> list[str]:
     """What differs between the tokenizer of the model folder `source` and the artifact stored in `artifact`."""
     src = _load(source)
     if fmt == "gguf":
-        return _gguf_problems(src, _generation_eos(source), artifact / "model.gguf")
+        return _gguf_problems(src, _eos(source), artifact / "model.gguf")
     art = _load(artifact)
     problems = []
     if (src.chat_template or None) != (art.chat_template or None):
@@ -42,9 +37,9 @@ def tokenizer_problems(source: Path, artifact: Path, fmt: str) -> list[str]:
                             f"({getattr(art, f'{role}_token')!r} vs {getattr(src, f'{role}_token')!r})")
     if sorted(src.all_special_tokens) != sorted(art.all_special_tokens):
         problems.append("the special tokens differ from the source's")
-    if _generation_eos(source) != _generation_eos(artifact):
-        problems.append(f"the EOS ids differ from the source's ({sorted(_generation_eos(artifact))} vs "
-                        f"{sorted(_generation_eos(source))})")
+    if _eos(source) != _eos(artifact):
+        problems.append(f"the EOS ids differ from the source's ({sorted(_eos(artifact))} vs "
+                        f"{sorted(_eos(source))})")
     return problems
 
 

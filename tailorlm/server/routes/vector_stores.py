@@ -56,7 +56,7 @@ def _file_object(kn: Knowledge, f: Any) -> VectorStoreFileObject:
                                  chunking_strategy=chunking, attributes=f.attributes or None)
 
 
-def _chunking(kn: Knowledge, kb_id: str, strategy: ChunkingStrategy | None) -> tuple[int, int] | None:
+def _chunking(kn: Knowledge, kb_id: str | None, strategy: ChunkingStrategy | None) -> tuple[int, int] | None:
     """A request's chunking as (max tokens, overlap), checked against the embedding model now (a 400, not a
     file that fails later)."""
     sizes = strategy.sizes() if strategy is not None else None
@@ -109,9 +109,7 @@ def create_store(body: CreateVectorStoreRequest, kn: Knowledge = Depends(_knowle
     for file_id in body.file_ids:
         kn.files.get(file_id)  # every file exists, or nothing is created
     name = body.name or f"store-{datetime.now().strftime('%Y%m%d-%H%M%S-%f')}"
-    sizes = body.chunking_strategy.sizes() if body.chunking_strategy is not None else None
-    if sizes is not None:
-        kn.kbs.check_chunking(None, sizes)  # before the store exists: a bad request creates nothing
+    sizes = _chunking(kn, None, body.chunking_strategy)  # before the store exists: a bad request creates nothing
     expiry = body.expires_after.model_dump() if body.expires_after else None
     kb = kn.kbs.create(name, metadata=body.metadata, expires_after=expiry)
     for file_id in body.file_ids:
