@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import QUESTIONS, engine_args, machine, quiet_torch  # noqa: E402
+from benchmarks.common import QUESTIONS, engine_args, quiet_torch, start_run  # noqa: E402
 
 # label -> (export format, quant) or None for the stored model itself, and the native dtype
 VARIANTS: dict[str, tuple[tuple[str, str] | None, str]] = {
@@ -75,17 +75,9 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.child[0], args.child[1], args.threads, args.new_tokens)))
         return
-    quiet_torch(args.threads)
-    from benchmarks.bandwidth import measure
-    from tailorlm.config import get_settings
     from tailorlm.export import default_name, export, target
-    from tailorlm.store import ModelStore
 
-    settings = get_settings()
-    store = ModelStore(settings.home)
-    base = store.ensure(args.model or settings.default_model).name
-    info = machine()
-    bandwidth = measure(args.threads)
+    settings, store, base, info, bandwidth = start_run(args.model, args.threads)
     rows = []
     for label, (fmt_quant, dtype) in VARIANTS.items():
         name, parity, export_s = base, None, None

@@ -71,3 +71,16 @@ def quiet_torch(threads: int) -> None:
     torch.set_num_threads(threads)
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+
+
+def start_run(model: str | None, threads: int):
+    """What a benchmark over stored variants starts from: settings, store, base model name, machine, bandwidth GB/s."""
+    quiet_torch(threads)
+    from benchmarks.bandwidth import measure
+    from tailorlm.config import get_settings
+    from tailorlm.store import ModelStore
+
+    settings = get_settings()
+    store = ModelStore(settings.home)
+    base = store.ensure(model or settings.default_model).name
+    return settings, store, base, machine(), measure(threads)

@@ -47,12 +47,16 @@ class Settings(BaseSettings):
     )
     default_model: str = Field(DEFAULT_MODEL, description="Model used when none is named.")
     threads: int = Field(0, ge=0, description="CPU threads for torch; 0 keeps torch's default.")
-    dtype: str = Field("auto", description="Compute dtype: auto (the stored dtype), float32, bfloat16, float16.")
+    dtype: str = Field("auto", description="Compute dtype: auto (the stored dtype), float32, bfloat16, float16, "
+                       "or int8 (weight-only int8 linear layers, bfloat16 activations).")
+    compile: bool = Field(False, description="torch.compile the native decode step (Llama-family models): faster "
+                          "decoding after a compile of about a minute at start.")
     backend: Literal["auto", "native", "llama.cpp", "onnxruntime"] = Field(
         "auto", description="Inference backend: auto picks by artifact (safetensors: native, GGUF: llama.cpp, "
         "ONNX: onnxruntime).")
     max_batch: int = Field(32, ge=1, description="Most requests decoded together in one step.")
-    prefill_chunk: int = Field(512, ge=16, description="Most prompt tokens prefilled per request per step.")
+    prefill_chunk: int = Field(512, ge=16, description="Most prompt tokens prefilled per step, over all requests; a longer prompt "
+        "is prefilled a chunk per step while running requests keep decoding.")
     prefix_cache_mb: int = Field(
         256, ge=0, description="Memory for the keys/values of shared prompt prefixes, reused by later requests "
         "(native backend; 0: off).")

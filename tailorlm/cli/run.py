@@ -25,6 +25,10 @@ Stop = Annotated[Optional[list[str]], typer.Option("--stop", help="Stop string (
 System = Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt.")]
 Backend = Annotated[Optional[str], typer.Option(
     "--backend", help="native, llama.cpp or onnxruntime (default: by the model's artifact) [env TAILOR_BACKEND].")]
+Dtype = Annotated[Optional[str], typer.Option(
+    "--dtype", help="Native compute dtype: auto, float32, bfloat16, float16 or int8 (weight-only) [env TAILOR_DTYPE].")]
+Compile = Annotated[bool, typer.Option(
+    "--compile", help="torch.compile the decode step (int8, Llama-family; ~1 min at start) [env TAILOR_COMPILE].")]
 
 
 def _params(max_tokens: int | None, temperature: float, top_p: float, top_k: int, seed: int | None) -> SamplingParams:
@@ -39,12 +43,16 @@ def _split_model_and_prompt(args: list[str]) -> tuple[str | None, str]:
     raise InvalidRequestError("give a prompt, or a model and a prompt: tailor generate [MODEL] PROMPT")
 
 
-def _open(name: str | None, backend: str | None = None) -> OpenModel:
+def _open(name: str | None, backend: str | None = None, dtype: str | None = None, compile: bool = False) -> OpenModel:
     settings = get_settings()
     if backend is not None:
         if backend not in BACKENDS:
             raise InvalidRequestError(f"unknown backend {backend!r}: use {', '.join(BACKENDS)}", param="backend")
         settings = settings.model_copy(update={"backend": backend})
+    if dtype is not None:
+        settings = settings.model_copy(update={"dtype": dtype})
+    if compile:
+        settings = settings.model_copy(update={"compile": True})
     return open_model(name, settings=settings, show_progress=sys.stderr.isatty())
 
 
@@ -61,11 +69,13 @@ def generate(
     raw: Annotated[bool, typer.Option("--raw", help="Plain completion: no chat template.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of streaming text.")] = False,
     backend: Backend = None,
+    dtype: Dtype = None,
+    compile: Compile = False,
 ) -> None:
     """Answer one prompt and exit (scriptable)."""
     name, prompt = _split_model_and_prompt(args)
     params = _params(max_tokens, temperature, top_p, top_k, seed)
-    model = _open(name, backend)
+    model = _open(name, backend, dtype, compile)
     try:
         if raw:
             ids = model.tokenizer.encode(prompt, add_special_tokens=True)
@@ -109,10 +119,12 @@ def chat(
     seed: Seed = None,
     system: System = None,
     backend: Backend = None,
+    dtype: Dtype = None,
+    compile: Compile = False,
 ) -> None:
     """Chat interactively, with streamed answers and history."""
     console = Console(highlight=False)
-    model = _open(model_name, backend)
+    model = _open(model_name, backend, dtype, compile)
     params = _params(max_tokens, temperature, top_p, top_k, seed)
     session = ChatSession(model, params, system)
     interactive = sys.stdin.isatty()

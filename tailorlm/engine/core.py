@@ -1,8 +1,10 @@
 """The scheduler: continuous batching over the slot cache, one synchronous `step()` at a time.
 
-Each step first admits waiting requests (prefilling their prompts into free slots, up to a
-token budget), then decodes one token for every running request in a single forward.
-Requests join and leave between steps; nobody waits for anybody else to finish.
+Each step first spends up to `prefill_budget` prompt tokens on prefill, then decodes one token
+for every request that was already running, in a single forward. Prompts that fit the budget are
+prefilled whole and join at once; a longer one is prefilled a chunk per step, so running requests
+keep getting a token every step meanwhile. At most one request is partially prefilled at a time;
+it holds the slot right after the running ones. Requests join and leave between steps.
 """
 
 from __future__ import annotations
@@ -67,6 +69,8 @@ class EngineCore:
         self.prefix_cache = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []  # running[i].slot == i
+        self.prefilling: Request | None = None  # partially prefilled, in slot len(running)
+        self.prefilled = 0  # prompt tokens of `prefilling` in the cache
         self.by_id: dict[str, Request] = {}
         self.steps = 0
 
@@ -131,39 +135,50 @@ class EngineCore:
             self.prefix_cache.clear()
 
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running)
+        return bool(self.waiting or self.running or self.prefilling)
 
     # -- the step ----------------------------------------------------------------------
     @torch.inference_mode()
     def step(self) -> None:
-        """Admit what fits, then decode one token for every running request."""
+        """Prefill up to the budget, then decode one token for every request running before it."""
         self.steps += 1
-        budget = self.prefill_budget
+        budget = max(self.prefill_budget, 1)
         decoding = list(self.running)
-        while self.waiting and len(self.running) < self.max_batch and budget > 0:
-            req = self.waiting.popleft()
-            budget -= len(req.prompt)
-            self._prefill(req)
+        while budget > 0:
+            if self.prefilling is None:
+                if not self.waiting or len(self.running) >= self.max_batch:
+                    break
+                self.prefilling, self.prefilled = self.waiting.popleft(), 0
+                self.prefilling.slot = len(self.running)
+            budget -= self._prefill(budget)
         if decoding:
             self._decode(decoding)
 
-    def _prefill(self, req: Request) -> None:
-        req.slot = len(self.running)
-        self.running.append(req)
+    def _prefill(self, budget: int) -> int:
+        """Prefill the next chunk (at most `budget` tokens) of `prefilling`; return the tokens spent.
+
+        After its last chunk the request samples its first token and joins `running`, from the slot it holds.
+        """
+        req, start = self.prefilling, self.prefilled
         cache = self.prefix_cache if hasattr(self.runner, "write_kv") else None
         try:
-            chunk = max(self.prefill_budget, 1)
-            logits = None
-            cached = self.runner.write_kv(req.slot, 0, cache.match(req.prompt, req.adapter)) if cache else 0
-            for start in range(cached, len(req.prompt), chunk):
-                logits = self.runner.prefill(req.slot, req.prompt[start : start + chunk], start, adapter=req.adapter)
+            if start == 0 and cache is not None:
+                start = self.runner.write_kv(req.slot, 0, cache.match(req.prompt, req.adapter))
+            end = min(len(req.prompt), start + budget)
+            logits = self.runner.prefill(req.slot, req.prompt[start:end], start, adapter=req.adapter)
+            self.prefilled = end
+            if end < len(req.prompt):
+                return end - start
             if cache is not None:
                 cache.add(req.prompt, req.adapter, lambda a, b: self.runner.read_kv(req.slot, a, b))
         except Exception as exc:  # a fault in one request must not take the engine down
             log.exception("prefill failed for %s", req.id)
             self._fail([req], exc)
-            return
+            return 0
+        self.prefilling = None
+        self.running.append(req)
         self._emit([req], sample(logits[-1:], [req.row]))
+        return end - start
 
     def _decode(self, reqs: list[Request]) -> None:
         # Requests admitted during this step already got their first token from prefill.
@@ -211,18 +226,26 @@ class EngineCore:
         reqs = list(self.by_id.values())
         self.waiting.clear()
         self.running.clear()
+        self.prefilling = None
         self.by_id.clear()
         for req in reqs:
             req.slot = -1
             req.sink(TokenEvent(req.id, None, finish_reason="error", error=f"{type(exc).__name__}: {exc}"))
 
     def _release(self, req: Request) -> None:
-        """Free req's slot, moving the last running request into the hole to stay contiguous."""
-        slot, last = req.slot, self.running[-1]
-        if last is not req:
-            self.runner.move_slot(last.slot, slot, last.length)
-            last.slot = slot
-            self.running[slot] = last
-        self.running.pop()
+        """Free req's slot; the last running request, then the partial one, move down to stay contiguous."""
+        if req is self.prefilling:
+            self.prefilling = None
+        else:
+            last = self.running.pop()
+            if last is not req:
+                self._move(last, req.slot, last.length)
+                self.running[req.slot] = last
+            if self.prefilling is not None:
+                self._move(self.prefilling, len(self.running), self.prefilled)
         req.slot = -1
         self.by_id.pop(req.id, None)
+
+    def _move(self, req: Request, slot: int, length: int) -> None:
+        self.runner.move_slot(req.slot, slot, length)
+        req.slot = slot

@@ -50,6 +50,56 @@ class OneDNNLinear(nn.Module):
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
 
 
+class Int8Linear(nn.Module):
+    """Weight-only int8: per-output-channel symmetric int8 weights, bfloat16 activations.
+
+    A decode step reads half the bytes of bfloat16 weights; the matmul is torch's own
+    `_weight_int8pack_mm` for the few rows of decoding. For many rows (a prefill chunk) dequantizing the
+    weight once and running one bfloat16 GEMM is faster, so that is what happens above `DEQUANT_ROWS`.
+    """
+
+    DEQUANT_ROWS = 32
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        w = weight.detach().float()
+        scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+        self.qweight = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8).contiguous()
+        self.scale = scale.to(torch.bfloat16)
+        self.bias = None if bias is None else bias.detach().to(torch.bfloat16)
+        self.out_features, self.in_features = self.qweight.shape
+
+    def dequantized(self) -> torch.Tensor:
+        return self.qweight.to(torch.bfloat16) * self.scale[:, None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = x.reshape(-1, self.in_features)
+        if x2.dtype != torch.bfloat16:
+            x2 = x2.to(torch.bfloat16)
+        if x2.shape[0] > self.DEQUANT_ROWS:
+            y = torch.nn.functional.linear(x2, self.dequantized(), self.bias)
+        else:
+            y = torch.ops.aten._weight_int8pack_mm(x2, self.qweight, self.scale)
+            if self.bias is not None:
+                y = y + self.bias
+        return y.view(*x.shape[:-1], self.out_features)
+
+
+class Int8Embedding(nn.Module):
+    """The input embedding of a tied int8 output head: row i is qweight[i] x scale[i], read from the head's matrix."""
+
+    def __init__(self, head: Int8Linear, padding_idx: int | None) -> None:
+        super().__init__()
+        self.head = [head]  # a list, so the head's tensors are not registered twice
+        self.padding_idx = padding_idx
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        head = self.head[0]
+        flat = ids.reshape(-1)
+        rows = head.qweight[flat].to(torch.bfloat16) * head.scale[flat, None]
+        return rows.view(*ids.shape, head.in_features)
+
+
 def onednn_available(dtype: torch.dtype) -> bool:
     """True when this torch build can run OneDNNLinear for `dtype` (checked with a tiny matmul)."""
     if dtype not in (torch.float32, torch.bfloat16) or not torch.backends.mkldnn.is_available():
@@ -82,11 +132,12 @@ def _replace(root: nn.Module, target: nn.Module, new: nn.Module) -> None:
                 setattr(parent, name, new)
 
 
-def to_inference_layout(model: nn.Module) -> None:
+def to_inference_layout(model: nn.Module, *, int8: bool = False) -> None:
     """Swap every nn.Linear for a faster inference form, in place (idempotent).
 
-    oneDNN-packed weights where this torch build supports them for the model's dtype; otherwise
-    transposed weights, with a tied output head sharing its matrix with the input embedding.
+    With `int8`, weight-only int8 (`Int8Linear`; the model must be in bfloat16); else oneDNN-packed
+    weights where this torch build supports them for the model's dtype; otherwise transposed weights.
+    A tied output head shares its matrix with the input embedding where the layout allows.
     """
     if getattr(model, "_tailor_inference_layout", False):
         return
@@ -95,6 +146,14 @@ def to_inference_layout(model: nn.Module) -> None:
     embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     tied = head is not None and embed is not None and head.weight is embed.weight
     linears = [m for m in model.modules() if type(m) is nn.Linear]
+    if int8:
+        for lin in linears:
+            new = Int8Linear(lin.weight, lin.bias)
+            if tied and lin is head and type(embed) is nn.Embedding:
+                _replace(model, embed, Int8Embedding(new, embed.padding_idx))
+            _replace(model, lin, new)
+            lin.weight = None
+        return
     dtype = linears[0].weight.dtype if linears else torch.float32
     if onednn_available(dtype):
         for lin in linears:  # a tied head keeps the embedding's matrix; the packed copy is its own

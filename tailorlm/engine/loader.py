@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, PreTrainedModel
 
-from tailorlm.errors import UnsupportedModelError
+from tailorlm.engine import decoder
+from tailorlm.errors import InvalidRequestError, UnsupportedModelError
 
 if TYPE_CHECKING:
     from tailorlm.engine.backend import RunnerFactory
@@ -36,6 +37,8 @@ class LoadedModel:
     model_type: str = ""
     backend: str = "native"
     runner_factory: RunnerFactory | None = None
+    int8: bool = False  # weight-only int8 linear layers (the runner quantizes them; activations bfloat16)
+    compile: bool = False  # torch.compile the native decode step
 
 
 def eos_ids(path: Path, *configs) -> list[int]:
@@ -63,13 +66,21 @@ def context_length_of(config) -> int:
     return 2048
 
 
-def load_model(path: Path, *, name: str | None = None, dtype: str = "auto") -> LoadedModel:
-    """Load an HF-format folder (safetensors only) as a causal LM for the engine."""
+def load_model(path: Path, *, name: str | None = None, dtype: str = "auto", compile: bool = False) -> LoadedModel:
+    """Load an HF-format folder (safetensors only) as a causal LM for the engine.
+
+    `dtype` "int8" loads bfloat16 and has the runner quantize every linear layer to int8 (weight-only).
+    """
     start = time.perf_counter()
     try:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as exc:
         raise UnsupportedModelError(f"cannot read the model config in {path}: {exc}") from None
+    int8 = dtype == "int8"
+    if int8:
+        dtype = "bfloat16"  # int8 weights, bfloat16 activations: everything that is not a linear layer
+    elif dtype != "auto" and dtype not in DTYPES:
+        raise InvalidRequestError(f"unknown dtype {dtype!r}: use auto, {', '.join(DTYPES)} or int8", param="dtype")
     torch_dtype = DTYPES.get(dtype, "auto") if dtype != "auto" else "auto"
     kwargs = dict(dtype=torch_dtype, use_safetensors=True)
     if torch_dtype is torch.float64:
@@ -81,10 +92,15 @@ def load_model(path: Path, *, name: str | None = None, dtype: str = "auto") -> L
             raise UnsupportedModelError(f"transformers cannot load {path} as a causal LM: {exc}") from None
         model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager", **kwargs)
     model.eval()
+    if compile:
+        why = "it needs dtype int8 (oneDNN-packed float weights cannot be traced)" if not int8 else \
+            decoder.unsupported(model, window=None)
+        if why:
+            raise InvalidRequestError(f"cannot compile the decode step of {name or path.name}: {why}", param="compile")
     vocab = model.config.get_text_config().vocab_size
     return LoadedModel(
         name=name or path.name, path=path, model=model, context_length=context_length_of(config),
         vocab_size=vocab, eos_token_ids=eos_ids(path, getattr(model, "generation_config", None), model.config),
         load_seconds=time.perf_counter() - start,
-        model_type=model.config.model_type,
+        model_type=model.config.model_type, int8=int8, compile=compile,
     )

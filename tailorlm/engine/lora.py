@@ -1,10 +1,14 @@
 """Per-row LoRA: one forward serves base rows and rows of several adapters together.
 
 Each targeted linear layer is wrapped in a `LoraLinear` once some adapter needs it; the wrapper adds
-`scale · (x Aᵀ) Bᵀ` to the rows of each adapter, one matmul pair per adapter present in the batch
-(never a loop over rows). `LoraBank` owns the wrappers and says, for the current forward, which rows
-belong to which adapter. A model with no adapter loaded has no wrapper at all, so base-only speed is
-untouched.
+`scale · (x Aᵀ) Bᵀ` to the rows of each adapter. It keeps the A and B of every adapter that targets it
+concatenated along the rank (`a_cat [in, R]`, `b_cat [R, out]`, in load order), so a batch that mixes
+adapters costs three ops per layer however many adapters it holds: `h = x @ a_cat`, `h *= mask` (zero
+where a column is not the row's adapter) and `y += h @ b_cat`, over the column range of the adapters
+present. A batch whose rows all use one adapter (a prefill, a one-adapter batch) takes that adapter's
+slice only: `y += (x @ A) @ B`. `LoraBank` owns the wrappers and, for the current forward, knows each
+row's adapter and builds the masks, once per column layout. A model with no adapter loaded has no
+wrapper at all, so base-only speed is untouched.
 """
 
 from __future__ import annotations
@@ -73,37 +77,68 @@ class LoraLinear(nn.Module):
         self.base = base
         self.bank = bank
         self.in_features, self.out_features = _features(base)
-        self.adapters: dict[int, LoraWeights] = {}  # adapter id -> weights
+        self.adapters: dict[int, LoraWeights] = {}  # adapter id -> weights (views into a_cat / b_cat)
+        self.spans: dict[int, tuple[int, int]] = {}  # adapter id -> its columns [start, end) of a_cat
+        self.layout: tuple[tuple[int, int], ...] = ()  # (adapter id, rank) in column order: the mask cache key
+        self.owner = torch.empty(0, dtype=torch.long)  # [R]: the adapter id of each column
+        self.a_cat: torch.Tensor | None = None  # [in, R]
+        self.b_cat: torch.Tensor | None = None  # [R, out], scales folded in
+
+    def rebuild(self) -> None:
+        """Re-concatenate the adapters' weights after an add or a remove."""
+        if not self.adapters:
+            self.a_cat = self.b_cat = None
+            self.adapters, self.spans, self.layout = {}, {}, ()
+            self.owner = torch.empty(0, dtype=torch.long)
+            return
+        ws = list(self.adapters.items())
+        self.a_cat = torch.cat([w.a_t for _, w in ws], dim=1).contiguous()
+        self.b_cat = torch.cat([w.b_t for _, w in ws], dim=0).contiguous()
+        self.layout = tuple((aid, w.a_t.shape[1]) for aid, w in ws)
+        self.owner = torch.tensor([aid for aid, r in self.layout for _ in range(r)], dtype=torch.long)
+        start = 0
+        for aid, r in self.layout:
+            self.spans[aid] = (start, start + r)
+            self.adapters[aid] = LoraWeights(self.a_cat[:, start : start + r], self.b_cat[start : start + r])
+            start += r
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
-        groups = self.bank.groups
-        if not groups:
+        bank = self.bank
+        if bank.single is None and bank.row_ids is None:
             return y
         x2 = x.reshape(-1, self.in_features)  # [N, in]: one row per token
         y2 = y.reshape(-1, self.out_features)  # [N, out]
-        for aid, rows in groups:
-            w = self.adapters.get(aid)
+        if bank.single is not None:  # every row uses this adapter (a prefill, or a batch of one adapter)
+            w = self.adapters.get(bank.single)
             if w is None:
-                continue
-            if rows is None:  # every row uses this adapter (a prefill, or a batch of one adapter)
-                y2.addmm_(x2 @ w.a_t, w.b_t)
-            else:
-                if x2.shape[0] != self.bank.rows:
-                    raise UnsupportedModelError("LoRA on a layer that does not see one row per token is not served")
-                y2.index_add_(0, rows, (x2.index_select(0, rows) @ w.a_t) @ w.b_t)
+                return y
+            y2.addmm_(x2 @ w.a_t, w.b_t)
+            return y2.view(y.shape)
+        cols = bank.mask(self)
+        if cols is None:  # no row of this batch uses an adapter that targets this layer
+            return y
+        if x2.shape[0] != bank.rows:
+            raise UnsupportedModelError("LoRA on a layer that does not see one row per token is not served")
+        lo, hi, mask = cols
+        h = x2 @ self.a_cat[:, lo:hi]
+        h.mul_(mask)
+        y2.addmm_(h, self.b_cat[lo:hi])
         return y2.view(y.shape)
 
 
 class LoraBank:
-    """The adapters loaded into one model, and which rows of the current forward use each."""
+    """The adapters loaded into one model, and which adapter each row of the current forward uses."""
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self.ids: dict[str, int] = {}  # adapter name -> id
         self.layers: dict[str, LoraLinear] = {}  # module path -> wrapper
-        self.groups: list[tuple[int, torch.Tensor | None]] = []  # (adapter id, its rows or None for all)
+        self.single: int | None = None  # the one adapter every row of this forward uses
+        self.row_ids: torch.Tensor | None = None  # [rows]: each row's adapter id (-1: base), for a mixed batch
+        self.present: frozenset[int] = frozenset()  # the adapter ids of the mixed batch
         self.rows = 0
+        self._masks: dict[tuple, tuple[int, int, torch.Tensor] | None] = {}  # per column layout, this forward
         self._next_id = itertools.count()
 
     def __contains__(self, name: str) -> bool:
@@ -122,13 +157,16 @@ class LoraBank:
                 layer = self.layers[path] = LoraLinear(getattr(owner, child), self)
                 setattr(owner, child, layer)
             layer.adapters[aid] = w
+            layer.rebuild()
         self.ids[name] = aid
 
     def remove(self, name: str) -> None:
         """Drop adapter `name`; a layer no adapter targets any more gets its plain form back."""
         aid = self.ids.pop(name)
         for path, layer in list(self.layers.items()):
-            layer.adapters.pop(aid, None)
+            if layer.adapters.pop(aid, None) is None:
+                continue
+            layer.rebuild()
             if not layer.adapters:
                 parent, _, child = path.rpartition(".")
                 setattr(self.model.get_submodule(parent), child, layer.base)
@@ -136,16 +174,36 @@ class LoraBank:
 
     def select(self, adapters: Sequence[str | None]) -> None:
         """Set the rows of the next forward: adapters[i] is row i's adapter (None: the base model)."""
-        self.groups = []
+        self.clear()
         self.rows = len(adapters)
         if not self.ids or not any(adapters):
             return
-        ids = torch.tensor([self.ids[a] if a is not None else -1 for a in adapters])
-        present = sorted(set(ids.tolist()) - {-1})
-        if len(present) == 1 and int(ids.min()) >= 0:
-            self.groups = [(present[0], None)]
+        ids = [self.ids[a] if a is not None else -1 for a in adapters]
+        present = set(ids)
+        if len(present) == 1:
+            self.single = ids[0]
         else:
-            self.groups = [(aid, (ids == aid).nonzero().squeeze(1)) for aid in present]
+            present.discard(-1)
+            self.present = frozenset(present)
+            self.row_ids = torch.tensor(ids, dtype=torch.long)
+
+    def mask(self, layer: LoraLinear) -> tuple[int, int, torch.Tensor] | None:
+        """For a mixed batch: the column range [lo, hi) of `layer` that covers the adapters present, and the
+        [rows, hi - lo] mask that keeps, on each row, only its adapter's columns; None if none is present."""
+        key = (layer.layout, layer.a_cat.dtype)
+        if key in self._masks:
+            return self._masks[key]
+        spans = [layer.spans[aid] for aid in self.present if aid in layer.spans]
+        cols = None
+        if spans:
+            lo, hi = min(s for s, _ in spans), max(e for _, e in spans)
+            mask = (self.row_ids.unsqueeze(1) == layer.owner[lo:hi].unsqueeze(0)).to(layer.a_cat.dtype)
+            cols = (lo, hi, mask)
+        self._masks[key] = cols
+        return cols
 
     def clear(self) -> None:
-        self.groups = []
+        self.single = None
+        self.row_ids = None
+        self.present = frozenset()
+        self._masks = {}

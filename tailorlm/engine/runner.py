@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel
 
-from tailorlm.engine import attention
+from tailorlm.engine import attention, decoder
+from tailorlm.engine.decoder import LeanDecoder
 from tailorlm.engine.kv_cache import SlotKVCache
 from tailorlm.engine.layout import to_inference_layout
 from tailorlm.engine.lora import LoraBank
@@ -22,9 +23,10 @@ def _text_config(config):
 class ModelRunner:
     """Owns the model and its KV cache; every method is a pure forward with no scheduling."""
 
-    def __init__(self, model: PreTrainedModel, *, max_slots: int, context_length: int) -> None:
+    def __init__(self, model: PreTrainedModel, *, max_slots: int, context_length: int, int8: bool = False,
+                 compile: bool = False) -> None:
         self.model = model.eval()
-        to_inference_layout(model)
+        to_inference_layout(model, int8=int8)
         self.lora = LoraBank(model)  # adapters wrap their layers after the layout change, never before
         cfg = _text_config(model.config)
         self.config = cfg
@@ -47,6 +49,14 @@ class ModelRunner:
             self.window = None
         if layer_types and "sliding_attention" not in layer_types:
             self.window = None
+        if self.window is not None and self.window >= context_length:  # never reached: plain causal attention
+            self.window, self.mask_kinds = None, None
+        # decode through the lean step where it models the architecture exactly (tailorlm/engine/decoder.py)
+        lean = not self.eager and decoder.unsupported(model, self.window) is None
+        self.lean = LeanDecoder(model) if lean else None
+        self.compiled = None
+        if self.lean is not None and compile:
+            self.compiled = torch.compile(self.lean.forward, dynamic=True, fullgraph=True)
 
     # -- masks ---------------------------------------------------------------------
     def _plain(self, kv_len: int) -> bool:
@@ -110,6 +120,12 @@ class ModelRunner:
             mask = self._finish_mask(k_pos <= q_pos, q_pos, k_pos)
         self.lora.select(adapters or [])
         try:
+            if self.lean is not None:
+                # compiled only while no adapter wraps a layer: a wrapper would change the traced graph
+                step = self.compiled if self.compiled is not None and not self.lora.layers else self.lean.forward
+                rows_mask = None if mask is attention.CAUSAL else mask
+                return step(torch.tensor(token_ids, dtype=torch.long), pos, t, rows_mask,
+                            self.cache.keys, self.cache.values)
             out = self.model(
                 input_ids=torch.tensor(token_ids, dtype=torch.long).unsqueeze(1),
                 position_ids=pos.unsqueeze(1), attention_mask=mask, cache=self.cache, use_cache=True,

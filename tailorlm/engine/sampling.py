@@ -1,8 +1,9 @@
 """Batched sampling: penalties, logit bias, temperature, top-k/top-p/min-p, seeded draws, logprobs.
 
-Everything is vectorised over the rows of a step; the only per-row Python work is drawing one
-uniform number from each request's own generator, which is what makes a seeded request
-reproducible whatever else shares its batch.
+Everything is vectorised over the rows of a step. The only per-row Python work is for rows that
+asked for it: a seeded request draws its uniform number from its own generator (what makes it
+reproducible whatever else shares its batch; unseeded rows draw together), and penalties or a
+constraint update that request's state with its new token.
 """
 
 from __future__ import annotations
@@ -27,12 +28,9 @@ class RowState:
     @classmethod
     def create(cls, params: SamplingParams, prompt_ids: list[int], vocab_size: int) -> "RowState":
         gen = None
-        if not params.greedy:
+        if not params.greedy and params.seed is not None:  # unseeded rows share torch's default generator
             gen = torch.Generator()
-            if params.seed is not None:
-                gen.manual_seed(params.seed)
-            else:
-                gen.seed()
+            gen.manual_seed(params.seed)
         state = cls(params, gen)
         if params.uses_penalties:
             state.counts = torch.zeros(vocab_size)
@@ -43,6 +41,11 @@ class RowState:
             idx = torch.tensor([int(t) for t in params.logit_bias], dtype=torch.long)
             state.bias[idx] = torch.tensor(list(params.logit_bias.values()), dtype=torch.float32)
         return state
+
+    @property
+    def stateful(self) -> bool:
+        """True when this row's state follows its tokens (penalty counts, a constraint)."""
+        return self.counts is not None or self.params.constraint is not None
 
     def observe(self, token: int) -> None:
         if self.params.constraint is not None:
@@ -101,7 +104,10 @@ def _sample_rows(logits: torch.Tensor, rows: list[RowState]) -> torch.Tensor:
     kept = torch.where(keep, sorted_p, torch.zeros_like(sorted_p))
     # Every cut is monotone in rank, so the kept tokens are a prefix of the sorted order.
     cdf = torch.cumsum(kept.double(), dim=-1)
-    u = torch.cat([torch.rand(1, generator=r.generator, dtype=torch.float64) for r in rows])
+    u = torch.rand(len(rows), dtype=torch.float64)
+    for i, r in enumerate(rows):
+        if r.generator is not None:
+            u[i] = torch.rand(1, generator=r.generator, dtype=torch.float64)
     target = (u * cdf[:, -1]).unsqueeze(1)
     pick = torch.searchsorted(cdf, target, right=True)
     pick = torch.minimum(pick, keep.sum(dim=-1, keepdim=True) - 1)
@@ -113,7 +119,8 @@ def sample(logits: torch.Tensor, rows: list[RowState]) -> SampleResult:
     logits = logits.float()
     want_lp = [r.params.logprobs for r in rows]
     raw_lp = torch.log_softmax(logits, dim=-1) if any(k is not None for k in want_lp) else None
-    logits = _apply_penalties(logits.clone(), rows)
+    if any(r.stateful or r.bias is not None for r in rows):
+        logits = _apply_penalties(logits.clone(), rows)
     tokens = torch.argmax(logits, dim=-1)
     sampled = [i for i, r in enumerate(rows) if not r.params.greedy]
     if sampled:
@@ -131,5 +138,6 @@ def sample(logits: torch.Tensor, rows: list[RowState]) -> SampleResult:
                 vals, ids = torch.topk(raw_lp[i], k)
                 tops[i] = tuple(zip(ids.tolist(), vals.tolist()))
     for r, t in zip(rows, token_list):
-        r.observe(t)
+        if r.stateful:
+            r.observe(t)
     return SampleResult(token_list, lps, tops)

@@ -7,6 +7,7 @@ on the project machine (tests/test_plan.py measures it again):
   of it is read once when the linear layers are re-laid out, so all of it stays resident.
 - layout copy: the native CPU engine re-lays every linear weight (oneDNN-packed for f32/bf16, transposed
   otherwise; a tied output head gets its own copy), a second copy of all matrices in the compute dtype.
+  With dtype int8 the model loads in bf16 and the copy is the int8 one (one byte per weight).
 - KV cache: 2 x layers x kv_heads x head_dim x bytes x context x parallel, the context rounded up to the
   256-position blocks the slot cache grows by (tailorlm/engine/kv_cache.py).
 - KV growth: the slot cache grows on demand into a new tensor and copies the old one in, so at its last
@@ -29,7 +30,7 @@ from tailorlm.plan.targets import Target
 
 MIB = 1024**2
 QUANTS = ("f32", "f16", "bf16", "q8_0", "q4_0", "int8")
-QUANT_OF_DTYPE = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
+QUANT_OF_DTYPE = {"float32": "f32", "float16": "f16", "bfloat16": "bf16", "int8": "int8"}
 ENGINE_OF_QUANT = {"f32": "native", "f16": "native", "bf16": "native",
                    "q8_0": "llama.cpp", "q4_0": "llama.cpp", "int8": "onnxruntime"}
 FORMAT_OF_ENGINE = {"native": "safetensors", "llama.cpp": "gguf", "onnxruntime": "onnx"}
@@ -196,15 +197,17 @@ def estimate(shape: ModelShape, *, name: str, quant: str, context: int, parallel
         raise InvalidRequestError(f"context {context} is beyond {name}'s context length {shape.max_context}",
                                   param="context")
     engine = engine or ENGINE_OF_QUANT[quant]
-    if engine == "native" and quant not in ("f32", "f16", "bf16"):
-        raise InvalidRequestError(f"the native engine runs f32, f16 or bf16 weights, not {quant}", param="quant")
+    if engine == "native" and quant not in ("f32", "f16", "bf16", "int8"):
+        raise InvalidRequestError(f"the native engine runs f32, f16, bf16 or int8 weights, not {quant}", param="quant")
     if adapters and engine != "native":
         raise InvalidRequestError(f"the {engine} backend serves no LoRA adapters at runtime; plan the adapter "
                                   "merged into its base instead", param="model")
-    value_bytes = KV_BYTES[engine] or int(BYTES_PER_WEIGHT[quant])
-    weights = weight_bytes(shape, quant) if weights is None else weights
+    native_int8 = engine == "native" and quant == "int8"  # loaded in bf16, then every linear layer quantized
+    value_bytes = KV_BYTES[engine] or (2 if native_int8 else int(BYTES_PER_WEIGHT[quant]))
+    if weights is None:
+        weights = weight_bytes(shape, "bf16" if native_int8 else quant)
     native_cpu = engine == "native" and not target.gpu
-    layout = shape.linear_params * value_bytes if native_cpu else 0
+    layout = shape.linear_params * (1 if native_int8 else value_bytes) if native_cpu else 0
     kv_len = min(shape.max_context, -(-context // KV_BLOCK) * KV_BLOCK)
     kv = shape.kv_bytes_per_token(value_bytes) * kv_len * parallel
     parts = {

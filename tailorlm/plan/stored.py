@@ -43,9 +43,10 @@ def plan_stored(name: str, *, home: Path, target: Target, context: int | None = 
     manifest = models.get(adapter.base if adapter is not None else name)
     shape = read_shape(models.path(manifest.name), manifest.parameters)
     own = stored_quant(manifest)
+    native_int8 = quant is None and dtype == "int8"  # the native engine's weight-only int8, not an ONNX export
     if quant is None and dtype != "auto":
         if dtype not in QUANT_OF_DTYPE:
-            raise InvalidRequestError(f"unknown dtype {dtype!r}; choose auto, float32, bfloat16 or float16",
+            raise InvalidRequestError(f"unknown dtype {dtype!r}; choose auto, float32, bfloat16, float16 or int8",
                                       param="dtype")
         quant = QUANT_OF_DTYPE[dtype]
     quant = quant or own
@@ -53,6 +54,8 @@ def plan_stored(name: str, *, home: Path, target: Target, context: int | None = 
         raise InvalidRequestError(f"unknown quantization {quant!r}; choose one of: {', '.join(QUANTS)}", param="quant")
     as_stored = quant == own
     engine = ENGINE_OF_FORMAT.get(manifest.format, "native") if as_stored else ENGINE_OF_QUANT[quant]
+    if native_int8:
+        engine = "native"
     return estimate(
         shape, name=adapter.name if adapter is not None else manifest.name, quant=quant,
         context=context or shape.max_context, parallel=parallel, target=target,
