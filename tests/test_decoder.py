@@ -14,7 +14,7 @@ from tailorlm.engine.layout import Int8Linear
 from tailorlm.engine.runner import ModelRunner
 from tailorlm.errors import InvalidRequestError
 from tailorlm.store import ModelStore
-from tests.tiny import VOCAB, make_tiny_model
+from tests.tiny import VOCAB, make_tiny_adapter, make_tiny_model
 
 PROMPTS = [[5, 6, 7, 8], [9, 10, 11], list(range(20, 40))]
 
@@ -116,3 +116,26 @@ def test_compile_is_refused_where_it_cannot_apply(tmp_path):
         load_model(path, dtype="int8", compile=True)
     with pytest.raises(InvalidRequestError, match="int8"):
         load_model(make_tiny_model("llama", tmp_path / "llama"), dtype="float32", compile=True)
+
+
+def test_int8_model_serves_lora_adapters(tmp_path):
+    """An adapter over int8 layers: its rows follow the adapter (as in bf16), base rows stay the base's."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from tailorlm.engine import Engine, SamplingParams
+
+    base = make_tiny_model("llama", tmp_path / "base")
+    folder = make_tiny_adapter(base, tmp_path / "a", seed=1, r=4, target_modules=["q_proj", "v_proj", "down_proj"])
+    tensors, config = load_file(folder / "adapter_model.safetensors"), json.loads((folder / "adapter_config.json").read_text())
+    params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
+    outputs = {}
+    for dtype in ("bfloat16", "int8"):
+        engine = Engine(load_model(base, dtype=dtype), max_batch=4)
+        engine.load_adapter("a", tensors, config)
+        mixed = [engine.submit([5, 6, 7, 8], params, adapter=a) for a in ("a", None, "a")]
+        outputs[dtype] = [h.tokens() for h in mixed]
+        engine.shutdown()
+    assert outputs["int8"][0] == outputs["int8"][2] != outputs["int8"][1]  # the adapter changes its rows only
+    assert outputs["int8"][0][:4] == outputs["bfloat16"][0][:4]  # and int8 follows bf16

@@ -59,12 +59,17 @@ class Int8Linear(nn.Module):
     """
 
     DEQUANT_ROWS = 32
+    QUANT_ROWS = 2048
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
-        w = weight.detach().float()
-        scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
-        self.qweight = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8).contiguous()
+        out_features, in_features = weight.shape
+        self.qweight = torch.empty(out_features, in_features, dtype=torch.int8)
+        scale = torch.empty(out_features)
+        for lo in range(0, out_features, self.QUANT_ROWS):  # by blocks: no full-size float temporaries
+            w = weight.detach()[lo : lo + self.QUANT_ROWS].float()
+            scale[lo : lo + w.shape[0]] = s = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+            self.qweight[lo : lo + w.shape[0]] = torch.round(w / s[:, None]).clamp_(-127, 127).to(torch.int8)
         self.scale = scale.to(torch.bfloat16)
         self.bias = None if bias is None else bias.detach().to(torch.bfloat16)
         self.out_features, self.in_features = self.qweight.shape

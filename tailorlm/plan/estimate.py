@@ -7,7 +7,8 @@ on the project machine (tests/test_plan.py measures it again):
   of it is read once when the linear layers are re-laid out, so all of it stays resident.
 - layout copy: the native CPU engine re-lays every linear weight (oneDNN-packed for f32/bf16, transposed
   otherwise; a tied output head gets its own copy), a second copy of all matrices in the compute dtype.
-  With dtype int8 the model loads in bf16 and the copy is the int8 one (one byte per weight).
+  With dtype int8 the model loads in bf16 and is quantized layer by layer: memory peaks as bf16 does, and a
+  decode step reads the int8 copy (one byte per weight).
 - KV cache: 2 x layers x kv_heads x head_dim x bytes x context x parallel, the context rounded up to the
   256-position blocks the slot cache grows by (tailorlm/engine/kv_cache.py).
 - KV growth: the slot cache grows on demand into a new tensor and copies the old one in, so at its last
@@ -43,14 +44,14 @@ KV_BLOCK = 256  # SlotKVCache.GROW_BLOCK; llama.cpp also pads its context to 256
 # is 454 MiB; the engine thread, oneDNN scratch and activations of a short request add ~26 MiB more.
 RUNTIME_BYTES = 480 * MIB
 CUDA_CONTEXT_BYTES = 500 * MIB  # CUDA context + cuBLAS workspace on the GPU; not measured here (no GPU)
-# Fraction of the streaming-read bandwidth a decode step reaches. llama.cpp figures are PEERS.md's measured
-# llama-bench decode vs the 25 GB/s 2-thread read (f32 87%, f16 64%, q8_0 50%, q4_0 43%). Our native f32
-# engine decodes 47.8 tok/s over its 538 MB of packed weights (docs/benchmarks.md) = 25.7 GB/s, as much as the
-# torch-sum read that measures this machine (25-27 GB/s in PEERS.md): 100%.
-# Native bf16/f16 and onnxruntime int8 are not measured yet: planned at 50% (no bf16/f16 instructions).
-DECODE_FRACTION = {("native", "f32"): 1.0, ("native", "bf16"): 0.5, ("native", "f16"): 0.5,
-                   ("llama.cpp", "f16"): 0.64, ("llama.cpp", "q8_0"): 0.50, ("llama.cpp", "q4_0"): 0.43,
-                   ("onnxruntime", "int8"): 0.5}
+# Fraction of the streaming-read bandwidth a decode step reaches: weight bytes read per token x tok/s over the
+# 2-thread streaming read, measured in one run by benchmarks/bench_decode.py on the default model (46.7 GB/s
+# host, docs/benchmarks.md): native f32 58%, bf16 35%, int8 25%; llama.cpp q8_0 48%, f16 67%. A model this
+# small is dispatch-bound, so larger models reach more of the bandwidth: these are conservative. q4_0 and
+# onnxruntime int8 come from the export benchmark (41% and 51%); f16 on the native engine runs as bf16 does.
+DECODE_FRACTION = {("native", "f32"): 0.58, ("native", "bf16"): 0.35, ("native", "f16"): 0.35,
+                   ("native", "int8"): 0.25, ("llama.cpp", "f16"): 0.67, ("llama.cpp", "q8_0"): 0.48,
+                   ("llama.cpp", "q4_0"): 0.41, ("onnxruntime", "int8"): 0.51}
 GPU_DECODE_FRACTION = 0.7  # a GPU decode step reads weights at ~70% of peak in llama.cpp/vLLM reports
 TIGHT = 0.10  # under 10% headroom is reported as tight
 
@@ -207,7 +208,8 @@ def estimate(shape: ModelShape, *, name: str, quant: str, context: int, parallel
     if weights is None:
         weights = weight_bytes(shape, "bf16" if native_int8 else quant)
     native_cpu = engine == "native" and not target.gpu
-    layout = shape.linear_params * (1 if native_int8 else value_bytes) if native_cpu else 0
+    # int8 quantizes after a bf16 load: the peak is the bf16 load's (measured: 1,179 MiB both), the reads are int8
+    layout = shape.linear_params * value_bytes if native_cpu else 0
     kv_len = min(shape.max_context, -(-context // KV_BLOCK) * KV_BLOCK)
     kv = shape.kv_bytes_per_token(value_bytes) * kv_len * parallel
     parts = {
@@ -225,7 +227,7 @@ def estimate(shape: ModelShape, *, name: str, quant: str, context: int, parallel
     fraction = GPU_DECODE_FRACTION if target.gpu else DECODE_FRACTION.get((engine, quant), 0.5)
     # A decode step reads every matrix once (the re-laid copy, on the native CPU engine) and, per request,
     # its cached keys/values: on average half the context over a request that fills it.
-    read_weights = layout or weights
+    read_weights = (layout // 2 if native_int8 else layout) or weights
     kv_read = shape.kv_bytes_per_token(value_bytes) * context / 2
     bandwidth = target.bandwidth_gbs * 1e9 * fraction
     notes = [f"decode at {fraction:.0%} of {target.bandwidth_gbs:.1f} GB/s; compute limits are not modelled"]
