@@ -1,6 +1,6 @@
 """Where one decode step's time goes: the torch profiler over single-stream decode steps of the default model.
 
-    python benchmarks/profile_decode.py [--threads 2] [--steps 32] [--dtype float32] [--out profile-decode]
+    python benchmarks/profile_decode.py [--threads 2] [--steps 32] [--dtype float32] [--compile] [--out profile-decode]
 
 Writes `OUT/table.md` (operators by self CPU time, grouped into matmuls, attention, elementwise/norms, cache
 writes, sampling and the rest, plus the Python-side remainder) and `OUT/trace.json` (open in chrome://tracing or
@@ -20,8 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import QUESTIONS, machine, quiet_torch  # noqa: E402
 
 GROUPS = [  # (group, substrings of operator names), first match wins
-    ("matmul (linear layers, lm head)", ("mkldnn", "linear", "addmm", "matmul", "mm", "bmm")),
-    ("attention (SDPA)", ("scaled_dot_product", "attention", "softmax")),
+    ("attention", ("scaled_dot_product", "attention", "softmax", "bmm")),
+    ("matmul (linear layers, lm head)", ("mkldnn", "linear", "int8pack", "addmm", "matmul", "mm")),
+    ("compiled graph's own kernels (norms, RoPE, attention, cache writes)", ("compiledfxgraph",)),
+    ("dynamo guard check", ("dynamo cache lookup",)),
     ("KV cache writes", ("index_put", "copy_", "slice_scatter")),
     ("sampling", ("argmax", "topk", "sort", "multinomial", "log_softmax", "cumsum")),
     ("norms and elementwise", ("mul", "add", "rsqrt", "pow", "mean", "silu", "neg", "cat", "cos", "sin", "sub")),
@@ -40,7 +42,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=32)
-    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--dtype", default="float32", help="float32, bfloat16 or int8")
+    ap.add_argument("--compile", action="store_true", help="the compiled decode step (int8)")
     ap.add_argument("--model", default=None)
     ap.add_argument("--out", default="profile-decode")
     args = ap.parse_args()
@@ -52,7 +55,8 @@ def main() -> None:
     from tailorlm.engine import SamplingParams
     from tailorlm.runtime import chat_prompt, open_model
 
-    settings = get_settings().model_copy(update={"threads": args.threads, "dtype": args.dtype})
+    settings = get_settings().model_copy(update={"threads": args.threads, "dtype": args.dtype,
+                                                 "compile": args.compile})
     model = open_model(args.model, settings=settings, show_progress=False)
     core = model.engine.core  # driven directly, in this thread, so the profiler sees every step
     prompt = chat_prompt(model, [{"role": "user", "content": QUESTIONS[0]}])
@@ -81,7 +85,8 @@ def main() -> None:
     ops = sum(by_group.values())
     info = machine()
     lines = [f"{info['date']} · {info['cpu']} · {args.threads} threads · torch {info['torch']} · "
-             f"commit {info['commit']} · {args.dtype} · {args.steps} single-stream decode steps",
+             f"commit {info['commit']} · {args.dtype}{' compiled' if args.compile else ''} · "
+             f"{args.steps} single-stream decode steps",
              "", f"step: {wall * 1000:.1f} ms without the profiler ({1 / wall:.1f} tok/s), "
              f"{profiled * 1000:.1f} ms with it", "",
              "| where | ms per step | share of operator time |", "|---|---|---|"]
