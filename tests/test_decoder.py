@@ -67,6 +67,18 @@ def test_lean_step_gives_the_transformers_forward_logits(model_path, prompts):
         torch.testing.assert_close(g, want, atol=1e-4, rtol=1e-4)
 
 
+def test_bf16_step_over_the_whole_cache_capacity_matches(model_path):
+    """Past half the cache capacity, reduced precision attends over all of it, masked: same logits."""
+    prompts = [[3 + i % 300 for i in range(150)], [7 + i % 290 for i in range(139)]]  # 150 of 256 positions
+    lean, reference = runner(model_path, "bfloat16"), runner(model_path, "bfloat16")
+    reference.lean = None
+    got = decode_steps(lean, prompts, 3)
+    assert lean.cache.len_cap == 256
+    feed = [g.argmax(-1).tolist() for g in got]
+    for g, want in zip(got, decode_steps(reference, prompts, 3, feed)):  # bf16: rounding differs by path
+        torch.testing.assert_close(g.float(), want.float(), atol=0.5, rtol=0.05)
+
+
 def test_unmodelled_architectures_keep_the_transformers_forward(tmp_path):
     assert runner(make_tiny_model("gpt2", tmp_path / "gpt2")).lean is None
     assert runner(make_mistral(tmp_path / "mistral", sliding_window=16)).lean is None  # the window applies

@@ -94,6 +94,14 @@ class LeanDecoder:
         h = base.embed_tokens(token_ids)
         cos, sin = self._rope(positions, h.dtype)
         rows = torch.arange(b)
+        span = kv_len
+        if keys[0].dtype != torch.float32 and 2 * kv_len > keys[0].shape[2] and not torch.compiler.is_compiling():
+            # Reduced-precision matmuls copy a strided key view ([:b, :, :kv_len] of a longer cache) before
+            # multiplying; the full capacity is contiguous, so past half of it, attend over all of it with the
+            # rest masked: 128 vs 177 µs per layer at 150 of 256 positions, 361 vs 2,055 µs at 1,000 of 1,024
+            # (16 rows, bf16); at 30 of 256 the view wins, 70 vs 126 µs.
+            span = keys[0].shape[2]
+            mask = (torch.arange(span) <= positions[:, None]).view(b, 1, 1, span)
         for layer, k_store, v_store in zip(base.layers, keys, values):
             attn, mlp = layer.self_attn, layer.mlp
             x = F.rms_norm(h, (h.shape[-1],), layer.input_layernorm.weight, self.eps)
@@ -101,7 +109,7 @@ class LeanDecoder:
             k = self._rotate(attn.k_proj(x).view(b, self.kv_heads, self.head_dim), cos, sin)
             k_store[rows, :, positions] = k
             v_store[rows, :, positions] = attn.v_proj(x).view(b, self.kv_heads, self.head_dim)
-            o = self._attend(q, k_store[:b, :, :kv_len], v_store[:b, :, :kv_len], mask)
+            o = self._attend(q, k_store[:b, :, :span], v_store[:b, :, :span], mask)
             h = h + attn.o_proj(o)
             x = F.rms_norm(h, (h.shape[-1],), layer.post_attention_layernorm.weight, self.eps)
             h = h + mlp.down_proj(F.silu(mlp.gate_proj(x)) * mlp.up_proj(x))
