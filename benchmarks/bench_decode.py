@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import QUESTIONS, engine_args, quiet_torch, start_run  # noqa: E402
+from benchmarks.common import QUESTIONS, engine_args, quiet_torch, rate_after_first, start_run  # noqa: E402
 
 NATIVE = {"native fp32": ("float32", False), "native bf16": ("bfloat16", False),
           "native int8": ("int8", False), "native int8, compiled": ("int8", True)}
@@ -68,11 +68,7 @@ def native(name: str, dtype: str, compile: bool, threads: int, new_tokens: int, 
     warmup = time.perf_counter() - t0
 
     def single() -> float:
-        first, count = None, 0
-        for _ in model.submit(prompts[0], params):
-            count += 1
-            first = first or time.perf_counter()
-        return (count - 1) / (time.perf_counter() - first)
+        return rate_after_first(model.submit(prompts[0], params))
 
     def aggregate() -> float:
         t0 = time.perf_counter()
@@ -99,13 +95,7 @@ def peer(gguf: str, threads: int, new_tokens: int) -> dict:
 
     def run() -> float:
         llm.reset()
-        first, count = None, 0
-        for _ in llm.generate(prompt, top_k=1, temp=0.0, reset=True):
-            count += 1
-            first = first or time.perf_counter()
-            if count == new_tokens + 1:
-                break
-        return (count - 1) / (time.perf_counter() - first)
+        return rate_after_first(llm.generate(prompt, top_k=1, temp=0.0, reset=True), limit=new_tokens + 1)
 
     run()
     return {"tok_s": statistics.median(run() for _ in range(REPEATS)),

@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import QUESTIONS, engine_args, machine, quiet_torch  # noqa: E402
+from benchmarks.common import QUESTIONS, engine_args, machine, quiet_torch, rate_after_first  # noqa: E402
 from tailorlm.engine import SamplingParams  # noqa: E402
 from tailorlm.runtime import chat_prompt, open_model  # noqa: E402
 
@@ -38,11 +38,7 @@ def ours(model, prompts: list[list[int]], new_tokens: int, long_prompt: list[int
     eng.submit(prompts[0], SamplingParams(temperature=0, max_tokens=8)).tokens()  # warm-up
 
     def decode() -> float:  # single stream: decode rate after the first token
-        first, count = None, 0
-        for _ in eng.submit(prompts[0], params):
-            count += 1
-            first = first or time.perf_counter()
-        return (count - 1) / (time.perf_counter() - first)
+        return rate_after_first(eng.submit(prompts[0], params))
 
     def prefill() -> float:  # time to first token of a long prompt
         t0 = time.perf_counter()

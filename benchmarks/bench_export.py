@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import QUESTIONS, engine_args, quiet_torch, start_run  # noqa: E402
+from benchmarks.common import QUESTIONS, engine_args, quiet_torch, rate_after_first, start_run  # noqa: E402
 
 # label -> (export format, quant) or None for the stored model itself, and the native dtype
 VARIANTS: dict[str, tuple[tuple[str, str] | None, str]] = {
@@ -55,14 +55,7 @@ def child(name: str, dtype: str, threads: int, new_tokens: int) -> dict:
     params = SamplingParams(temperature=0, max_tokens=new_tokens, ignore_eos=True)
     model.submit(prompt, SamplingParams(temperature=0, max_tokens=8)).tokens()
 
-    def decode() -> float:
-        first, count = None, 0
-        for _ in model.submit(prompt, params):
-            count += 1
-            first = first or time.perf_counter()
-        return (count - 1) / (time.perf_counter() - first)
-
-    rate = statistics.median(decode() for _ in range(3))
+    rate = statistics.median(rate_after_first(model.submit(prompt, params)) for _ in range(3))
     peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
     model.close()
     return {"tok_s": rate, "peak_mib": peak / 1024}

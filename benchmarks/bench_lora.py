@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import QUESTIONS, engine_args, machine, quiet_torch  # noqa: E402
+from benchmarks.common import QUESTIONS, engine_args, machine, quiet_torch, rate_after_first  # noqa: E402
 from tailorlm.engine import SamplingParams  # noqa: E402
 from tailorlm.runtime import chat_prompt, open_model  # noqa: E402
 
@@ -51,11 +51,7 @@ def ours(eng, prompts: list[list[int]], new_tokens: int, adapters: list[str | No
     params = SamplingParams(temperature=0, max_tokens=new_tokens, ignore_eos=True)
 
     def decode() -> float:
-        first, count = None, 0
-        for _ in eng.submit(prompts[0], params, adapter=adapters[0]):
-            count += 1
-            first = first or time.perf_counter()
-        return (count - 1) / (time.perf_counter() - first)
+        return rate_after_first(eng.submit(prompts[0], params, adapter=adapters[0]))
 
     def aggregate() -> float:
         t0 = time.perf_counter()

@@ -6,6 +6,8 @@ import argparse
 import datetime as dt
 import platform
 import subprocess
+import time
+from collections.abc import Iterable
 
 import torch
 import transformers
@@ -84,3 +86,14 @@ def start_run(model: str | None, threads: int):
     store = ModelStore(settings.home)
     base = store.ensure(model or settings.default_model).name
     return settings, store, base, machine(), measure(threads)
+
+
+def rate_after_first(stream: Iterable, limit: int | None = None) -> float:
+    """Items per second of `stream` after its first item (decode speed without the prefill); stops after `limit`."""
+    first, count = None, 0
+    for _ in stream:
+        count += 1
+        first = first or time.perf_counter()
+        if count == limit:
+            break
+    return (count - 1) / (time.perf_counter() - first)

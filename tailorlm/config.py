@@ -55,8 +55,9 @@ class Settings(BaseSettings):
         "auto", description="Inference backend: auto picks by artifact (safetensors: native, GGUF: llama.cpp, "
         "ONNX: onnxruntime).")
     max_batch: int = Field(32, ge=1, description="Most requests decoded together in one step.")
-    prefill_chunk: int = Field(512, ge=16, description="Most prompt tokens prefilled per step, over all requests; a longer prompt "
-        "is prefilled a chunk per step while running requests keep decoding.")
+    prefill_chunk: int = Field(
+        512, ge=16, description="Most prompt tokens prefilled per step, over all requests; a longer prompt is "
+        "prefilled a chunk per step while running requests keep decoding.")
     prefix_cache_mb: int = Field(
         256, ge=0, description="Memory for the keys/values of shared prompt prefixes, reused by later requests "
         "(native backend; 0: off).")

@@ -93,8 +93,8 @@ def load_model(path: Path, *, name: str | None = None, dtype: str = "auto", comp
         model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager", **kwargs)
     model.eval()
     if compile:
-        why = "it needs dtype int8 (oneDNN-packed float weights cannot be traced)" if not int8 else \
-            decoder.unsupported(model, window=None)
+        why = decoder.unsupported(model, window=None) if int8 else \
+            "it needs dtype int8 (oneDNN-packed float weights cannot be traced)"
         if why:
             raise InvalidRequestError(f"cannot compile the decode step of {name or path.name}: {why}", param="compile")
     vocab = model.config.get_text_config().vocab_size

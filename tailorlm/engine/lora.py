@@ -79,28 +79,25 @@ class LoraLinear(nn.Module):
         self.in_features, self.out_features = _features(base)
         self.adapters: dict[int, LoraWeights] = {}  # adapter id -> weights (views into a_cat / b_cat)
         self.spans: dict[int, tuple[int, int]] = {}  # adapter id -> its columns [start, end) of a_cat
-        self.layout: tuple[tuple[int, int], ...] = ()  # (adapter id, rank) in column order: the mask cache key
+        self.layout: tuple = ()  # the spans, frozen: the key of the masks a forward builds
         self.owner = torch.empty(0, dtype=torch.long)  # [R]: the adapter id of each column
         self.a_cat: torch.Tensor | None = None  # [in, R]
         self.b_cat: torch.Tensor | None = None  # [R, out], scales folded in
 
     def rebuild(self) -> None:
         """Re-concatenate the adapters' weights after an add or a remove."""
-        if not self.adapters:
-            self.a_cat = self.b_cat = None
-            self.adapters, self.spans, self.layout = {}, {}, ()
-            self.owner = torch.empty(0, dtype=torch.long)
-            return
         ws = list(self.adapters.items())
-        self.a_cat = torch.cat([w.a_t for _, w in ws], dim=1).contiguous()
-        self.b_cat = torch.cat([w.b_t for _, w in ws], dim=0).contiguous()
-        self.layout = tuple((aid, w.a_t.shape[1]) for aid, w in ws)
-        self.owner = torch.tensor([aid for aid, r in self.layout for _ in range(r)], dtype=torch.long)
-        start = 0
-        for aid, r in self.layout:
-            self.spans[aid] = (start, start + r)
-            self.adapters[aid] = LoraWeights(self.a_cat[:, start : start + r], self.b_cat[start : start + r])
-            start += r
+        self.a_cat = torch.cat([w.a_t for _, w in ws], dim=1).contiguous() if ws else None
+        self.b_cat = torch.cat([w.b_t for _, w in ws], dim=0).contiguous() if ws else None
+        self.spans, owner, start = {}, [], 0
+        for aid, w in ws:
+            rank = w.a_t.shape[1]
+            self.spans[aid] = (start, start + rank)
+            self.adapters[aid] = LoraWeights(self.a_cat[:, start : start + rank], self.b_cat[start : start + rank])
+            owner += [aid] * rank
+            start += rank
+        self.owner = torch.tensor(owner, dtype=torch.long)
+        self.layout = tuple(self.spans.items())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)

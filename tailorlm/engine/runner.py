@@ -10,7 +10,6 @@ import torch
 from transformers import PreTrainedModel
 
 from tailorlm.engine import attention, decoder
-from tailorlm.engine.decoder import LeanDecoder
 from tailorlm.engine.kv_cache import SlotKVCache
 from tailorlm.engine.layout import to_inference_layout
 from tailorlm.engine.lora import LoraBank
@@ -53,7 +52,7 @@ class ModelRunner:
             self.window, self.mask_kinds = None, None
         # decode through the lean step where it models the architecture exactly (tailorlm/engine/decoder.py)
         lean = not self.eager and decoder.unsupported(model, self.window) is None
-        self.lean = LeanDecoder(model) if lean else None
+        self.lean = decoder.LeanDecoder(model) if lean else None
         self.compiled = None
         if self.lean is not None and compile:
             self.compiled = torch.compile(self.lean.forward, dynamic=True, fullgraph=True)
@@ -110,7 +109,6 @@ class ModelRunner:
         b = len(token_ids)
         pos = torch.tensor(positions, dtype=torch.long)
         self.cache.reserve(b, int(pos.max()) + 1)
-        self.cache.prepare_decode(pos)
         t = int(pos.max()) + 1
         if int(pos.min()) + 1 == t and self._plain(t):  # every row sees all t keys
             mask = attention.CAUSAL
@@ -126,6 +124,7 @@ class ModelRunner:
                 rows_mask = None if mask is attention.CAUSAL else mask
                 return step(torch.tensor(token_ids, dtype=torch.long), pos, t, rows_mask,
                             self.cache.keys, self.cache.values)
+            self.cache.prepare_decode(pos)  # the transformers forward writes through the cache's update hook
             out = self.model(
                 input_ids=torch.tensor(token_ids, dtype=torch.long).unsqueeze(1),
                 position_ids=pos.unsqueeze(1), attention_mask=mask, cache=self.cache, use_cache=True,

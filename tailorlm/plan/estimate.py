@@ -227,7 +227,7 @@ def estimate(shape: ModelShape, *, name: str, quant: str, context: int, parallel
     fraction = GPU_DECODE_FRACTION if target.gpu else DECODE_FRACTION.get((engine, quant), 0.5)
     # A decode step reads every matrix once (the re-laid copy, on the native CPU engine) and, per request,
     # its cached keys/values: on average half the context over a request that fills it.
-    read_weights = (layout // 2 if native_int8 else layout) or weights
+    read_weights = (shape.linear_params if native_int8 else layout) or weights  # int8: one byte per weight
     kv_read = shape.kv_bytes_per_token(value_bytes) * context / 2
     bandwidth = target.bandwidth_gbs * 1e9 * fraction
     notes = [f"decode at {fraction:.0%} of {target.bandwidth_gbs:.1f} GB/s; compute limits are not modelled"]
