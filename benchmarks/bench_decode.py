@@ -3,7 +3,8 @@
     python benchmarks/bench_decode.py [--threads 2] [--new-tokens 128] [--concurrency 16] [--json out.json]
 
 In one run, on the default model (or --model): this machine's streaming-read bandwidth (benchmarks/bandwidth.py);
-then, each in a fresh process, the native engine in fp32, bf16, int8 and int8 with the compiled decode step, and
+then, each in a fresh process, the engine with its native (C++) decode step in fp32, bf16 and int8, with the torch
+decode step in bf16 and compiled int8 (for comparison), and
 llama-cpp-python (`Llama.generate`, greedy) on the q8_0 and f16 GGUF exports of the same stored weights (exported
 on first use), all on --threads threads:
 - single-stream decode tokens/s (median of 3; the prompt is one of the fixed questions, 128 tokens after the first),
@@ -28,19 +29,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import QUESTIONS, engine_args, quiet_torch, rate_after_first, start_run  # noqa: E402
 
-NATIVE = {"native fp32": ("float32", False), "native bf16": ("bfloat16", False),
-          "native int8": ("int8", False), "native int8, compiled": ("int8", True)}
+NATIVE = {  # label: (dtype, compile, kernels)
+    "native fp32": ("float32", False, "native"), "native bf16": ("bfloat16", False, "native"),
+    "native int8": ("int8", False, "native"), "torch bf16": ("bfloat16", False, "torch"),
+    "torch int8, compiled": ("int8", True, "torch")}
 PEERS = {"llama-cpp-python q8_0": "q8_0", "llama-cpp-python f16": "f16"}
 REPEATS = 3
 
 
 def layout_bytes(model) -> int:
     """Bytes of every matrix a decode step reads, as the engine holds them (packed, int8 + scales...)."""
+    from torch import nn
+
     from tailorlm.engine.layout import Int8Linear, OneDNNLinear, TransposedLinear
 
     total = 0
     for m in model.modules():
-        if isinstance(m, Int8Linear):
+        if type(m) is nn.Linear:  # the native step's plain layout
+            total += m.weight.nbytes
+        elif isinstance(m, Int8Linear):
             total += m.qweight.nbytes + m.scale.nbytes
         elif isinstance(m, OneDNNLinear):
             total += m.packed.nbytes
@@ -49,14 +56,16 @@ def layout_bytes(model) -> int:
     return total
 
 
-def native(name: str, dtype: str, compile: bool, threads: int, new_tokens: int, concurrency: int) -> dict:
+def native(name: str, dtype: str, compile: bool, kernels: str, threads: int, new_tokens: int,
+           concurrency: int) -> dict:
     """In its own process: open, warm up (and compile), then time single-stream and concurrent decoding."""
     quiet_torch(threads)
     from tailorlm.config import get_settings
     from tailorlm.engine import SamplingParams
     from tailorlm.runtime import chat_prompt, open_model
 
-    settings = get_settings().model_copy(update={"dtype": dtype, "compile": compile, "threads": threads,
+    settings = get_settings().model_copy(update={"dtype": dtype, "compile": compile, "kernels": kernels,
+                                                 "threads": threads,
                                                  "max_batch": concurrency, "prefix_cache_mb": 0})
     model = open_model(name, settings=settings, show_progress=False)
     prompts = [chat_prompt(model, [{"role": "user", "content": q}]) for q in QUESTIONS]
@@ -119,8 +128,7 @@ def main() -> None:
         if kind == "peer":
             out = peer(name, args.threads, args.new_tokens)
         else:
-            dtype, compile = NATIVE[arg]
-            out = native(name, dtype, compile, args.threads, args.new_tokens, args.concurrency)
+            out = native(name, *NATIVE[arg], args.threads, args.new_tokens, args.concurrency)
         print(json.dumps(out))
         return
     from tailorlm.export import default_name, export, target
@@ -157,8 +165,8 @@ def main() -> None:
         agg = f"{r['aggregate']:.1f}" if "aggregate" in r else "—"
         print(f"| {r['variant']} | {r['weight_bytes'] / 1e6:.0f} | {r['tok_s']:.1f} | {r['bandwidth_pct']:.0f}% | {agg} |")
     by = {r["variant"]: r for r in rows}
-    if "native int8, compiled" in by and "llama-cpp-python q8_0" in by:
-        for label in ("native int8", "native int8, compiled"):
+    if "llama-cpp-python q8_0" in by:
+        for label in [lab for lab in ("native int8", "torch int8, compiled") if lab in by]:
             print(f"\n{label} / llama-cpp-python q8_0: {by[label]['tok_s'] / by['llama-cpp-python q8_0']['tok_s']:.2f}×")
     if "native bf16" in by:
         print(f"native bf16: {by['native bf16']['bandwidth_pct']:.0f}% of the bandwidth limit (bar ≥ 60%)")

@@ -49,8 +49,11 @@ class Settings(BaseSettings):
     threads: int = Field(0, ge=0, description="CPU threads for torch; 0 keeps torch's default.")
     dtype: str = Field("auto", description="Compute dtype: auto (the stored dtype), float32, bfloat16, float16, "
                        "or int8 (weight-only int8 linear layers, bfloat16 activations).")
-    compile: bool = Field(False, description="torch.compile the native decode step (Llama-family models): faster "
-                          "decoding after a compile of about a minute at start.")
+    compile: bool = Field(False, description="torch.compile the torch decode step (Llama-family models, int8): "
+                          "a compile of about a minute at start; replaces the native kernels.")
+    kernels: Literal["native", "torch"] = Field(
+        "native", description="Decode step of Llama-family models: native (the whole step in one C++ call, built "
+        "for this CPU on first use; needs a C++ compiler, else torch with a warning) or torch (torch operators).")
     backend: Literal["auto", "native", "llama.cpp", "onnxruntime"] = Field(
         "auto", description="Inference backend: auto picks by artifact (safetensors: native, GGUF: llama.cpp, "
         "ONNX: onnxruntime).")

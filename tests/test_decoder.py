@@ -38,9 +38,10 @@ def model_path(request, tmp_path_factory) -> Path:
     return make_tiny_model(request.param, folder)
 
 
-def runner(path: Path, dtype: str = "float32", **kw) -> ModelRunner:
+def runner(path: Path, dtype: str = "float32", kernels: str = "torch", **kw) -> ModelRunner:
+    """A runner over a fresh load of `path`; the torch decode step unless `kernels` is native."""
     loaded = load_model(path, dtype=dtype)
-    return ModelRunner(loaded.model, max_slots=4, context_length=256, int8=loaded.int8, **kw)
+    return ModelRunner(loaded.model, max_slots=4, context_length=256, int8=loaded.int8, kernels=kernels, **kw)
 
 
 def decode_steps(r: ModelRunner, prompts: list[list[int]], steps: int, feed: list[list[int]] | None = None):
@@ -130,24 +131,31 @@ def test_compile_is_refused_where_it_cannot_apply(tmp_path):
         load_model(make_tiny_model("llama", tmp_path / "llama"), dtype="float32", compile=True)
 
 
-def test_int8_model_serves_lora_adapters(tmp_path):
-    """An adapter over int8 layers: its rows follow the adapter (as in bf16), base rows stay the base's."""
+def mixed_adapter_tokens(base: Path, adapter: Path, **load: object) -> list[list[int]]:
+    """Greedy tokens of an engine over `base` (loaded with `load`) for requests with adapter `adapter`, without,
+    with, and then one alone without it."""
     import json
 
     from safetensors.torch import load_file
 
     from tailorlm.engine import Engine, SamplingParams
 
-    base = make_tiny_model("llama", tmp_path / "base")
-    folder = make_tiny_adapter(base, tmp_path / "a", seed=1, r=4, target_modules=["q_proj", "v_proj", "down_proj"])
-    tensors, config = load_file(folder / "adapter_model.safetensors"), json.loads((folder / "adapter_config.json").read_text())
+    tensors = load_file(adapter / "adapter_model.safetensors")
+    config = json.loads((adapter / "adapter_config.json").read_text())
     params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
-    outputs = {}
-    for dtype in ("bfloat16", "int8"):
-        engine = Engine(load_model(base, dtype=dtype), max_batch=4)
+    engine = Engine(load_model(base, **load), max_batch=4)
+    try:
         engine.load_adapter("a", tensors, config)
         mixed = [engine.submit([5, 6, 7, 8], params, adapter=a) for a in ("a", None, "a")]
-        outputs[dtype] = [h.tokens() for h in mixed]
+        return [h.tokens() for h in mixed] + [engine.submit([5, 6, 7, 8], params).tokens()]
+    finally:
         engine.shutdown()
+
+
+def test_int8_model_serves_lora_adapters(tmp_path):
+    """An adapter over int8 layers: its rows follow the adapter (as in bf16), base rows stay the base's."""
+    base = make_tiny_model("llama", tmp_path / "base")
+    folder = make_tiny_adapter(base, tmp_path / "a", seed=1, r=4, target_modules=["q_proj", "v_proj", "down_proj"])
+    outputs = {dtype: mixed_adapter_tokens(base, folder, dtype=dtype) for dtype in ("bfloat16", "int8")}
     assert outputs["int8"][0] == outputs["int8"][2] != outputs["int8"][1]  # the adapter changes its rows only
     assert outputs["int8"][0][:4] == outputs["bfloat16"][0][:4]  # and int8 follows bf16

@@ -28,7 +28,10 @@ Backend = Annotated[Optional[str], typer.Option(
 Dtype = Annotated[Optional[str], typer.Option(
     "--dtype", help="Native compute dtype: auto, float32, bfloat16, float16 or int8 (weight-only) [env TAILOR_DTYPE].")]
 Compile = Annotated[bool, typer.Option(
-    "--compile", help="torch.compile the decode step (int8, Llama-family; ~1 min at start) [env TAILOR_COMPILE].")]
+    "--compile", help="torch.compile the torch decode step (int8, Llama-family; ~1 min at start) [env TAILOR_COMPILE].")]
+Kernels = Annotated[Optional[str], typer.Option(
+    "--kernels", help="Decode step of Llama-family models: native (C++, built on first use) or torch "
+    "[env TAILOR_KERNELS].")]
 
 
 def _params(max_tokens: int | None, temperature: float, top_p: float, top_k: int, seed: int | None) -> SamplingParams:
@@ -43,7 +46,8 @@ def _split_model_and_prompt(args: list[str]) -> tuple[str | None, str]:
     raise InvalidRequestError("give a prompt, or a model and a prompt: tailor generate [MODEL] PROMPT")
 
 
-def _open(name: str | None, backend: str | None = None, dtype: str | None = None, compile: bool = False) -> OpenModel:
+def _open(name: str | None, backend: str | None = None, dtype: str | None = None, compile: bool = False,
+          kernels: str | None = None) -> OpenModel:
     settings = get_settings()
     if backend is not None:
         if backend not in BACKENDS:
@@ -53,6 +57,8 @@ def _open(name: str | None, backend: str | None = None, dtype: str | None = None
         settings = settings.model_copy(update={"dtype": dtype})
     if compile:
         settings = settings.model_copy(update={"compile": True})
+    if kernels is not None:
+        settings = settings.model_copy(update={"kernels": kernels})  # checked where the model loads
     return open_model(name, settings=settings, show_progress=sys.stderr.isatty())
 
 
@@ -71,11 +77,12 @@ def generate(
     backend: Backend = None,
     dtype: Dtype = None,
     compile: Compile = False,
+    kernels: Kernels = None,
 ) -> None:
     """Answer one prompt and exit (scriptable)."""
     name, prompt = _split_model_and_prompt(args)
     params = _params(max_tokens, temperature, top_p, top_k, seed)
-    model = _open(name, backend, dtype, compile)
+    model = _open(name, backend, dtype, compile, kernels)
     try:
         if raw:
             ids = model.tokenizer.encode(prompt, add_special_tokens=True)
@@ -121,10 +128,11 @@ def chat(
     backend: Backend = None,
     dtype: Dtype = None,
     compile: Compile = False,
+    kernels: Kernels = None,
 ) -> None:
     """Chat interactively, with streamed answers and history."""
     console = Console(highlight=False)
-    model = _open(model_name, backend, dtype, compile)
+    model = _open(model_name, backend, dtype, compile, kernels)
     params = _params(max_tokens, temperature, top_p, top_k, seed)
     session = ChatSession(model, params, system)
     interactive = sys.stdin.isatty()

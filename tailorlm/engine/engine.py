@@ -69,7 +69,7 @@ class Engine:
             if loaded.runner_factory is not None:
                 return loaded.runner_factory(max_batch, loaded.context_length)
             return ModelRunner(loaded.model, max_slots=max_batch, context_length=loaded.context_length,
-                               int8=loaded.int8, compile=loaded.compile)
+                               int8=loaded.int8, compile=loaded.compile, kernels=loaded.kernels)
 
         self.core = EngineCore(
             runner, vocab_size=loaded.vocab_size, context_length=loaded.context_length,

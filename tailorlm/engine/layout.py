@@ -137,11 +137,12 @@ def _replace(root: nn.Module, target: nn.Module, new: nn.Module) -> None:
                 setattr(parent, name, new)
 
 
-def to_inference_layout(model: nn.Module, *, int8: bool = False) -> None:
+def to_inference_layout(model: nn.Module, *, int8: bool = False, plain: bool = False) -> None:
     """Swap every nn.Linear for a faster inference form, in place (idempotent).
 
-    With `int8`, weight-only int8 (`Int8Linear`; the model must be in bfloat16); else oneDNN-packed
-    weights where this torch build supports them for the model's dtype; otherwise transposed weights.
+    With `int8`, weight-only int8 (`Int8Linear`; the model must be in bfloat16); else, with `plain`, float
+    weights stay as they are ([out, in], what the native decode step reads); else oneDNN-packed weights where
+    this torch build supports them for the model's dtype; otherwise transposed weights.
     A tied output head shares its matrix with the input embedding where the layout allows.
     """
     if getattr(model, "_tailor_inference_layout", False):
@@ -158,6 +159,8 @@ def to_inference_layout(model: nn.Module, *, int8: bool = False) -> None:
                 _replace(model, embed, Int8Embedding(new, embed.padding_idx))
             _replace(model, lin, new)
             lin.weight = None
+        return
+    if plain:
         return
     dtype = linears[0].weight.dtype if linears else torch.float32
     if onednn_available(dtype):

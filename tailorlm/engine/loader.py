@@ -16,6 +16,7 @@ from tailorlm.errors import InvalidRequestError, UnsupportedModelError
 if TYPE_CHECKING:
     from tailorlm.engine.backend import RunnerFactory
 
+KERNELS = ("native", "torch")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
 
@@ -38,7 +39,8 @@ class LoadedModel:
     backend: str = "native"
     runner_factory: RunnerFactory | None = None
     int8: bool = False  # weight-only int8 linear layers (the runner quantizes them; activations bfloat16)
-    compile: bool = False  # torch.compile the native decode step
+    compile: bool = False  # torch.compile the torch decode step
+    kernels: str = "native"  # decode step of Llama-family models: native (C++) or torch
 
 
 def eos_ids(path: Path, *configs) -> list[int]:
@@ -66,12 +68,15 @@ def context_length_of(config) -> int:
     return 2048
 
 
-def load_model(path: Path, *, name: str | None = None, dtype: str = "auto", compile: bool = False) -> LoadedModel:
+def load_model(path: Path, *, name: str | None = None, dtype: str = "auto", compile: bool = False,
+               kernels: str = "native") -> LoadedModel:
     """Load an HF-format folder (safetensors only) as a causal LM for the engine.
 
     `dtype` "int8" loads bfloat16 and has the runner quantize every linear layer to int8 (weight-only).
     """
     start = time.perf_counter()
+    if kernels not in KERNELS:
+        raise InvalidRequestError(f"unknown kernels {kernels!r}: use {' or '.join(KERNELS)}", param="kernels")
     try:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as exc:
@@ -102,5 +107,5 @@ def load_model(path: Path, *, name: str | None = None, dtype: str = "auto", comp
         name=name or path.name, path=path, model=model, context_length=context_length_of(config),
         vocab_size=vocab, eos_token_ids=eos_ids(path, getattr(model, "generation_config", None), model.config),
         load_seconds=time.perf_counter() - start,
-        model_type=model.config.model_type, int8=int8, compile=compile,
+        model_type=model.config.model_type, int8=int8, compile=compile, kernels=kernels,
     )

@@ -14,7 +14,7 @@ wrapper at all, so base-only speed is untouched.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -137,6 +137,11 @@ class LoraBank:
         self.rows = 0
         self._masks: dict[tuple, tuple[int, int, torch.Tensor] | None] = {}  # per column layout, this forward
         self._next_id = itertools.count()
+        self.listeners: list[Callable[[], None]] = []  # called after every add and remove
+
+    def _changed(self) -> None:
+        for listener in self.listeners:
+            listener()
 
     def __contains__(self, name: str) -> bool:
         return name in self.ids
@@ -156,6 +161,7 @@ class LoraBank:
             layer.adapters[aid] = w
             layer.rebuild()
         self.ids[name] = aid
+        self._changed()
 
     def remove(self, name: str) -> None:
         """Drop adapter `name`; a layer no adapter targets any more gets its plain form back."""
@@ -168,6 +174,7 @@ class LoraBank:
                 parent, _, child = path.rpartition(".")
                 setattr(self.model.get_submodule(parent), child, layer.base)
                 del self.layers[path]
+        self._changed()
 
     def select(self, adapters: Sequence[str | None]) -> None:
         """Set the rows of the next forward: adapters[i] is row i's adapter (None: the base model)."""

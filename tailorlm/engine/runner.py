@@ -6,13 +6,17 @@ cache slots each row reads and writes, and returns next-token logits.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from transformers import PreTrainedModel
 
-from tailorlm.engine import attention, decoder
+from tailorlm.engine import attention, decoder, native_step
 from tailorlm.engine.kv_cache import SlotKVCache
 from tailorlm.engine.layout import to_inference_layout
 from tailorlm.engine.lora import LoraBank
+
+log = logging.getLogger(__name__)
 
 
 def _text_config(config):
@@ -23,12 +27,33 @@ class ModelRunner:
     """Owns the model and its KV cache; every method is a pure forward with no scheduling."""
 
     def __init__(self, model: PreTrainedModel, *, max_slots: int, context_length: int, int8: bool = False,
-                 compile: bool = False) -> None:
+                 compile: bool = False, kernels: str = "native") -> None:
         self.model = model.eval()
-        to_inference_layout(model, int8=int8)
-        self.lora = LoraBank(model)  # adapters wrap their layers after the layout change, never before
         cfg = _text_config(model.config)
         self.config = cfg
+        layer_types = getattr(cfg, "layer_types", None) or []
+        self.window = getattr(cfg, "sliding_window", None)
+        self.mask_kinds = sorted(set(layer_types)) if "sliding_attention" in layer_types else None
+        if self.mask_kinds is None and getattr(cfg, "use_sliding_window", True) is False:
+            self.window = None
+        if layer_types and "sliding_attention" not in layer_types:
+            self.window = None
+        if self.window is not None and self.window >= context_length:  # never reached: plain causal attention
+            self.window, self.mask_kinds = None, None
+        eager = model.config._attn_implementation == "eager"
+        # decode through the lean step where it models the architecture exactly (tailorlm/engine/decoder.py),
+        # and through the native C++ step (native_step.py) where it can also read the weights in place
+        lean = not eager and decoder.unsupported(model, self.window) is None
+        native = lean and not compile and kernels == "native" and native_step.readable_dtype(model, int8=int8)
+        if native:
+            try:
+                native_step.extension()
+            except RuntimeError as exc:
+                log.warning("%s; decoding through torch operators instead", exc)
+                native = False
+        # the native step reads plain [out, in] float weights; the torch step is faster with packed ones
+        to_inference_layout(model, int8=int8, plain=native)
+        self.lora = LoraBank(model)  # adapters wrap their layers after the layout change, never before
         self.dtype = next(model.parameters()).dtype
         heads = cfg.num_attention_heads
         kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
@@ -40,19 +65,11 @@ class ModelRunner:
         if model.config._attn_implementation == "sdpa":
             model.set_attn_implementation(attention.NAME)
         self.fast_causal = model.config._attn_implementation == attention.NAME
-        self.eager = model.config._attn_implementation == "eager"
-        layer_types = getattr(cfg, "layer_types", None) or []
-        self.window = getattr(cfg, "sliding_window", None)
-        self.mask_kinds = sorted(set(layer_types)) if "sliding_attention" in layer_types else None
-        if self.mask_kinds is None and getattr(cfg, "use_sliding_window", True) is False:
-            self.window = None
-        if layer_types and "sliding_attention" not in layer_types:
-            self.window = None
-        if self.window is not None and self.window >= context_length:  # never reached: plain causal attention
-            self.window, self.mask_kinds = None, None
-        # decode through the lean step where it models the architecture exactly (tailorlm/engine/decoder.py)
-        lean = not self.eager and decoder.unsupported(model, self.window) is None
+        self.eager = eager
         self.lean = decoder.LeanDecoder(model) if lean else None
+        self.native = native_step.NativeDecoder(model) if native else None
+        if self.native is not None:
+            self.lora.listeners.append(lambda: self.native.sync_lora(self.lora))
         self.compiled = None
         if self.lean is not None and compile:
             self.compiled = torch.compile(self.lean.forward, dynamic=True, fullgraph=True)
@@ -109,6 +126,11 @@ class ModelRunner:
         b = len(token_ids)
         pos = torch.tensor(positions, dtype=torch.long)
         self.cache.reserve(b, int(pos.max()) + 1)
+        if self.native is not None:  # unless a row's adapter also adapts a layer outside the step
+            ids = self.native.adapter_ids(adapters or [], self.lora)
+            if ids is not None:
+                return self.native(torch.tensor(token_ids, dtype=torch.long), pos, self.cache.keys,
+                                   self.cache.values, ids)
         t = int(pos.max()) + 1
         if int(pos.min()) + 1 == t and self._plain(t):  # every row sees all t keys
             mask = attention.CAUSAL

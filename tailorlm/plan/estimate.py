@@ -5,10 +5,11 @@ on the project machine (tests/test_plan.py measures it again):
 
 - weights: the artifact's bytes. The native engine keeps the safetensors file memory-mapped, and every page
   of it is read once when the linear layers are re-laid out, so all of it stays resident.
-- layout copy: the native CPU engine re-lays every linear weight (oneDNN-packed for f32/bf16, transposed
-  otherwise; a tied output head gets its own copy), a second copy of all matrices in the compute dtype.
-  With dtype int8 the model loads in bf16 and is quantized layer by layer: memory peaks as bf16 does, and a
-  decode step reads the int8 copy (one byte per weight).
+- layout copy: the native CPU engine's C++ decode step (Llama, Mistral, Qwen2; tailorlm/engine/native_step.py)
+  reads f32/bf16 weights in place: no copy. Elsewhere (other architectures, kernels "torch") it re-lays every
+  linear weight (oneDNN-packed for f32/bf16, transposed otherwise; a tied output head gets its own copy), a
+  second copy of all matrices in the compute dtype. With dtype int8 the model loads in bf16 and is quantized
+  layer by layer: memory peaks as bf16 does, and a decode step reads the int8 copy (one byte per weight).
 - KV cache: 2 x layers x kv_heads x head_dim x bytes x context x parallel, the context rounded up to the
   256-position blocks the slot cache grows by (tailorlm/engine/kv_cache.py).
 - KV growth: the slot cache grows on demand into a new tensor and copies the old one in, so at its last
@@ -45,13 +46,15 @@ KV_BLOCK = 256  # SlotKVCache.GROW_BLOCK; llama.cpp also pads its context to 256
 RUNTIME_BYTES = 480 * MIB
 CUDA_CONTEXT_BYTES = 500 * MIB  # CUDA context + cuBLAS workspace on the GPU; not measured here (no GPU)
 # Fraction of the streaming-read bandwidth a decode step reaches: weight bytes read per token x tok/s over the
-# 2-thread streaming read, measured in one run by benchmarks/bench_decode.py on the default model (46.7 GB/s
-# host, docs/benchmarks.md): native f32 58%, bf16 35%, int8 25%; llama.cpp q8_0 48%, f16 67%. A model this
-# small is dispatch-bound, so larger models reach more of the bandwidth: these are conservative. q4_0 and
-# onnxruntime int8 come from the export benchmark (41% and 51%); f16 on the native engine runs as bf16 does.
-DECODE_FRACTION = {("native", "f32"): 0.58, ("native", "bf16"): 0.35, ("native", "f16"): 0.35,
-                   ("native", "int8"): 0.25, ("llama.cpp", "f16"): 0.67, ("llama.cpp", "q8_0"): 0.48,
+# 2-thread streaming read, measured in one run by benchmarks/bench_decode.py on the default model (49.3 GB/s
+# host, docs/benchmarks.md): the native C++ step f32 82%, bf16 82%, int8 54%; llama.cpp q8_0 49%, f16 65%.
+# The torch step (other architectures, kernels "torch"; earlier run, 46.7 GB/s) f32 58%, bf16 35%, int8 25%:
+# a model this small is dispatch-bound there, so larger models reach more. q4_0 and onnxruntime int8 come
+# from the export benchmark (41% and 51%); f16 on the native engine runs as bf16 does (the torch step).
+DECODE_FRACTION = {("native", "f32"): 0.82, ("native", "bf16"): 0.82, ("native", "int8"): 0.54,
+                   ("llama.cpp", "f16"): 0.65, ("llama.cpp", "q8_0"): 0.49,
                    ("llama.cpp", "q4_0"): 0.41, ("onnxruntime", "int8"): 0.51}
+TORCH_STEP_FRACTION = {"f32": 0.58, "bf16": 0.35, "f16": 0.35, "int8": 0.25}
 GPU_DECODE_FRACTION = 0.7  # a GPU decode step reads weights at ~70% of peak in llama.cpp/vLLM reports
 TIGHT = 0.10  # under 10% headroom is reported as tight
 
@@ -68,6 +71,7 @@ class ModelShape:
     vocab: int
     tied: bool
     max_context: int
+    in_place: bool = False  # an architecture the native C++ decode step runs (it reads f32/bf16 weights in place)
 
     @property
     def vector_params(self) -> int:
@@ -92,6 +96,7 @@ def read_shape(folder: Path, parameters: int) -> ModelShape:
     """The shape of the stored model in `folder` (its config.json), with the runner's own defaults."""
     from transformers import AutoConfig
 
+    from tailorlm.engine.decoder import ARCHITECTURES
     from tailorlm.engine.loader import context_length_of
 
     try:
@@ -106,6 +111,7 @@ def read_shape(folder: Path, parameters: int) -> ModelShape:
         head_dim=getattr(cfg, "head_dim", None) or cfg.hidden_size // heads,
         hidden=cfg.hidden_size, vocab=cfg.vocab_size,
         tied=bool(getattr(cfg, "tie_word_embeddings", False)), max_context=context_length_of(config),
+        in_place=cfg.model_type in ARCHITECTURES,
     )
 
 
@@ -184,7 +190,7 @@ class Estimate:
 
 def estimate(shape: ModelShape, *, name: str, quant: str, context: int, parallel: int, target: Target,
              weights: int | None = None, engine: str | None = None, adapters: int = 0,
-             budget_bytes: int | None = None, prefix_cache_bytes: int = 0) -> Estimate:
+             budget_bytes: int | None = None, prefix_cache_bytes: int = 0, kernels: str = "native") -> Estimate:
     """The memory and speed of serving `parallel` requests of `context` tokens each on `target`.
 
     `weights` and `engine` describe the stored artifact when planning the model as stored; by default both
@@ -208,8 +214,10 @@ def estimate(shape: ModelShape, *, name: str, quant: str, context: int, parallel
     if weights is None:
         weights = weight_bytes(shape, "bf16" if native_int8 else quant)
     native_cpu = engine == "native" and not target.gpu
-    # int8 quantizes after a bf16 load: the peak is the bf16 load's (measured: 1,179 MiB both), the reads are int8
-    layout = shape.linear_params * value_bytes if native_cpu else 0
+    c_step = native_cpu and shape.in_place and kernels == "native" and quant in ("f32", "bf16", "int8")
+    # int8 quantizes after a bf16 load: the peak is the bf16 load's (measured: 1,179 MiB both), the reads are int8;
+    # the C++ step reads f32/bf16 weights in place
+    layout = shape.linear_params * value_bytes if native_cpu and not (c_step and not native_int8) else 0
     kv_len = min(shape.max_context, -(-context // KV_BLOCK) * KV_BLOCK)
     kv = shape.kv_bytes_per_token(value_bytes) * kv_len * parallel
     parts = {
@@ -224,10 +232,20 @@ def estimate(shape: ModelShape, *, name: str, quant: str, context: int, parallel
     available, reason = target.available_bytes, "available memory"
     if budget_bytes is not None and budget_bytes < available:
         available, reason = budget_bytes, "memory budget"
-    fraction = GPU_DECODE_FRACTION if target.gpu else DECODE_FRACTION.get((engine, quant), 0.5)
-    # A decode step reads every matrix once (the re-laid copy, on the native CPU engine) and, per request,
-    # its cached keys/values: on average half the context over a request that fills it.
-    read_weights = (shape.linear_params if native_int8 else layout) or weights  # int8: one byte per weight
+    if target.gpu:
+        fraction = GPU_DECODE_FRACTION
+    elif native_cpu and not c_step:
+        fraction = TORCH_STEP_FRACTION.get(quant, 0.35)
+    else:
+        fraction = DECODE_FRACTION.get((engine, quant), 0.5)
+    # A decode step reads every matrix once (in the layout the engine holds it in: int8 is one byte per weight)
+    # and, per request, its cached keys/values: on average half the context over a request that fills it.
+    if native_int8:
+        read_weights = shape.linear_params
+    elif native_cpu:
+        read_weights = shape.linear_params * value_bytes
+    else:
+        read_weights = weights
     kv_read = shape.kv_bytes_per_token(value_bytes) * context / 2
     bandwidth = target.bandwidth_gbs * 1e9 * fraction
     notes = [f"decode at {fraction:.0%} of {target.bandwidth_gbs:.1f} GB/s; compute limits are not modelled"]

@@ -31,6 +31,7 @@ def serve_estimate(settings: Settings, max_batch: int | None = None) -> Estimate
             settings.default_model, home=settings.home, target=this_machine(settings.home, bandwidth_gbs=0.0),
             parallel=max_batch or settings.max_batch, dtype=settings.dtype,
             budget_bytes=int(settings.memory_budget_gb * 1024**3), prefix_cache_bytes=settings.prefix_cache_mb * 2**20,
+            kernels=settings.kernels,
         )
     except ModelNotFoundError:
         return None

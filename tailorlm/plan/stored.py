@@ -32,7 +32,7 @@ def stored_weight_bytes(manifest: Manifest) -> int:
 
 def plan_stored(name: str, *, home: Path, target: Target, context: int | None = None, parallel: int = 1,
                 quant: str | None = None, dtype: str = "auto", budget_bytes: int | None = None,
-                prefix_cache_bytes: int = 0) -> Estimate:
+                prefix_cache_bytes: int = 0, kernels: str = "native") -> Estimate:
     """Estimate serving stored model or adapter `name`; ModelNotFoundError when the store has neither.
 
     `quant` plans an export of the model at that quantization; `dtype` (a Settings.dtype) is the native
@@ -61,5 +61,5 @@ def plan_stored(name: str, *, home: Path, target: Target, context: int | None = 
         context=context or shape.max_context, parallel=parallel, target=target,
         weights=stored_weight_bytes(manifest) if as_stored else None, engine=engine,
         adapters=adapter.size if adapter is not None else 0, budget_bytes=budget_bytes,
-        prefix_cache_bytes=prefix_cache_bytes,
+        prefix_cache_bytes=prefix_cache_bytes, kernels=kernels,
     )

@@ -90,7 +90,8 @@ def _open_base(name: str, settings: Settings, store: ModelStore, show_progress: 
     path = store.path(manifest.name)
     backend = pick_backend(manifest.format, settings.backend)
     if backend == "native":
-        loaded = load_model(path, name=manifest.name, dtype=settings.dtype, compile=settings.compile)
+        loaded = load_model(path, name=manifest.name, dtype=settings.dtype, compile=settings.compile,
+                            kernels=settings.kernels)
     else:
         loaded = load_backend(backend, path, manifest, settings)
     tokenizer = load_tokenizer(path, name=manifest.name)

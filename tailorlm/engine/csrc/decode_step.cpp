@@ -1,0 +1,741 @@
+// One decode step of a Llama-family model (Llama, Mistral, Qwen2) on CPU, every layer in one C++ call.
+//
+// Why: a decode step of a small model is a chain of ~300 skinny matmuls and ~400 tiny elementwise
+// operators. Through torch each costs a dispatch (and a parallel region), which is as much time as the
+// matmuls' memory traffic (docs/profiles). Here the whole step runs inside one OpenMP parallel region
+// (torch's own runtime): the matrix-vector products split their output rows over the threads, the rest
+// (norms, RoPE, cache writes, attention, SiLU) is a few microseconds of plain loops between barriers.
+//
+// Weights are read in place from the model's tensors (nothing is copied), row-major [out, in]:
+//   float32, bfloat16, or int8 with one float scale per output row (weight-only int8).
+// Activations stay float32 between layers. For int8 weights each input row is quantized once to int16
+// with its own scale (13 bits: far finer than the bfloat16 activations of the torch path), so the
+// products are exact integer dot products (AVX512-VNNI `vpdpwssd` where the CPU has it).
+// The KV cache is the engine's slot cache: [slots, kv_heads, capacity, head_dim], float32 or bfloat16;
+// row b of the step is slot b, and writes its new key and value at positions[b].
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+namespace {
+
+enum class Kind { F32, BF16, I8 };
+
+constexpr float kQ16 = 8191.0f;   // int16 activation range: products fit int32 for 2^15 inputs per chunk
+constexpr int64_t kChunk = 16384;  // int32 accumulation chunk (8191 * 127 * 2 per pair, 512 pairs per lane)
+
+inline float bf16_to_f32(uint16_t v) {
+  uint32_t u = uint32_t(v) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+inline uint16_t f32_to_bf16(float f) {  // round to nearest even, as torch's conversion
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40);  // NaN stays NaN
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return uint16_t(u >> 16);
+}
+
+// exp for x <= 0 (softmax after subtracting the maximum, SiLU of either sign through 1/(1+exp(-|g|))):
+// 2^(x log2 e) split into integer and fraction, the fraction by a degree-6 polynomial (relative error
+// about 2e-7). A plain loop of it vectorizes; a loop of std::exp calls does not.
+inline float exp_neg(float x) {
+  x = std::max(x, -87.0f);
+  const float t = x * 1.44269504f;
+  const float fi = std::floor(t);
+  const float f = t - fi;
+  const float p = 1.0f + f * (0.693147182f + f * (0.240226507f + f * (0.0555041087f + f * (0.00961812911f +
+                  f * (0.00133335581f + f * 0.000154035304f)))));
+  const uint32_t bits = uint32_t(int32_t(fi) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, 4);
+  return p * scale;
+}
+
+struct Linear {
+  Kind kind = Kind::F32;
+  int64_t out = 0, in = 0;
+  torch::Tensor weight, scale, bias;  // kept alive; scale (int8) and bias are float32 [out]
+  const void* w = nullptr;
+  const float* s = nullptr;
+  const float* b = nullptr;
+};
+
+Kind kind_of(const torch::Tensor& w) {
+  if (w.scalar_type() == torch::kFloat) return Kind::F32;
+  if (w.scalar_type() == torch::kBFloat16) return Kind::BF16;
+  if (w.scalar_type() == torch::kChar) return Kind::I8;
+  TORCH_CHECK(false, "decode step: unsupported weight dtype ", w.scalar_type());
+}
+
+Linear make_linear(const torch::Tensor& weight, const torch::Tensor& scale, const torch::Tensor& bias) {
+  TORCH_CHECK(weight.dim() == 2 && weight.is_contiguous(), "decode step: weights must be contiguous [out, in]");
+  Linear l;
+  l.kind = kind_of(weight);
+  l.weight = weight;
+  l.out = weight.size(0);
+  l.in = weight.size(1);
+  l.w = weight.data_ptr();
+  if (l.kind == Kind::I8) {
+    TORCH_CHECK(scale.defined() && scale.numel() == l.out, "decode step: int8 weights need one scale per row");
+    l.scale = scale.to(torch::kFloat).contiguous();
+    l.s = l.scale.data_ptr<float>();
+  }
+  if (bias.defined() && bias.numel()) {
+    TORCH_CHECK(bias.numel() == l.out, "decode step: bias size");
+    l.bias = bias.to(torch::kFloat).contiguous();
+    l.b = l.bias.data_ptr<float>();
+  }
+  return l;
+}
+
+// The rows a group of linear layers reads, in the form their kernel wants.
+struct Input {
+  int64_t rows = 0, n = 0;
+  const float* f32 = nullptr;  // [rows, n]
+  std::vector<int16_t> q16;    // int8 weights: [rows, n] quantized
+  std::vector<float> qscale;   // int8 weights: one scale per row
+  std::vector<uint16_t> h16;   // bfloat16 weights with AVX512-BF16: [rows, n]
+};
+
+void prepare(Input& x, const float* src, int64_t rows, int64_t n, Kind kind) {
+  x.rows = rows;
+  x.n = n;
+  x.f32 = src;
+  if (kind == Kind::I8) {
+    x.q16.resize(rows * n);
+    x.qscale.resize(rows);
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* v = src + r * n;
+      float amax = 0.f;
+      for (int64_t k = 0; k < n; ++k) amax = std::max(amax, std::fabs(v[k]));
+      float scale = amax > 0.f ? amax / kQ16 : 1.f;
+      float inv = 1.f / scale;
+      int16_t* q = x.q16.data() + r * n;
+      for (int64_t k = 0; k < n; ++k) q[k] = int16_t(std::nearbyint(v[k] * inv));
+      x.qscale[r] = scale;
+    }
+  }
+#if defined(__AVX512BF16__)
+  if (kind == Kind::BF16) {
+    x.h16.resize(rows * n);
+    for (int64_t k = 0; k < rows * n; ++k) x.h16[k] = f32_to_bf16(src[k]);
+  }
+#endif
+}
+
+// ---- tiles: up to 4 weight rows (row stride n) against up to 4 input rows (row stride n) --------------------
+// acc[b][i] = dot(weight row i, input row b). The vector kernels keep the 4x4 sums in registers, so each
+// weight vector is loaded (and widened) once for up to 4 input rows; other shapes take plain loops.
+
+#if defined(__AVX512BW__) && defined(__AVX512VNNI__)
+template <int NB>
+void block_i8(const int8_t* w, int64_t n, const int16_t* x, int64_t (*acc)[4]) {
+  for (int b = 0; b < NB; ++b)
+    for (int i = 0; i < 4; ++i) acc[b][i] = 0;
+  for (int64_t c = 0; c < n; c += kChunk) {
+    const int64_t end = std::min(n, c + kChunk);
+    __m512i a[NB][4];
+    for (int b = 0; b < NB; ++b)
+      for (int i = 0; i < 4; ++i) a[b][i] = _mm512_setzero_si512();
+    for (int64_t k = c; k < end; k += 32) {
+      __m512i wv[4];
+      for (int i = 0; i < 4; ++i) wv[i] = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i*)(w + i * n + k)));
+      for (int b = 0; b < NB; ++b) {
+        const __m512i xv = _mm512_loadu_si512(x + b * n + k);
+        for (int i = 0; i < 4; ++i) a[b][i] = _mm512_dpwssd_epi32(a[b][i], wv[i], xv);
+      }
+    }
+    for (int b = 0; b < NB; ++b)
+      for (int i = 0; i < 4; ++i) acc[b][i] += _mm512_reduce_add_epi32(a[b][i]);
+  }
+}
+#endif
+
+void dot_i8(const int8_t* w, int64_t n, const int16_t* x, int nr, int nb, int64_t (*acc)[4]) {
+#if defined(__AVX512BW__) && defined(__AVX512VNNI__)
+  if (nr == 4 && n % 32 == 0) {
+    switch (nb) {
+      case 1: return block_i8<1>(w, n, x, acc);
+      case 2: return block_i8<2>(w, n, x, acc);
+      case 3: return block_i8<3>(w, n, x, acc);
+      default: return block_i8<4>(w, n, x, acc);
+    }
+  }
+#endif
+  for (int b = 0; b < nb; ++b) {
+    for (int i = 0; i < nr; ++i) {
+      const int8_t* wr = w + i * n;
+      const int16_t* xb = x + b * n;
+      int64_t total = 0;
+      for (int64_t c = 0; c < n; c += kChunk) {
+        const int64_t end = std::min(n, c + kChunk);
+        int32_t sum = 0;
+        for (int64_t k = c; k < end; ++k) sum += int32_t(wr[k]) * int32_t(xb[k]);
+        total += sum;
+      }
+      acc[b][i] = total;
+    }
+  }
+}
+
+#if defined(__AVX512F__)
+template <int NB>
+void block_f32(const float* w, int64_t n, const float* x, float (*acc)[4]) {
+  __m512 a[NB][4];
+  for (int b = 0; b < NB; ++b)
+    for (int i = 0; i < 4; ++i) a[b][i] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < n; k += 16) {
+    __m512 wv[4];
+    for (int i = 0; i < 4; ++i) wv[i] = _mm512_loadu_ps(w + i * n + k);
+    for (int b = 0; b < NB; ++b) {
+      const __m512 xv = _mm512_loadu_ps(x + b * n + k);
+      for (int i = 0; i < 4; ++i) a[b][i] = _mm512_fmadd_ps(wv[i], xv, a[b][i]);
+    }
+  }
+  for (int b = 0; b < NB; ++b)
+    for (int i = 0; i < 4; ++i) acc[b][i] = _mm512_reduce_add_ps(a[b][i]);
+}
+
+inline __m512 widen_bf16(const uint16_t* p) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
+}
+
+template <int NB>
+void block_bf16(const uint16_t* w, int64_t n, const float* x, const uint16_t* xh, float (*acc)[4]) {
+  __m512 a[NB][4];
+  for (int b = 0; b < NB; ++b)
+    for (int i = 0; i < 4; ++i) a[b][i] = _mm512_setzero_ps();
+#if defined(__AVX512BF16__)
+  (void)x;
+  for (int64_t k = 0; k < n; k += 32) {
+    __m512bh wv[4];
+    for (int i = 0; i < 4; ++i) wv[i] = (__m512bh)_mm512_loadu_si512(w + i * n + k);
+    for (int b = 0; b < NB; ++b) {
+      const __m512bh xv = (__m512bh)_mm512_loadu_si512(xh + b * n + k);
+      for (int i = 0; i < 4; ++i) a[b][i] = _mm512_dpbf16_ps(a[b][i], wv[i], xv);
+    }
+  }
+#else
+  (void)xh;
+  for (int64_t k = 0; k < n; k += 16) {
+    __m512 wv[4];
+    for (int i = 0; i < 4; ++i) wv[i] = widen_bf16(w + i * n + k);
+    for (int b = 0; b < NB; ++b) {
+      const __m512 xv = _mm512_loadu_ps(x + b * n + k);
+      for (int i = 0; i < 4; ++i) a[b][i] = _mm512_fmadd_ps(wv[i], xv, a[b][i]);
+    }
+  }
+#endif
+  for (int b = 0; b < NB; ++b)
+    for (int i = 0; i < 4; ++i) acc[b][i] = _mm512_reduce_add_ps(a[b][i]);
+}
+#endif
+
+void dot_f32(const float* w, int64_t n, const float* x, int nr, int nb, float (*acc)[4]) {
+#if defined(__AVX512F__)
+  if (nr == 4 && n % 16 == 0) {
+    switch (nb) {
+      case 1: return block_f32<1>(w, n, x, acc);
+      case 2: return block_f32<2>(w, n, x, acc);
+      case 3: return block_f32<3>(w, n, x, acc);
+      default: return block_f32<4>(w, n, x, acc);
+    }
+  }
+#endif
+  for (int b = 0; b < nb; ++b) {
+    for (int i = 0; i < nr; ++i) {
+      const float* wr = w + i * n;
+      const float* xb = x + b * n;
+      float sum = 0.f;
+      for (int64_t k = 0; k < n; ++k) sum += wr[k] * xb[k];
+      acc[b][i] = sum;
+    }
+  }
+}
+
+void dot_bf16(const uint16_t* w, int64_t n, const float* x, const uint16_t* xh, int nr, int nb, float (*acc)[4]) {
+#if defined(__AVX512F__)
+  if (nr == 4 && n % 32 == 0) {
+    switch (nb) {
+      case 1: return block_bf16<1>(w, n, x, xh, acc);
+      case 2: return block_bf16<2>(w, n, x, xh, acc);
+      case 3: return block_bf16<3>(w, n, x, xh, acc);
+      default: return block_bf16<4>(w, n, x, xh, acc);
+    }
+  }
+#endif
+  for (int b = 0; b < nb; ++b) {
+    for (int i = 0; i < nr; ++i) {
+      const uint16_t* wr = w + i * n;
+      const float* xb = x + b * n;
+      float sum = 0.f;
+      for (int64_t k = 0; k < n; ++k) sum += bf16_to_f32(wr[k]) * xb[k];
+      acc[b][i] = sum;
+    }
+  }
+}
+
+// y[b, r0:r0+nr] = rows r0.. of `l` applied to every input row b, four input rows at a time.
+void tile(const Linear& l, int64_t r0, int nr, const Input& x, float* y) {
+  const int64_t n = l.in;
+  for (int64_t b0 = 0; b0 < x.rows; b0 += 4) {
+    const int nb = int(std::min<int64_t>(4, x.rows - b0));
+    float out[4][4];
+    if (l.kind == Kind::I8) {
+      int64_t acc[4][4];
+      dot_i8(static_cast<const int8_t*>(l.w) + r0 * n, n, x.q16.data() + b0 * n, nr, nb, acc);
+      for (int b = 0; b < nb; ++b)
+        for (int i = 0; i < nr; ++i) out[b][i] = float(acc[b][i]) * x.qscale[b0 + b] * l.s[r0 + i];
+    } else if (l.kind == Kind::BF16) {
+      const uint16_t* xh = x.h16.empty() ? nullptr : x.h16.data() + b0 * n;
+      dot_bf16(static_cast<const uint16_t*>(l.w) + r0 * n, n, x.f32 + b0 * n, xh, nr, nb, out);
+    } else {
+      dot_f32(static_cast<const float*>(l.w) + r0 * n, n, x.f32 + b0 * n, nr, nb, out);
+    }
+    for (int b = 0; b < nb; ++b) {
+      float* yb = y + (b0 + b) * l.out + r0;
+      for (int i = 0; i < nr; ++i) yb[i] = out[b][i] + (l.b ? l.b[r0 + i] : 0.f);
+    }
+  }
+}
+
+// Every output row of a group of layers that read the same input, split over the team (call inside a
+// parallel region; ends with the worksharing loop's barrier).
+void matvec(std::initializer_list<std::pair<const Linear*, float*>> group, const Input& x) {
+  int64_t tiles = 0;
+  for (auto& g : group) tiles += (g.first->out + 3) / 4;
+#pragma omp for schedule(static)
+  for (int64_t t = 0; t < tiles; ++t) {
+    int64_t local = t;
+    for (auto& g : group) {
+      const int64_t n = (g.first->out + 3) / 4;
+      if (local < n) {
+        const int64_t r0 = local * 4;
+        tile(*g.first, r0, int(std::min<int64_t>(4, g.first->out - r0)), x, g.second);
+        break;
+      }
+      local -= n;
+    }
+  }
+}
+
+void rms_norm(const float* x, const float* w, float* y, int64_t rows, int64_t n, float eps) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * n;
+    float ss = 0.f;
+    for (int64_t k = 0; k < n; ++k) ss += xr[k] * xr[k];
+    const float inv = 1.f / std::sqrt(ss / float(n) + eps);
+    for (int64_t k = 0; k < n; ++k) y[r * n + k] = w[k] * (xr[k] * inv);
+  }
+}
+
+// ---- attention of one row's G query heads that share a key head ------------------------------------------
+// scores[h][t] = q_h . k_t * scaling for t < len, softmax over t, out_h = sum_t p_ht v_t (float32 throughout).
+// Each key and value vector is read (and widened from bfloat16) once for all G heads.
+
+inline float load_one(const float* p) { return *p; }
+inline float load_one(const uint16_t* p) { return bf16_to_f32(*p); }
+
+#if defined(__AVX512F__)
+inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load16(const uint16_t* p) { return widen_bf16(p); }
+
+template <int DC, typename T>  // DC: head_dim / 16
+void attend_vec(const float* q, int64_t G, const T* keys, const T* values, int64_t len, float scaling,
+                float* scores, float* out) {
+  constexpr int64_t D = DC * 16;
+  for (int64_t t = 0; t < len; ++t) {
+    __m512 kv[DC];
+    for (int c = 0; c < DC; ++c) kv[c] = load16(keys + t * D + c * 16);
+    for (int64_t h = 0; h < G; ++h) {
+      __m512 acc = _mm512_mul_ps(_mm512_loadu_ps(q + h * D), kv[0]);
+      for (int c = 1; c < DC; ++c) acc = _mm512_fmadd_ps(_mm512_loadu_ps(q + h * D + c * 16), kv[c], acc);
+      scores[h * len + t] = _mm512_reduce_add_ps(acc) * scaling;
+    }
+  }
+  for (int64_t h = 0; h < G; ++h) {
+    float* s = scores + h * len;
+    float top = -INFINITY;
+    for (int64_t t = 0; t < len; ++t) top = std::max(top, s[t]);
+    float sum = 0.f;
+    for (int64_t t = 0; t < len; ++t) {
+      s[t] = exp_neg(s[t] - top);
+      sum += s[t];
+    }
+    const float inv = 1.f / sum;
+    for (int64_t t = 0; t < len; ++t) s[t] *= inv;
+  }
+  for (int64_t h = 0; h < G; ++h)
+    for (int c = 0; c < DC; ++c) _mm512_storeu_ps(out + h * D + c * 16, _mm512_setzero_ps());
+  for (int64_t t = 0; t < len; ++t) {
+    __m512 vv[DC];
+    for (int c = 0; c < DC; ++c) vv[c] = load16(values + t * D + c * 16);
+    for (int64_t h = 0; h < G; ++h) {
+      const __m512 p = _mm512_set1_ps(scores[h * len + t]);
+      for (int c = 0; c < DC; ++c) {
+        float* o = out + h * D + c * 16;
+        _mm512_storeu_ps(o, _mm512_fmadd_ps(p, vv[c], _mm512_loadu_ps(o)));
+      }
+    }
+  }
+}
+#endif
+
+template <typename T>
+void attend(const float* q, int64_t G, int64_t D, const T* keys, const T* values, int64_t len, float scaling,
+            float* scores, float* out) {
+#if defined(__AVX512F__)
+  if (D == 64) return attend_vec<4>(q, G, keys, values, len, scaling, scores, out);
+  if (D == 128) return attend_vec<8>(q, G, keys, values, len, scaling, scores, out);
+#endif
+  for (int64_t h = 0; h < G; ++h) {
+    const float* qh = q + h * D;
+    float* s = scores + h * len;
+    float top = -INFINITY;
+    for (int64_t t = 0; t < len; ++t) {
+      float dot = 0.f;
+      for (int64_t d = 0; d < D; ++d) dot += qh[d] * load_one(keys + t * D + d);
+      s[t] = dot * scaling;
+      top = std::max(top, s[t]);
+    }
+    float sum = 0.f;
+    for (int64_t t = 0; t < len; ++t) {
+      s[t] = exp_neg(s[t] - top);
+      sum += s[t];
+    }
+    const float inv = 1.f / sum;
+    float* o = out + h * D;
+    for (int64_t d = 0; d < D; ++d) o[d] = 0.f;
+    for (int64_t t = 0; t < len; ++t) {
+      const float p = s[t] * inv;
+      for (int64_t d = 0; d < D; ++d) o[d] += p * load_one(values + t * D + d);
+    }
+  }
+}
+
+// The LoRA adapters on one linear layer, concatenated along the rank: y_b += (x_b A[:, lo:hi]) B[lo:hi] where
+// [lo, hi) are the columns of row b's adapter (spans[id]); the adapter's scale is folded into B.
+struct Lora {
+  torch::Tensor a, b, spans;  // a: float32 [in, R]; b: float32 [R, out]; spans: int64 [ids, 2], -1 where absent
+  int64_t rank = 0;           // R (0: no adapter on this layer)
+};
+
+struct Layer {
+  torch::Tensor ln1, ln2;  // float32
+  Linear q, k, v, o, gate, up, down;
+};
+
+class DecodeStep {
+ public:
+  DecodeStep(int64_t heads, int64_t kv_heads, int64_t head_dim, double eps, double scaling, torch::Tensor inv_freq,
+             double rope_scale, torch::Tensor embed, torch::Tensor embed_scale, std::vector<torch::Tensor> norms,
+             std::vector<std::vector<torch::Tensor>> linears, torch::Tensor final_norm)
+      : heads_(heads), kv_heads_(kv_heads), head_dim_(head_dim), eps_(float(eps)), scaling_(float(scaling)),
+        rope_scale_(float(rope_scale)) {
+    TORCH_CHECK(heads % kv_heads == 0, "decode step: heads must be a multiple of kv heads");
+    TORCH_CHECK(head_dim % 2 == 0, "decode step: head_dim must be even");
+    inv_freq_ = inv_freq.to(torch::kFloat).contiguous();
+    TORCH_CHECK(inv_freq_.numel() == head_dim / 2, "decode step: inv_freq size");
+    embed_ = make_linear(embed, embed_scale, torch::Tensor());
+    hidden_ = embed_.in;
+    const int64_t n_layers = int64_t(norms.size()) / 2;
+    TORCH_CHECK(int64_t(linears.size()) == 7 * n_layers + 1, "decode step: 7 linear layers per layer and a head");
+    auto lin = [&](size_t i) {
+      auto& t = linears[i];
+      TORCH_CHECK(t.size() == 3, "decode step: a linear layer is (weight, scale, bias)");
+      return make_linear(t[0], t[1], t[2]);
+    };
+    for (int64_t l = 0; l < n_layers; ++l) {
+      Layer layer;
+      layer.ln1 = norms[2 * l].to(torch::kFloat).contiguous();
+      layer.ln2 = norms[2 * l + 1].to(torch::kFloat).contiguous();
+      const size_t i = size_t(7 * l);
+      layer.q = lin(i), layer.k = lin(i + 1), layer.v = lin(i + 2), layer.o = lin(i + 3);
+      layer.gate = lin(i + 4), layer.up = lin(i + 5), layer.down = lin(i + 6);
+      TORCH_CHECK(layer.q.out == heads * head_dim && layer.k.out == kv_heads * head_dim &&
+                      layer.v.out == kv_heads * head_dim && layer.q.in == hidden_ && layer.o.out == hidden_ &&
+                      layer.down.out == hidden_ && layer.gate.out == layer.up.out && layer.down.in == layer.gate.out,
+                  "decode step: layer ", l, " has unexpected shapes");
+      layers_.push_back(std::move(layer));
+    }
+    head_ = lin(linears.size() - 1);
+    TORCH_CHECK(head_.in == hidden_, "decode step: head shape");
+    final_norm_ = final_norm.to(torch::kFloat).contiguous();
+    inter_ = layers_.empty() ? 0 : layers_[0].gate.out;
+    lora_.resize(7 * n_layers);
+  }
+
+  // Adapters on linear layer `index` (7 per layer, in the order q, k, v, o, gate, up, down).
+  void set_lora(int64_t index, const torch::Tensor& a, const torch::Tensor& b, const torch::Tensor& spans) {
+    TORCH_CHECK(index >= 0 && index < int64_t(lora_.size()), "decode step: no linear layer ", index);
+    const Linear& l = linear_at(index);
+    TORCH_CHECK(a.scalar_type() == torch::kFloat && b.scalar_type() == torch::kFloat && a.is_contiguous() &&
+                    b.is_contiguous() && a.dim() == 2 && b.dim() == 2 && a.size(0) == l.in && b.size(1) == l.out &&
+                    a.size(1) == b.size(0),
+                "decode step: LoRA weights must be float32 A [in, R] and B [R, out]");
+    TORCH_CHECK(spans.scalar_type() == torch::kLong && spans.dim() == 2 && spans.size(1) == 2 && spans.is_contiguous(),
+                "decode step: LoRA spans are int64 [ids, 2]");
+    const int64_t* sp = spans.data_ptr<int64_t>();
+    for (int64_t i = 0; i < spans.size(0); ++i)
+      TORCH_CHECK(sp[2 * i] < 0 || (sp[2 * i] <= sp[2 * i + 1] && sp[2 * i + 1] <= a.size(1)), "decode step: LoRA span");
+    lora_[index] = Lora{a, b, spans, a.size(1)};
+    max_rank_ = 0;
+    for (const auto& x : lora_) max_rank_ = std::max(max_rank_, x.rank);
+  }
+
+  void clear_lora(int64_t index) { set_lora_empty(index); }
+
+  torch::Tensor forward(const torch::Tensor& tokens, const torch::Tensor& positions,
+                        const std::vector<torch::Tensor>& keys, const std::vector<torch::Tensor>& values,
+                        const torch::Tensor& adapter_ids) {
+    TORCH_CHECK(tokens.scalar_type() == torch::kLong && positions.scalar_type() == torch::kLong &&
+                    tokens.dim() == 1 && positions.sizes() == tokens.sizes(),
+                "decode step: tokens and positions are int64 [B]");
+    TORCH_CHECK(keys.size() == layers_.size() && values.size() == layers_.size(), "decode step: one cache per layer");
+    const int64_t B = tokens.size(0);
+    auto tok = tokens.contiguous();
+    auto pos = positions.contiguous();
+    const int64_t* tk = tok.data_ptr<int64_t>();
+    const int64_t* ps = pos.data_ptr<int64_t>();
+    const auto cache_type = keys.empty() ? torch::kFloat : keys[0].scalar_type();
+    TORCH_CHECK(cache_type == torch::kFloat || cache_type == torch::kBFloat16, "decode step: cache dtype");
+    const int64_t cap = keys.empty() ? std::numeric_limits<int64_t>::max() : keys[0].size(2);
+    for (size_t l = 0; l < keys.size(); ++l) {
+      for (const auto* t : {&keys[l], &values[l]}) {
+        TORCH_CHECK(t->is_contiguous() && t->scalar_type() == cache_type && t->dim() == 4 && t->size(0) >= B &&
+                        t->size(1) == kv_heads_ && t->size(2) == cap && t->size(3) == head_dim_,
+                    "decode step: cache tensors must be contiguous [slots, kv_heads, capacity, head_dim]");
+      }
+    }
+    int64_t t_max = 0;
+    for (int64_t b = 0; b < B; ++b) {
+      TORCH_CHECK(ps[b] >= 0 && ps[b] < cap, "decode step: position ", ps[b], " outside the cache");
+      TORCH_CHECK(tk[b] >= 0 && tk[b] < embed_.out, "decode step: token id ", tk[b], " outside the vocabulary");
+      t_max = std::max(t_max, ps[b] + 1);
+    }
+    const int64_t* ids = nullptr;  // each row's adapter id (-1: none); null when no row has one
+    if (adapter_ids.defined() && adapter_ids.numel()) {
+      TORCH_CHECK(adapter_ids.scalar_type() == torch::kLong && adapter_ids.numel() == B && adapter_ids.is_contiguous(),
+                  "decode step: adapter ids are int64 [B]");
+      ids = adapter_ids.data_ptr<int64_t>();
+      lora_h_.resize(B * 3 * std::max<int64_t>(max_rank_, 1));
+    }
+    const int64_t D = head_dim_, H = heads_, KV = kv_heads_, group = H / KV, dim = hidden_, I = inter_;
+    h_.assign(B * dim, 0.f);
+    xn_.resize(B * dim);
+    q_.resize(B * H * D);
+    k_.resize(B * KV * D);
+    v_.resize(B * KV * D);
+    att_.resize(B * H * D);
+    o_.resize(B * dim);
+    gate_.resize(B * I);
+    up_.resize(B * I);
+    scores_.resize(B * H * t_max);
+    cos_.resize(B * D / 2);
+    sin_.resize(B * D / 2);
+    auto logits = torch::empty({B, head_.out}, torch::kFloat);
+    float* out = logits.data_ptr<float>();
+    const float* inv_freq = inv_freq_.data_ptr<float>();
+    for (int64_t b = 0; b < B; ++b) {  // embedding rows and RoPE angles, as transformers computes them
+      embed_row(tk[b], h_.data() + b * dim);
+      for (int64_t i = 0; i < D / 2; ++i) {
+        const float f = float(ps[b]) * inv_freq[i];
+        cos_[b * D / 2 + i] = std::cos(f) * rope_scale_;
+        sin_[b * D / 2 + i] = std::sin(f) * rope_scale_;
+      }
+    }
+    const bool bf16_cache = cache_type == torch::kBFloat16;
+    const Kind kind = head_.kind;
+#pragma omp parallel num_threads(at::get_num_threads())
+    {
+      for (size_t l = 0; l < layers_.size(); ++l) {
+        const Layer& L = layers_[l];
+#pragma omp single
+        {
+          rms_norm(h_.data(), L.ln1.data_ptr<float>(), xn_.data(), B, dim, eps_);
+          prepare(in_dim_, xn_.data(), B, dim, kind);
+        }
+        matvec({{&L.q, q_.data()}, {&L.k, k_.data()}, {&L.v, v_.data()}}, in_dim_);
+        if (ids) apply_lora({{7 * l, q_.data()}, {7 * l + 1, k_.data()}, {7 * l + 2, v_.data()}}, xn_.data(), B, ids);
+#pragma omp single
+        {
+          for (int64_t b = 0; b < B; ++b) {
+            for (int64_t hh = 0; hh < H; ++hh) rope(q_.data() + (b * H + hh) * D, b);
+            for (int64_t g = 0; g < KV; ++g) {
+              float* kr = k_.data() + (b * KV + g) * D;
+              rope(kr, b);
+              const int64_t at = ((b * KV + g) * cap + ps[b]) * D;
+              store(keys[l], at, kr, bf16_cache);
+              store(values[l], at, v_.data() + (b * KV + g) * D, bf16_cache);
+            }
+          }
+        }
+#pragma omp for schedule(dynamic)
+        for (int64_t task = 0; task < B * KV; ++task) {  // one row's query heads sharing key head g
+          const int64_t b = task / KV, g = task % KV;
+          const int64_t base = ((b * KV + g) * cap) * D, len = ps[b] + 1, first = b * H + g * group;
+          float* scores = scores_.data() + first * t_max;
+          if (bf16_cache) {
+            const auto* kp = static_cast<const uint16_t*>(keys[l].data_ptr()) + base;
+            const auto* vp = static_cast<const uint16_t*>(values[l].data_ptr()) + base;
+            attend(q_.data() + first * D, group, D, kp, vp, len, scaling_, scores, att_.data() + first * D);
+          } else {
+            const auto* kp = static_cast<const float*>(keys[l].data_ptr()) + base;
+            const auto* vp = static_cast<const float*>(values[l].data_ptr()) + base;
+            attend(q_.data() + first * D, group, D, kp, vp, len, scaling_, scores, att_.data() + first * D);
+          }
+        }
+#pragma omp single
+        prepare(in_att_, att_.data(), B, H * D, kind);
+        matvec({{&L.o, o_.data()}}, in_att_);
+        if (ids) apply_lora({{7 * l + 3, o_.data()}}, att_.data(), B, ids);
+#pragma omp single
+        {
+          for (int64_t k = 0; k < B * dim; ++k) h_[k] += o_[k];
+          rms_norm(h_.data(), L.ln2.data_ptr<float>(), xn_.data(), B, dim, eps_);
+          prepare(in_dim_, xn_.data(), B, dim, kind);
+        }
+        matvec({{&L.gate, gate_.data()}, {&L.up, up_.data()}}, in_dim_);
+        if (ids) apply_lora({{7 * l + 4, gate_.data()}, {7 * l + 5, up_.data()}}, xn_.data(), B, ids);
+#pragma omp single
+        {
+          for (int64_t k = 0; k < B * I; ++k) {
+            const float g = gate_[k];
+            const float e = exp_neg(-std::fabs(g));  // sigmoid(g) without overflow for either sign
+            gate_[k] = g * (g >= 0.f ? 1.f / (1.f + e) : e / (1.f + e)) * up_[k];
+          }
+          prepare(in_inter_, gate_.data(), B, I, kind);
+        }
+        matvec({{&L.down, o_.data()}}, in_inter_);
+        if (ids) apply_lora({{7 * l + 6, o_.data()}}, gate_.data(), B, ids);
+#pragma omp single
+        for (int64_t k = 0; k < B * dim; ++k) h_[k] += o_[k];
+      }
+#pragma omp single
+      {
+        rms_norm(h_.data(), final_norm_.data_ptr<float>(), xn_.data(), B, dim, eps_);
+        prepare(in_dim_, xn_.data(), B, dim, kind);
+      }
+      matvec({{&head_, out}}, in_dim_);
+    }
+    return logits;
+  }
+
+ private:
+  const Linear& linear_at(int64_t index) const {
+    const Layer& L = layers_[index / 7];
+    const Linear* ls[7] = {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down};
+    return *ls[index % 7];
+  }
+
+  void set_lora_empty(int64_t index) {
+    TORCH_CHECK(index >= 0 && index < int64_t(lora_.size()), "decode step: no linear layer ", index);
+    lora_[index] = Lora{};
+    max_rank_ = 0;
+    for (const auto& x : lora_) max_rank_ = std::max(max_rank_, x.rank);
+  }
+
+  // After a group's matvec: each row with an adapter on a layer of the group adds its low-rank delta, one
+  // (row, layer) per task: x_b A[:, lo:hi] (in x r), then that times B[lo:hi] into y_b (r x out).
+  void apply_lora(std::initializer_list<std::pair<int64_t, float*>> group, const float* x, int64_t B,
+                  const int64_t* ids) {
+    const int64_t G = int64_t(group.size());
+#pragma omp for schedule(dynamic)
+    for (int64_t task = 0; task < B * G; ++task) {
+      const int64_t b = task / G;
+      const auto& target = *(group.begin() + task % G);
+      const Lora& lr = lora_[target.first];
+      if (lr.rank == 0 || ids[b] < 0 || ids[b] >= lr.spans.size(0)) continue;
+      const int64_t* span = lr.spans.data_ptr<int64_t>() + 2 * ids[b];
+      const int64_t lo = span[0], r = span[1] - span[0];
+      if (lo < 0 || r <= 0) continue;
+      const int64_t in = lr.a.size(0), out = lr.b.size(1), R = lr.rank;
+      const float* a = lr.a.data_ptr<float>() + lo;
+      const float* xb = x + b * in;
+      float* h = lora_h_.data() + task * max_rank_;
+      for (int64_t j = 0; j < r; ++j) h[j] = 0.f;
+      for (int64_t k = 0; k < in; ++k) {
+        const float xk = xb[k];
+        const float* ak = a + k * R;
+        for (int64_t j = 0; j < r; ++j) h[j] += xk * ak[j];
+      }
+      float* yb = target.second + b * out;
+      const float* bm = lr.b.data_ptr<float>() + lo * out;
+      for (int64_t j = 0; j < r; ++j) {
+        const float hj = h[j];
+        const float* bj = bm + j * out;
+        for (int64_t o = 0; o < out; ++o) yb[o] += hj * bj[o];
+      }
+    }
+  }
+
+  void embed_row(int64_t id, float* dst) const {
+    const int64_t n = embed_.in;
+    if (embed_.kind == Kind::I8) {
+      const int8_t* w = static_cast<const int8_t*>(embed_.w) + id * n;
+      for (int64_t k = 0; k < n; ++k) dst[k] = float(w[k]) * embed_.s[id];
+    } else if (embed_.kind == Kind::BF16) {
+      const uint16_t* w = static_cast<const uint16_t*>(embed_.w) + id * n;
+      for (int64_t k = 0; k < n; ++k) dst[k] = bf16_to_f32(w[k]);
+    } else {
+      std::memcpy(dst, static_cast<const float*>(embed_.w) + id * n, n * sizeof(float));
+    }
+  }
+
+  void rope(float* x, int64_t b) const {  // transformers' rotate_half convention
+    const int64_t half = head_dim_ / 2;
+    const float* c = cos_.data() + b * half;
+    const float* s = sin_.data() + b * half;
+    for (int64_t i = 0; i < half; ++i) {
+      const float lo = x[i], hi = x[i + half];
+      x[i] = lo * c[i] - hi * s[i];
+      x[i + half] = hi * c[i] + lo * s[i];
+    }
+  }
+
+  void store(const torch::Tensor& cache, int64_t at, const float* src, bool bf16) const {
+    if (bf16) {
+      uint16_t* dst = static_cast<uint16_t*>(cache.data_ptr()) + at;
+      for (int64_t k = 0; k < head_dim_; ++k) dst[k] = f32_to_bf16(src[k]);
+    } else {
+      std::memcpy(static_cast<float*>(cache.data_ptr()) + at, src, head_dim_ * sizeof(float));
+    }
+  }
+
+  int64_t heads_, kv_heads_, head_dim_, hidden_ = 0, inter_ = 0;
+  float eps_, scaling_, rope_scale_;
+  torch::Tensor inv_freq_, final_norm_;
+  Linear embed_, head_;
+  std::vector<Layer> layers_;
+  std::vector<Lora> lora_;
+  int64_t max_rank_ = 0;
+  std::vector<float> h_, xn_, q_, k_, v_, att_, o_, gate_, up_, scores_, cos_, sin_, lora_h_;
+  Input in_dim_, in_att_, in_inter_;
+};
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  pybind11::class_<DecodeStep>(m, "DecodeStep")
+      .def(pybind11::init<int64_t, int64_t, int64_t, double, double, torch::Tensor, double, torch::Tensor,
+                          torch::Tensor, std::vector<torch::Tensor>, std::vector<std::vector<torch::Tensor>>,
+                          torch::Tensor>())
+      .def("set_lora", &DecodeStep::set_lora)
+      .def("clear_lora", &DecodeStep::clear_lora)
+      .def("forward", &DecodeStep::forward, pybind11::call_guard<pybind11::gil_scoped_release>());
+}

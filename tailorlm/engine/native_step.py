@@ -1,0 +1,175 @@
+"""The native decode step: every layer of a Llama-family decode step in one C++ call (csrc/decode_step.cpp).
+
+The lean step (decoder.py) still pays a torch dispatch for each of its ~700 operators per step, about as
+long as the matmuls' memory traffic on a small model. The C++ step reads the same weights in place and runs
+the whole step inside one OpenMP parallel region of torch's own runtime (docs/decisions.md).
+
+It is built on first use by torch's extension builder, for this CPU (`-march=native`: AVX512-VNNI and
+AVX512-BF16 kernels where the CPU has them, plain loops the compiler vectorizes elsewhere), into a cache
+folder keyed by the CPU's features, torch's version and the source, so a build is reused and a home folder
+shared between different machines never loads code built for another CPU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import platform
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import platformdirs
+import torch
+from torch import nn
+
+from tailorlm.engine.decoder import PROJECTIONS, LeanDecoder
+from tailorlm.engine.layout import Int8Embedding, Int8Linear
+from tailorlm.engine.lora import LoraBank
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).parent / "csrc" / "decode_step.cpp"
+FLAGS = ["-O3", "-march=native", "-fopenmp",
+         # let float reductions vectorize; no finite-math assumption (softmax uses -inf)
+         "-fno-math-errno", "-fno-trapping-math", "-fassociative-math", "-fno-signed-zeros"]
+
+_NO_ADAPTERS = torch.empty(0, dtype=torch.long)
+_lock = threading.Lock()
+_built: dict[str, object] = {}
+
+
+def _build_key() -> str:
+    parts = [platform.machine(), _cpu_flags(), torch.__version__, " ".join(FLAGS),
+             hashlib.sha256(SOURCE.read_bytes()).hexdigest()]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def extension():
+    """The compiled module (built once per CPU, torch version and source); raises RuntimeError if it cannot be."""
+    with _lock:
+        if "module" in _built:
+            return _built["module"]
+        if "error" in _built:
+            raise RuntimeError(_built["error"])
+        from torch.utils.cpp_extension import load
+
+        folder = Path(platformdirs.user_cache_dir("tailorlm")) / "kernels" / f"decode_step-{_build_key()}"
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            module = load(name="tailorlm_decode_step", sources=[str(SOURCE)], extra_cflags=FLAGS,
+                          extra_ldflags=["-fopenmp"], build_directory=str(folder), verbose=False)
+        except (RuntimeError, OSError, ImportError, FileNotFoundError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            _built["error"] = f"cannot build the native decode step (a C++ compiler is needed): {first}"
+            raise RuntimeError(_built["error"]) from None
+        _built["module"] = module
+        return module
+
+
+def _none() -> torch.Tensor:
+    return torch.empty(0)
+
+
+def _linear(module: nn.Module) -> list[torch.Tensor] | None:
+    """(weight [out, in], scale or empty, bias or empty) of a layer the C++ step can read in place."""
+    bias = getattr(module, "bias", None)
+    bias = _none() if bias is None else bias.detach()
+    if type(module) is Int8Linear:
+        return [module.qweight, module.scale, bias]
+    if type(module) is nn.Linear and module.weight is not None and module.weight.is_contiguous() \
+            and module.weight.dtype in (torch.float32, torch.bfloat16):
+        return [module.weight.detach(), _none(), bias]
+    return None
+
+
+def readable_dtype(model: nn.Module, *, int8: bool) -> bool:
+    """True when the C++ step can read this model's weights once the layout is applied (int8, or float32 and
+    bfloat16 left plain)."""
+    return int8 or next(model.parameters()).dtype in (torch.float32, torch.bfloat16)
+
+
+def unreadable(model: nn.Module) -> str | None:
+    """Why the C++ step cannot read this model's weights in place (None: it can)."""
+    base = model.model
+    mods = [getattr(getattr(layer, block), n) for layer in base.layers for block, names in PROJECTIONS for n in names]
+    for m in [*mods, model.lm_head]:
+        if _linear(m) is None:
+            return f"a {type(m).__name__} layer"
+    embed = base.embed_tokens
+    if type(embed) is not Int8Embedding and not (type(embed) is nn.Embedding and
+                                                 embed.weight.dtype in (torch.float32, torch.bfloat16)):
+        return f"a {type(embed).__name__} embedding"
+    kinds = {_linear(m)[0].dtype for m in [*mods, model.lm_head]}
+    if len(kinds) != 1:
+        return "mixed weight dtypes"
+    return None
+
+
+class NativeDecoder:
+    """Same contract as LeanDecoder.forward, without a mask: row b attends over positions 0..positions[b];
+    row b adds the LoRA deltas of adapter id adapter_ids[b] (-1: none) on the step's linear layers."""
+
+    def __init__(self, model: nn.Module) -> None:
+        why = unreadable(model)
+        if why:
+            raise ValueError(f"the native decode step cannot read {why}")
+        shape = LeanDecoder(model)  # heads, RoPE and scaling, read exactly as the lean step reads them
+        base = model.model
+        linears = [_linear(getattr(getattr(layer, block), n))
+                   for layer in base.layers for block, names in PROJECTIONS for n in names]
+        linears.append(_linear(model.lm_head))
+        embed = base.embed_tokens
+        if type(embed) is Int8Embedding:
+            table, table_scale = embed.head[0].qweight, embed.head[0].scale
+        else:
+            table, table_scale = embed.weight.detach(), _none()
+        norms = [w.detach() for layer in base.layers
+                 for w in (layer.input_layernorm.weight, layer.post_attention_layernorm.weight)]
+        self.step = extension().DecodeStep(
+            shape.heads, shape.kv_heads, shape.head_dim, float(shape.eps), shape.scaling, shape.inv_freq,
+            shape.rope_scale, table, table_scale, norms, linears, base.norm.weight.detach())
+        names = {id(m): name for name, m in model.named_modules()}
+        # module paths of the step's linear layers, in its order: where a LoRA adapter's layers are found
+        self.paths = [names[id(getattr(getattr(layer, block), n))]
+                      for layer in base.layers for block, ns in PROJECTIONS for n in ns]
+        self.unserved: set[int] = set()  # adapter ids that also target a layer outside the step (head, embedding)
+
+    def sync_lora(self, bank: LoraBank) -> None:
+        """Give the step the adapters `bank` holds now (after every add or remove)."""
+        ids = max(bank.ids.values(), default=-1) + 1
+        for index, path in enumerate(self.paths):
+            layer = bank.layers.get(path)
+            if layer is None or layer.a_cat is None:
+                self.step.clear_lora(index)
+                continue
+            spans = torch.full((ids, 2), -1, dtype=torch.long)
+            for aid, (lo, hi) in layer.spans.items():
+                spans[aid] = torch.tensor([lo, hi])
+            self.step.set_lora(index, layer.a_cat.float().contiguous(), layer.b_cat.float().contiguous(), spans)
+        inside = set(self.paths)
+        self.unserved = {aid for path, layer in bank.layers.items() if path not in inside for aid in layer.adapters}
+
+    def adapter_ids(self, adapters: Sequence[str | None], bank: LoraBank) -> torch.Tensor | None:
+        """Each row's adapter id for the step (empty: no row has one); None if a row's adapter is not served."""
+        if not any(adapters):
+            return _NO_ADAPTERS
+        ids = [bank.ids[a] if a is not None else -1 for a in adapters]
+        if self.unserved.intersection(ids):
+            return None
+        return torch.tensor(ids, dtype=torch.long)
+
+    def __call__(self, token_ids: torch.Tensor, positions: torch.Tensor, keys: list[torch.Tensor],
+                 values: list[torch.Tensor], adapter_ids: torch.Tensor | None = None) -> torch.Tensor:
+        return self.step.forward(token_ids, positions, keys, values,
+                                 _NO_ADAPTERS if adapter_ids is None else adapter_ids)

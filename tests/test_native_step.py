@@ -1,0 +1,211 @@
+"""The native (C++) decode step: the transformers forward's logits in float32; bfloat16 and int8 as close to
+their own weights as the torch step; rows with an adapter, and a machine that cannot build it, take the torch step.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from tailorlm.engine import Engine, SamplingParams, load_model, native_step
+from tailorlm.engine.layout import Int8Linear
+from tailorlm.engine.lora import LoraWeights, linear_features, lora_from_peft
+from tailorlm.engine.runner import ModelRunner
+from tailorlm.errors import InvalidRequestError
+from tests.test_decoder import PROMPTS, decode_steps, make_mistral, mixed_adapter_tokens, runner
+from tests.tiny import VOCAB, make_tiny_adapter, make_tiny_model
+
+
+def make_wide_heads(path):
+    """Head dimension 64 and 4 query heads per key head: the AVX-512 attention kernel's shape (16 takes loops)."""
+    config = AutoConfig.for_model(
+        "llama", vocab_size=VOCAB, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+        num_attention_heads=8, num_key_value_heads=2, head_dim=64, max_position_embeddings=256,
+        initializer_range=0.1, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    )
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2", "mistral", "head-dim-64"])
+def model_path(request, tmp_path_factory):
+    folder = tmp_path_factory.mktemp(request.param)
+    if request.param == "mistral":
+        return make_mistral(folder, sliding_window=4096)  # beyond the context: never applies
+    if request.param == "head-dim-64":
+        return make_wide_heads(folder)
+    return make_tiny_model(request.param, folder)
+
+
+def reference_of(path, dtype="float32") -> ModelRunner:
+    ref = runner(path, dtype)
+    ref.lean = None  # the transformers modules' own forward
+    return ref
+
+
+@pytest.mark.parametrize("prompts", [PROMPTS, [[5, 6, 7], [8, 9, 10]]], ids=["mixed-lengths", "same-length"])
+def test_float32_native_step_gives_the_transformers_forward_logits(model_path, prompts):
+    native = runner(model_path, kernels="native")
+    assert native.native is not None
+    got = decode_steps(native, prompts, 6)
+    feed = [g.argmax(-1).tolist() for g in got]
+    for g, want in zip(got, decode_steps(reference_of(model_path), prompts, 6, feed)):
+        torch.testing.assert_close(g, want, atol=1e-4, rtol=1e-4)
+
+
+def test_native_step_up_to_the_last_cache_position(model_path):
+    prompts = [[3 + i % 300 for i in range(250)], [7 + i % 290 for i in range(20)]]
+    native = runner(model_path, kernels="native")
+    got = decode_steps(native, prompts, 6)  # the first row ends at position 255 of 256
+    assert native.cache.len_cap == 256
+    feed = [g.argmax(-1).tolist() for g in got]
+    for g, want in zip(got, decode_steps(reference_of(model_path), prompts, 6, feed)):
+        torch.testing.assert_close(g, want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "int8"])
+def test_reduced_precision_native_step_is_as_close_to_float32_as_the_torch_step(model_path, dtype):
+    """Both steps round (bf16 cache, bf16 or int8 weights); the native one must not be further from float32."""
+    ref = reference_of(model_path)
+    native, torch_step = runner(model_path, dtype, kernels="native"), runner(model_path, dtype)
+    assert native.native is not None and torch_step.native is None
+    got = decode_steps(native, PROMPTS, 6)
+    feed = [g.argmax(-1).tolist() for g in got]
+    want = decode_steps(ref, PROMPTS, 6, feed)
+    other = decode_steps(torch_step, PROMPTS, 6, feed)
+    err = max((g - w).abs().max().item() for g, w in zip(got, want))
+    err_torch = max((o.float() - w).abs().max().item() for o, w in zip(other, want))
+    assert err <= 1.6 * err_torch + 0.02, (err, err_torch)
+    agree = sum(int((g.argmax(-1) == w.argmax(-1)).sum()) for g, w in zip(got, want)) / (6 * len(PROMPTS))
+    assert agree >= 0.8
+
+
+def _random_linear(kind: str, out: int, inp: int, gen: torch.Generator) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The (weight, scale, bias) the C++ step reads, and the float32 matrix it stands for."""
+    w = torch.randn(out, inp, generator=gen)
+    bias = torch.randn(out, generator=gen)
+    if kind == "int8":
+        q = Int8Linear(w, None)
+        return [q.qweight, q.scale, bias], q.qweight.float() * q.scale.float()[:, None]
+    if kind == "bfloat16":
+        w = w.to(torch.bfloat16)
+        return [w, torch.empty(0), bias], w.float()
+    return [w, torch.empty(0), bias], w
+
+
+@pytest.mark.parametrize("kind", ["float32", "bfloat16", "int8"])
+@pytest.mark.parametrize("hidden", [64, 40], ids=["vector-kernels", "plain-loops"])
+def test_the_matrix_vector_kernels_on_a_head_only_model(kind, hidden):
+    """No layers: logits = head(norm(embedding)), against float32 torch with the same weights (every tile size)."""
+    gen = torch.Generator().manual_seed(0)
+    (head, scale, bias), dense = _random_linear(kind, 301, hidden, gen)
+    norm = torch.rand(hidden, generator=gen) + 0.5
+    step = native_step.extension().DecodeStep(
+        4, 2, 8, 1e-6, 8 ** -0.5, torch.ones(4), 1.0, head, scale, [], [[head, scale, bias]], norm)
+    tokens = torch.tensor([0, 7, 300, 151])
+    cache = torch.zeros(4, 2, 16, 8, dtype=torch.float32)
+    got = step.forward(tokens, torch.tensor([0, 1, 2, 3]), [], [], torch.empty(0, dtype=torch.long))
+    x = dense[tokens]
+    x = norm * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6))
+    want = x @ dense.t() + bias
+    tol = {"float32": 1e-4, "bfloat16": 2e-2, "int8": 2e-3}[kind]  # bf16: the input rounds to bf16 (AVX512-BF16)
+    torch.testing.assert_close(got, want, atol=tol * want.abs().max().item(), rtol=0)
+    assert cache.abs().sum() == 0
+
+
+def _add_adapters(r: ModelRunner, base, tmp_path, specs: dict[str, dict]) -> None:
+    for name, lora in specs.items():
+        folder = make_tiny_adapter(base, tmp_path / name, **lora)
+        tensors = load_file(folder / "adapter_model.safetensors")
+        config = json.loads((folder / "adapter_config.json").read_text())
+        r.lora.add(name, lora_from_peft(config, tensors, linear_features(r.model), r.dtype))
+
+
+ADAPTERS = {  # different ranks and targets: every projection, attention only, the MLP only
+    "all": dict(seed=1, r=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                             "down_proj"]),
+    "attn": dict(seed=2, r=4, target_modules=["q_proj", "v_proj", "o_proj"]),
+    "mlp": dict(seed=3, r=2, lora_alpha=8, target_modules=["gate_proj", "up_proj", "down_proj"]),
+}
+
+
+def test_a_mixed_lora_batch_decodes_in_the_native_step_as_in_the_torch_step(tmp_path, monkeypatch):
+    base = make_tiny_model("llama", tmp_path / "base")
+    native, reference = runner(base, kernels="native"), runner(base)
+    _add_adapters(native, base, tmp_path, ADAPTERS)
+    _add_adapters(reference, base, tmp_path, ADAPTERS)
+    monkeypatch.setattr(native.lean, "forward", None)  # every decode below must take the C++ step
+    prompts = [[5, 6, 7, 8], [9, 10, 11], [12, 13, 14, 15, 16], [17, 18]]
+    adapters = ["all", None, "mlp", "attn"]
+    for r in (native, reference):
+        for slot, (p, a) in enumerate(zip(prompts, adapters)):
+            r.prefill(slot, p, 0, adapter=a)
+    tokens, positions = [3] * 4, [len(p) for p in prompts]
+    for _ in range(4):
+        got = native.decode(tokens, positions, adapters)
+        torch.testing.assert_close(got, reference.decode(tokens, positions, adapters), atol=1e-4, rtol=1e-4)
+        tokens, positions = got.argmax(-1).tolist(), [p + 1 for p in positions]
+    base_only = native.decode(tokens, positions, [None] * 4)
+    assert not torch.allclose(got, base_only, atol=1e-3)  # the adapters change their rows
+    native.lora.remove("all")  # the step forgets it: row 0 is the base's again
+    torch.testing.assert_close(native.decode(tokens, positions, [None, None, "mlp", "attn"])[0], base_only[0],
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_an_adapter_on_a_layer_outside_the_step_decodes_through_torch(tmp_path):
+    base = make_tiny_model("llama", tmp_path / "base")
+    native, reference = runner(base, kernels="native"), runner(base)
+    gen = torch.Generator().manual_seed(4)
+    feats = linear_features(native.model)
+    weights = {path: LoraWeights(torch.randn(feats[path][0], 4, generator=gen) * 0.1,
+                                 torch.randn(4, feats[path][1], generator=gen) * 0.1)
+               for path in ("model.layers.0.self_attn.q_proj", "lm_head")}
+    for r in (native, reference):
+        r.lora.add("head", weights)
+    assert native.native.adapter_ids(["head", None], native.lora) is None  # the torch step serves its rows
+    for r in (native, reference):
+        r.prefill(0, [5, 6, 7], 0, adapter="head")
+        r.prefill(1, [8, 9], 0)
+    torch.testing.assert_close(native.decode([3, 3], [3, 2], ["head", None]),
+                               reference.decode([3, 3], [3, 2], ["head", None]), atol=1e-4, rtol=1e-4)
+
+
+def test_engine_outputs_with_adapters_are_the_same_either_step(tmp_path):
+    base = make_tiny_model("llama", tmp_path / "base")
+    folder = make_tiny_adapter(base, tmp_path / "a", seed=1, r=4, target_modules=["q_proj", "v_proj", "down_proj"])
+    outputs = {k: mixed_adapter_tokens(base, folder, dtype="float32", kernels=k) for k in ("native", "torch")}
+    assert outputs["native"] == outputs["torch"]
+    assert outputs["native"][0] != outputs["native"][1] == outputs["native"][3]
+
+
+def test_a_machine_that_cannot_build_it_decodes_through_torch_with_a_warning(tmp_path, monkeypatch, caplog):
+    def no_compiler():
+        raise RuntimeError("cannot build the native decode step (a C++ compiler is needed): g++ not found")
+
+    monkeypatch.setattr(native_step, "extension", no_compiler)
+    path = make_tiny_model("llama", tmp_path / "llama")
+    with caplog.at_level(logging.WARNING):
+        r = runner(path, kernels="native")
+    assert r.native is None and r.lean is not None
+    assert any("C++ compiler" in rec.getMessage() for rec in caplog.records)
+    assert not any(type(m) is nn.Linear for m in r.model.modules())  # the torch step's packed layout
+    got = decode_steps(r, PROMPTS, 3)
+    feed = [g.argmax(-1).tolist() for g in got]
+    for g, want in zip(got, decode_steps(reference_of(path), PROMPTS, 3, feed)):
+        torch.testing.assert_close(g, want, atol=1e-4, rtol=1e-4)
+
+
+def test_kernels_setting_is_checked(tmp_path):
+    path = make_tiny_model("llama", tmp_path / "llama")
+    with pytest.raises(InvalidRequestError, match="kernels"):
+        load_model(path, kernels="cuda")
+    assert runner(path, kernels="torch").native is None
+    assert runner(make_tiny_model("gpt2", tmp_path / "gpt2"), kernels="native").native is None  # not modelled
+    assert runner(path, "int8", kernels="native", compile=True).native is None  # compile asks for the torch step
