@@ -102,22 +102,22 @@ def _random_linear(kind: str, out: int, inp: int, gen: torch.Generator) -> tuple
 
 @pytest.mark.parametrize("kind", ["float32", "bfloat16", "int8"])
 @pytest.mark.parametrize("hidden", [64, 40], ids=["vector-kernels", "plain-loops"])
-def test_the_matrix_vector_kernels_on_a_head_only_model(kind, hidden):
-    """No layers: logits = head(norm(embedding)), against float32 torch with the same weights (every tile size)."""
+@pytest.mark.parametrize("rows", [1, 3, 11])
+def test_the_matrix_vector_kernels_on_a_head_only_model(kind, hidden, rows):
+    """No layers: logits = head(norm(embedding)), against float32 torch with the same weights: one input row
+    (the single-stream kernels), a partial block of rows, more rows than one tile takes, and a partial last tile."""
     gen = torch.Generator().manual_seed(0)
     (head, scale, bias), dense = _random_linear(kind, 301, hidden, gen)
     norm = torch.rand(hidden, generator=gen) + 0.5
     step = native_step.extension().DecodeStep(
         4, 2, 8, 1e-6, 8 ** -0.5, torch.ones(4), 1.0, head, scale, [], [[head, scale, bias]], norm)
-    tokens = torch.tensor([0, 7, 300, 151])
-    cache = torch.zeros(4, 2, 16, 8, dtype=torch.float32)
-    got = step.forward(tokens, torch.tensor([0, 1, 2, 3]), [], [], torch.empty(0, dtype=torch.long))
+    tokens = torch.tensor([0, 7, 300, 151, 5, 9, 11, 13, 17, 19, 23][:rows])
+    got = step.forward(tokens, torch.arange(rows), [], [], torch.empty(0, dtype=torch.long))
     x = dense[tokens]
     x = norm * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6))
     want = x @ dense.t() + bias
     tol = {"float32": 1e-4, "bfloat16": 2e-2, "int8": 2e-3}[kind]  # bf16: the input rounds to bf16 (AVX512-BF16)
     torch.testing.assert_close(got, want, atol=tol * want.abs().max().item(), rtol=0)
-    assert cache.abs().sum() == 0
 
 
 def _add_adapters(r: ModelRunner, base, tmp_path, specs: dict[str, dict]) -> None:

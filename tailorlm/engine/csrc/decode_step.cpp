@@ -22,6 +22,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #if defined(__AVX512F__)
@@ -33,7 +34,7 @@ namespace {
 enum class Kind { F32, BF16, I8 };
 
 constexpr float kQ16 = 8191.0f;   // int16 activation range: products fit int32 for 2^15 inputs per chunk
-constexpr int64_t kChunk = 16384;  // int32 accumulation chunk (8191 * 127 * 2 per pair, 512 pairs per lane)
+constexpr int64_t kChunk = 2048;  // int8 sums stay exact in int32 over this many inputs: 2048 * 8191 * 127 < 2^31
 
 inline float bf16_to_f32(uint16_t v) {
   uint32_t u = uint32_t(v) << 16;
@@ -65,6 +66,11 @@ inline float exp_neg(float x) {
   std::memcpy(&scale, &bits, 4);
   return p * scale;
 }
+
+inline int32_t widen(int8_t v) { return v; }
+inline int32_t widen(int16_t v) { return v; }
+inline float widen(float v) { return v; }
+inline float widen(uint16_t v) { return bf16_to_f32(v); }
 
 struct Linear {
   Kind kind = Kind::F32;
@@ -138,169 +144,275 @@ void prepare(Input& x, const float* src, int64_t rows, int64_t n, Kind kind) {
 #endif
 }
 
-// ---- tiles: up to 4 weight rows (row stride n) against up to 4 input rows (row stride n) --------------------
-// acc[b][i] = dot(weight row i, input row b). The vector kernels keep the 4x4 sums in registers, so each
-// weight vector is loaded (and widened) once for up to 4 input rows; other shapes take plain loops.
+// ---- tiles: kTile weight rows (row stride n) against the input rows (row stride n) -------------------------
+// out[b * kTile + i] = dot(weight row i, input row b). The vector kernels keep R weight rows x NB input rows of
+// sums in 16 registers, so each weight vector is loaded (and widened) once for NB input rows and each input
+// vector once for R weight rows, and fold the 16 sums with one transposing reduction (45 instructions, not
+// 16 horizontal sums of 8). Float32 takes 8 x 2: its input rows do not fit L1 at 16 rows, so more weight
+// rows share each one; int8 takes 4 x 4: its weights are widened per pass. Other shapes take plain loops.
 
-#if defined(__AVX512BW__) && defined(__AVX512VNNI__)
-template <int NB>
-void block_i8(const int8_t* w, int64_t n, const int16_t* x, int64_t (*acc)[4]) {
-  for (int b = 0; b < NB; ++b)
-    for (int i = 0; i < 4; ++i) acc[b][i] = 0;
-  for (int64_t c = 0; c < n; c += kChunk) {
-    const int64_t end = std::min(n, c + kChunk);
-    __m512i a[NB][4];
-    for (int b = 0; b < NB; ++b)
-      for (int i = 0; i < 4; ++i) a[b][i] = _mm512_setzero_si512();
-    for (int64_t k = c; k < end; k += 32) {
-      __m512i wv[4];
-      for (int i = 0; i < 4; ++i) wv[i] = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i*)(w + i * n + k)));
-      for (int b = 0; b < NB; ++b) {
-        const __m512i xv = _mm512_loadu_si512(x + b * n + k);
-        for (int i = 0; i < 4; ++i) a[b][i] = _mm512_dpwssd_epi32(a[b][i], wv[i], xv);
-      }
-    }
-    for (int b = 0; b < NB; ++b)
-      for (int i = 0; i < 4; ++i) acc[b][i] += _mm512_reduce_add_epi32(a[b][i]);
-  }
-}
-#endif
-
-void dot_i8(const int8_t* w, int64_t n, const int16_t* x, int nr, int nb, int64_t (*acc)[4]) {
-#if defined(__AVX512BW__) && defined(__AVX512VNNI__)
-  if (nr == 4 && n % 32 == 0) {
-    switch (nb) {
-      case 1: return block_i8<1>(w, n, x, acc);
-      case 2: return block_i8<2>(w, n, x, acc);
-      case 3: return block_i8<3>(w, n, x, acc);
-      default: return block_i8<4>(w, n, x, acc);
-    }
-  }
-#endif
-  for (int b = 0; b < nb; ++b) {
-    for (int i = 0; i < nr; ++i) {
-      const int8_t* wr = w + i * n;
-      const int16_t* xb = x + b * n;
-      int64_t total = 0;
-      for (int64_t c = 0; c < n; c += kChunk) {
-        const int64_t end = std::min(n, c + kChunk);
-        int32_t sum = 0;
-        for (int64_t k = c; k < end; ++k) sum += int32_t(wr[k]) * int32_t(xb[k]);
-        total += sum;
-      }
-      acc[b][i] = total;
-    }
-  }
-}
+constexpr int kTile = 8;
 
 #if defined(__AVX512F__)
-template <int NB>
-void block_f32(const float* w, int64_t n, const float* x, float (*acc)[4]) {
-  __m512 a[NB][4];
-  for (int b = 0; b < NB; ++b)
-    for (int i = 0; i < 4; ++i) a[b][i] = _mm512_setzero_ps();
-  for (int64_t k = 0; k < n; k += 16) {
-    __m512 wv[4];
-    for (int i = 0; i < 4; ++i) wv[i] = _mm512_loadu_ps(w + i * n + k);
-    for (int b = 0; b < NB; ++b) {
-      const __m512 xv = _mm512_loadu_ps(x + b * n + k);
-      for (int i = 0; i < 4; ++i) a[b][i] = _mm512_fmadd_ps(wv[i], xv, a[b][i]);
-    }
+// lane j of the result = the sum of v[j]'s 16 lanes
+inline __m512 hsum16(const __m512* v) {
+  __m512 r[8], u[4];
+  for (int i = 0; i < 8; ++i)
+    r[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+  for (int i = 0; i < 4; ++i) {
+    const __m512d a = _mm512_castps_pd(r[2 * i]), b = _mm512_castps_pd(r[2 * i + 1]);
+    u[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
   }
-  for (int b = 0; b < NB; ++b)
-    for (int i = 0; i < 4; ++i) acc[b][i] = _mm512_reduce_add_ps(a[b][i]);
+  const __m512 w0 = _mm512_add_ps(_mm512_shuffle_f32x4(u[0], u[1], 0x88), _mm512_shuffle_f32x4(u[0], u[1], 0xDD));
+  const __m512 w1 = _mm512_add_ps(_mm512_shuffle_f32x4(u[2], u[3], 0x88), _mm512_shuffle_f32x4(u[2], u[3], 0xDD));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(w0, w1, 0x88), _mm512_shuffle_f32x4(w0, w1, 0xDD));
+}
+
+inline __m512i hsum16(const __m512i* v) {
+  __m512i r[8], u[4];
+  for (int i = 0; i < 8; ++i)
+    r[i] = _mm512_add_epi32(_mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]));
+  for (int i = 0; i < 4; ++i)
+    u[i] = _mm512_add_epi32(_mm512_unpacklo_epi64(r[2 * i], r[2 * i + 1]), _mm512_unpackhi_epi64(r[2 * i], r[2 * i + 1]));
+  const __m512i w0 = _mm512_add_epi32(_mm512_shuffle_i32x4(u[0], u[1], 0x88), _mm512_shuffle_i32x4(u[0], u[1], 0xDD));
+  const __m512i w1 = _mm512_add_epi32(_mm512_shuffle_i32x4(u[2], u[3], 0x88), _mm512_shuffle_i32x4(u[2], u[3], 0xDD));
+  return _mm512_add_epi32(_mm512_shuffle_i32x4(w0, w1, 0x88), _mm512_shuffle_i32x4(w0, w1, 0xDD));
 }
 
 inline __m512 widen_bf16(const uint16_t* p) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
 }
 
-template <int NB>
-void block_bf16(const uint16_t* w, int64_t n, const float* x, const uint16_t* xh, float (*acc)[4]) {
-  __m512 a[NB][4];
-  for (int b = 0; b < NB; ++b)
-    for (int i = 0; i < 4; ++i) a[b][i] = _mm512_setzero_ps();
+// out[b * kTile + r0 + i] = the sum of a[b * R + i]: one transposing reduction for many sums, plain horizontal
+// sums for a few (one input row: the memory-bound case, where 4 rows per pass stream best).
+template <int R, int NB>
+inline void finish(const __m512* a, int r0, float* out) {
+  if constexpr (R * NB <= 4) {
+    for (int b = 0; b < NB; ++b)
+      for (int i = 0; i < R; ++i) out[b * kTile + r0 + i] = _mm512_reduce_add_ps(a[b * R + i]);
+  } else {
+    __m512 all[16];
+    for (int j = 0; j < 16; ++j) all[j] = j < R * NB ? a[j] : _mm512_setzero_ps();
+    alignas(64) float sums[16];
+    _mm512_store_ps(sums, hsum16(all));
+    for (int b = 0; b < NB; ++b)
+      for (int i = 0; i < R; ++i) out[b * kTile + r0 + i] = sums[b * R + i];
+  }
+}
+
+// Sums for R weight rows x NB input rows into out[b * kTile + r0 + i] (a float32 dot product per pair).
+template <int R, int NB>
+void block_f32(const float* w, int64_t n, const float* x, int r0, float* out) {
+  __m512 a[R * NB];
+  for (int j = 0; j < R * NB; ++j) a[j] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < n; k += 16) {
+    __m512 wv[R];
+    for (int i = 0; i < R; ++i) wv[i] = _mm512_loadu_ps(w + i * n + k);
+    for (int b = 0; b < NB; ++b) {
+      const __m512 xv = _mm512_loadu_ps(x + b * n + k);
+      for (int i = 0; i < R; ++i) a[b * R + i] = _mm512_fmadd_ps(wv[i], xv, a[b * R + i]);
+    }
+  }
+  finish<R, NB>(a, r0, out);
+}
+
+template <int R, int NB>
+void block_bf16(const uint16_t* w, int64_t n, const float* x, const uint16_t* xh, int r0, float* out) {
+  __m512 a[R * NB];
+  for (int j = 0; j < R * NB; ++j) a[j] = _mm512_setzero_ps();
 #if defined(__AVX512BF16__)
   (void)x;
   for (int64_t k = 0; k < n; k += 32) {
-    __m512bh wv[4];
-    for (int i = 0; i < 4; ++i) wv[i] = (__m512bh)_mm512_loadu_si512(w + i * n + k);
+    __m512bh wv[R];
+    for (int i = 0; i < R; ++i) wv[i] = (__m512bh)_mm512_loadu_si512(w + i * n + k);
     for (int b = 0; b < NB; ++b) {
       const __m512bh xv = (__m512bh)_mm512_loadu_si512(xh + b * n + k);
-      for (int i = 0; i < 4; ++i) a[b][i] = _mm512_dpbf16_ps(a[b][i], wv[i], xv);
+      for (int i = 0; i < R; ++i) a[b * R + i] = _mm512_dpbf16_ps(a[b * R + i], wv[i], xv);
     }
   }
 #else
   (void)xh;
   for (int64_t k = 0; k < n; k += 16) {
-    __m512 wv[4];
-    for (int i = 0; i < 4; ++i) wv[i] = widen_bf16(w + i * n + k);
+    __m512 wv[R];
+    for (int i = 0; i < R; ++i) wv[i] = widen_bf16(w + i * n + k);
     for (int b = 0; b < NB; ++b) {
       const __m512 xv = _mm512_loadu_ps(x + b * n + k);
-      for (int i = 0; i < 4; ++i) a[b][i] = _mm512_fmadd_ps(wv[i], xv, a[b][i]);
+      for (int i = 0; i < R; ++i) a[b * R + i] = _mm512_fmadd_ps(wv[i], xv, a[b * R + i]);
     }
   }
 #endif
+  finish<R, NB>(a, r0, out);
+}
+#endif
+
+#if defined(__AVX512BW__) && defined(__AVX512VNNI__)
+// int16 inputs x int8 weights; exact int32 sums per chunk of kChunk (16 lanes of one chunk fit int32).
+template <int R, int NB>
+void block_i8(const int8_t* w, int64_t n, const int16_t* x, int r0, int64_t* out) {
+  int64_t total[16] = {0};
+  for (int64_t c = 0; c < n; c += kChunk) {
+    const int64_t end = std::min(n, c + kChunk);
+    __m512i a[16];
+    for (int j = 0; j < 16; ++j) a[j] = _mm512_setzero_si512();
+    for (int64_t k = c; k < end; k += 32) {
+      __m512i wv[R];
+      for (int i = 0; i < R; ++i) wv[i] = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i*)(w + i * n + k)));
+      for (int b = 0; b < NB; ++b) {
+        const __m512i xv = _mm512_loadu_si512(x + b * n + k);
+        for (int i = 0; i < R; ++i) a[b * R + i] = _mm512_dpwssd_epi32(a[b * R + i], wv[i], xv);
+      }
+    }
+    if constexpr (R * NB <= 4) {
+      for (int j = 0; j < R * NB; ++j) total[j] += _mm512_reduce_add_epi32(a[j]);
+    } else {
+      alignas(64) int32_t sums[16];
+      _mm512_store_si512(sums, hsum16(a));
+      for (int j = 0; j < R * NB; ++j) total[j] += sums[j];
+    }
+  }
   for (int b = 0; b < NB; ++b)
-    for (int i = 0; i < 4; ++i) acc[b][i] = _mm512_reduce_add_ps(a[b][i]);
+    for (int i = 0; i < R; ++i) out[b * kTile + r0 + i] = total[b * R + i];
 }
 #endif
 
-void dot_f32(const float* w, int64_t n, const float* x, int nr, int nb, float (*acc)[4]) {
-#if defined(__AVX512F__)
-  if (nr == 4 && n % 16 == 0) {
-    switch (nb) {
-      case 1: return block_f32<1>(w, n, x, acc);
-      case 2: return block_f32<2>(w, n, x, acc);
-      case 3: return block_f32<3>(w, n, x, acc);
-      default: return block_f32<4>(w, n, x, acc);
+#if defined(__AVX512BW__) && defined(__AVX512VNNI__)
+// One input row (the memory-bound case): 4 weight rows per pass, each sum reduced on its own.
+void row_i8(const int8_t* w, int64_t n, const int16_t* x, int r0, int64_t* out) {
+  for (int i = 0; i < 4; ++i) out[r0 + i] = 0;
+  for (int64_t c = 0; c < n; c += kChunk) {
+    const int64_t end = std::min(n, c + kChunk);
+    __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+    for (int64_t k = c; k < end; k += 32) {
+      const __m512i xv = _mm512_loadu_si512(x + k);
+      a0 = _mm512_dpwssd_epi32(a0, _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i*)(w + k))), xv);
+      a1 = _mm512_dpwssd_epi32(a1, _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i*)(w + n + k))), xv);
+      a2 = _mm512_dpwssd_epi32(a2, _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i*)(w + 2 * n + k))), xv);
+      a3 = _mm512_dpwssd_epi32(a3, _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i*)(w + 3 * n + k))), xv);
     }
+    out[r0] += _mm512_reduce_add_epi32(a0);
+    out[r0 + 1] += _mm512_reduce_add_epi32(a1);
+    out[r0 + 2] += _mm512_reduce_add_epi32(a2);
+    out[r0 + 3] += _mm512_reduce_add_epi32(a3);
   }
+}
 #endif
+
+#if defined(__AVX512F__)
+// One input row, float weights: 4 weight rows per pass (W: float or bf16 widened to float; x float32).
+template <typename W>
+void row_float(const W* w, int64_t n, const float* x, int r0, float* out) {
+  auto load = [](const W* p) {
+    if constexpr (std::is_same_v<W, float>) return _mm512_loadu_ps(p);
+    else return widen_bf16(p);
+  };
+  __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+  for (int64_t k = 0; k < n; k += 16) {
+    const __m512 xv = _mm512_loadu_ps(x + k);
+    a0 = _mm512_fmadd_ps(load(w + k), xv, a0);
+    a1 = _mm512_fmadd_ps(load(w + n + k), xv, a1);
+    a2 = _mm512_fmadd_ps(load(w + 2 * n + k), xv, a2);
+    a3 = _mm512_fmadd_ps(load(w + 3 * n + k), xv, a3);
+  }
+  out[r0] = _mm512_reduce_add_ps(a0);
+  out[r0 + 1] = _mm512_reduce_add_ps(a1);
+  out[r0 + 2] = _mm512_reduce_add_ps(a2);
+  out[r0 + 3] = _mm512_reduce_add_ps(a3);
+}
+#endif
+
+// Plain loops: rows [0, nr) of the tile against input rows [0, nb).
+template <typename W, typename X, typename Acc>
+void dot_loops(const W* w, int64_t n, const X* x, int nr, int nb, Acc* out) {
   for (int b = 0; b < nb; ++b) {
     for (int i = 0; i < nr; ++i) {
-      const float* wr = w + i * n;
-      const float* xb = x + b * n;
-      float sum = 0.f;
-      for (int64_t k = 0; k < n; ++k) sum += wr[k] * xb[k];
-      acc[b][i] = sum;
+      const W* wr = w + i * n;
+      const X* xb = x + b * n;
+      Acc total = 0;
+      for (int64_t c = 0; c < n; c += kChunk) {  // int8: exact int32 sums per chunk
+        const int64_t end = std::min(n, c + kChunk);
+        std::conditional_t<std::is_integral_v<Acc>, int32_t, float> sum = 0;
+        for (int64_t k = c; k < end; ++k) sum += widen(wr[k]) * widen(xb[k]);
+        total += sum;
+      }
+      out[b * kTile + i] = total;
     }
   }
 }
 
-void dot_bf16(const uint16_t* w, int64_t n, const float* x, const uint16_t* xh, int nr, int nb, float (*acc)[4]) {
-#if defined(__AVX512F__)
-  if (nr == 4 && n % 32 == 0) {
-    switch (nb) {
-      case 1: return block_bf16<1>(w, n, x, xh, acc);
-      case 2: return block_bf16<2>(w, n, x, xh, acc);
-      case 3: return block_bf16<3>(w, n, x, xh, acc);
-      default: return block_bf16<4>(w, n, x, xh, acc);
+// out[b * kTile + i] for the tile's nr weight rows and nb (<= kTile) input rows.
+void dot_i8(const int8_t* w, int64_t n, const int16_t* x, int nr, int nb, int64_t* out) {
+#if defined(__AVX512BW__) && defined(__AVX512VNNI__)
+  if (nr == kTile && n % 32 == 0) {
+    if (nb == 1) {
+      for (int r0 = 0; r0 < kTile; r0 += 4) row_i8(w + r0 * n, n, x, r0, out);
+      return;
     }
+    for (int b = 0; b < nb; b += 4) {
+      const int left = nb - b;
+      for (int r0 = 0; r0 < kTile; r0 += 4) {
+        const int8_t* wr = w + r0 * n;
+        const int16_t* xb = x + b * n;
+        int64_t* ob = out + b * kTile;
+        if (left >= 4) block_i8<4, 4>(wr, n, xb, r0, ob);
+        else if (left == 3) block_i8<4, 3>(wr, n, xb, r0, ob);
+        else if (left == 2) block_i8<4, 2>(wr, n, xb, r0, ob);
+        else block_i8<4, 1>(wr, n, xb, r0, ob);
+      }
+    }
+    return;
   }
 #endif
-  for (int b = 0; b < nb; ++b) {
-    for (int i = 0; i < nr; ++i) {
-      const uint16_t* wr = w + i * n;
-      const float* xb = x + b * n;
-      float sum = 0.f;
-      for (int64_t k = 0; k < n; ++k) sum += bf16_to_f32(wr[k]) * xb[k];
-      acc[b][i] = sum;
-    }
-  }
+  dot_loops(w, n, x, nr, nb, out);
 }
 
-// y[b, r0:r0+nr] = rows r0.. of `l` applied to every input row b, four input rows at a time.
+void dot_f32(const float* w, int64_t n, const float* x, int nr, int nb, float* out) {
+#if defined(__AVX512F__)
+  if (nr == kTile && n % 16 == 0) {
+    if (nb == 1) {
+      for (int r0 = 0; r0 < kTile; r0 += 4) row_float(w + r0 * n, n, x, r0, out);
+      return;
+    }
+    for (int b = 0; b < nb; b += 2) {
+      if (nb - b >= 2) block_f32<8, 2>(w, n, x + b * n, 0, out + b * kTile);
+      else block_f32<8, 1>(w, n, x + b * n, 0, out + b * kTile);
+    }
+    return;
+  }
+#endif
+  dot_loops(w, n, x, nr, nb, out);
+}
+
+void dot_bf16(const uint16_t* w, int64_t n, const float* x, const uint16_t* xh, int nr, int nb, float* out) {
+#if defined(__AVX512F__)
+  if (nr == kTile && n % 32 == 0) {
+    if (nb == 1) {
+      block_bf16<4, 1>(w, n, x, xh, 0, out);
+      block_bf16<4, 1>(w + 4 * n, n, x, xh, 4, out);
+      return;
+    }
+    for (int b = 0; b < nb; b += 2) {
+      const uint16_t* xhb = xh ? xh + b * n : nullptr;
+      if (nb - b >= 2) block_bf16<8, 2>(w, n, x + b * n, xhb, 0, out + b * kTile);
+      else block_bf16<8, 1>(w, n, x + b * n, xhb, 0, out + b * kTile);
+    }
+    return;
+  }
+#endif
+  (void)xh;
+  dot_loops(w, n, x, nr, nb, out);
+}
+
+// y[b, r0:r0+nr] = rows r0.. of `l` applied to every input row b, kTile input rows at a time.
 void tile(const Linear& l, int64_t r0, int nr, const Input& x, float* y) {
   const int64_t n = l.in;
-  for (int64_t b0 = 0; b0 < x.rows; b0 += 4) {
-    const int nb = int(std::min<int64_t>(4, x.rows - b0));
-    float out[4][4];
+  for (int64_t b0 = 0; b0 < x.rows; b0 += kTile) {
+    const int nb = int(std::min<int64_t>(kTile, x.rows - b0));
+    float out[kTile * kTile];
     if (l.kind == Kind::I8) {
-      int64_t acc[4][4];
+      int64_t acc[kTile * kTile];
       dot_i8(static_cast<const int8_t*>(l.w) + r0 * n, n, x.q16.data() + b0 * n, nr, nb, acc);
       for (int b = 0; b < nb; ++b)
-        for (int i = 0; i < nr; ++i) out[b][i] = float(acc[b][i]) * x.qscale[b0 + b] * l.s[r0 + i];
+        for (int i = 0; i < nr; ++i) out[b * kTile + i] = float(acc[b * kTile + i]) * x.qscale[b0 + b] * l.s[r0 + i];
     } else if (l.kind == Kind::BF16) {
       const uint16_t* xh = x.h16.empty() ? nullptr : x.h16.data() + b0 * n;
       dot_bf16(static_cast<const uint16_t*>(l.w) + r0 * n, n, x.f32 + b0 * n, xh, nr, nb, out);
@@ -309,7 +421,7 @@ void tile(const Linear& l, int64_t r0, int nr, const Input& x, float* y) {
     }
     for (int b = 0; b < nb; ++b) {
       float* yb = y + (b0 + b) * l.out + r0;
-      for (int i = 0; i < nr; ++i) yb[i] = out[b][i] + (l.b ? l.b[r0 + i] : 0.f);
+      for (int i = 0; i < nr; ++i) yb[i] = out[b * kTile + i] + (l.b ? l.b[r0 + i] : 0.f);
     }
   }
 }
@@ -318,15 +430,15 @@ void tile(const Linear& l, int64_t r0, int nr, const Input& x, float* y) {
 // parallel region; ends with the worksharing loop's barrier).
 void matvec(std::initializer_list<std::pair<const Linear*, float*>> group, const Input& x) {
   int64_t tiles = 0;
-  for (auto& g : group) tiles += (g.first->out + 3) / 4;
+  for (auto& g : group) tiles += (g.first->out + kTile - 1) / kTile;
 #pragma omp for schedule(static)
   for (int64_t t = 0; t < tiles; ++t) {
     int64_t local = t;
     for (auto& g : group) {
-      const int64_t n = (g.first->out + 3) / 4;
+      const int64_t n = (g.first->out + kTile - 1) / kTile;
       if (local < n) {
-        const int64_t r0 = local * 4;
-        tile(*g.first, r0, int(std::min<int64_t>(4, g.first->out - r0)), x, g.second);
+        const int64_t r0 = local * kTile;
+        tile(*g.first, r0, int(std::min<int64_t>(kTile, g.first->out - r0)), x, g.second);
         break;
       }
       local -= n;
