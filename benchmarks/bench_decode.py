@@ -4,7 +4,7 @@
 
 In one run, on the default model (or --model): this machine's streaming-read bandwidth (benchmarks/bandwidth.py);
 then, each in a fresh process, the engine with its native (C++) decode step in fp32, bf16 and int8, with the torch
-decode step in bf16 and compiled int8 (for comparison), and
+decode step in fp32, bf16 and compiled int8 (for comparison), and
 llama-cpp-python (`Llama.generate`, greedy) on the q8_0 and f16 GGUF exports of the same stored weights (exported
 on first use), all on --threads threads:
 - single-stream decode tokens/s (median of 3; the prompt is one of the fixed questions, 128 tokens after the first),
@@ -31,8 +31,8 @@ from benchmarks.common import QUESTIONS, engine_args, quiet_torch, rate_after_fi
 
 NATIVE = {  # label: (dtype, compile, kernels)
     "native fp32": ("float32", False, "native"), "native bf16": ("bfloat16", False, "native"),
-    "native int8": ("int8", False, "native"), "torch bf16": ("bfloat16", False, "torch"),
-    "torch int8, compiled": ("int8", True, "torch")}
+    "native int8": ("int8", False, "native"), "torch fp32": ("float32", False, "torch"),
+    "torch bf16": ("bfloat16", False, "torch"), "torch int8, compiled": ("int8", True, "torch")}
 PEERS = {"llama-cpp-python q8_0": "q8_0", "llama-cpp-python f16": "f16"}
 REPEATS = 3
 

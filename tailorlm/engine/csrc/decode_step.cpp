@@ -320,6 +320,24 @@ void row_float(const W* w, int64_t n, const float* x, int r0, float* out) {
 }
 #endif
 
+#if defined(__AVX512BF16__)
+// One input row, bf16 weights and input: 4 weight rows per pass.
+void row_bf16(const uint16_t* w, int64_t n, const uint16_t* xh, int r0, float* out) {
+  __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+  for (int64_t k = 0; k < n; k += 32) {
+    const __m512bh xv = (__m512bh)_mm512_loadu_si512(xh + k);
+    a0 = _mm512_dpbf16_ps(a0, (__m512bh)_mm512_loadu_si512(w + k), xv);
+    a1 = _mm512_dpbf16_ps(a1, (__m512bh)_mm512_loadu_si512(w + n + k), xv);
+    a2 = _mm512_dpbf16_ps(a2, (__m512bh)_mm512_loadu_si512(w + 2 * n + k), xv);
+    a3 = _mm512_dpbf16_ps(a3, (__m512bh)_mm512_loadu_si512(w + 3 * n + k), xv);
+  }
+  out[r0] = _mm512_reduce_add_ps(a0);
+  out[r0 + 1] = _mm512_reduce_add_ps(a1);
+  out[r0 + 2] = _mm512_reduce_add_ps(a2);
+  out[r0 + 3] = _mm512_reduce_add_ps(a3);
+}
+#endif
+
 // Plain loops: rows [0, nr) of the tile against input rows [0, nb).
 template <typename W, typename X, typename Acc>
 void dot_loops(const W* w, int64_t n, const X* x, int nr, int nb, Acc* out) {
@@ -386,14 +404,24 @@ void dot_bf16(const uint16_t* w, int64_t n, const float* x, const uint16_t* xh, 
 #if defined(__AVX512F__)
   if (nr == kTile && n % 32 == 0) {
     if (nb == 1) {
-      block_bf16<4, 1>(w, n, x, xh, 0, out);
-      block_bf16<4, 1>(w + 4 * n, n, x, xh, 4, out);
+#if defined(__AVX512BF16__)
+      for (int r0 = 0; r0 < kTile; r0 += 4) row_bf16(w + r0 * n, n, xh, r0, out);
+#else
+      for (int r0 = 0; r0 < kTile; r0 += 4) row_float(w + r0 * n, n, x, r0, out);
+#endif
       return;
     }
-    for (int b = 0; b < nb; b += 2) {
+    for (int b = 0; b < nb; b += 4) {
       const uint16_t* xhb = xh ? xh + b * n : nullptr;
-      if (nb - b >= 2) block_bf16<8, 2>(w, n, x + b * n, xhb, 0, out + b * kTile);
-      else block_bf16<8, 1>(w, n, x + b * n, xhb, 0, out + b * kTile);
+      for (int r0 = 0; r0 < kTile; r0 += 4) {
+        const uint16_t* wr = w + r0 * n;
+        float* ob = out + b * kTile;
+        const int left = nb - b;
+        if (left >= 4) block_bf16<4, 4>(wr, n, x + b * n, xhb, r0, ob);
+        else if (left == 3) block_bf16<4, 3>(wr, n, x + b * n, xhb, r0, ob);
+        else if (left == 2) block_bf16<4, 2>(wr, n, x + b * n, xhb, r0, ob);
+        else block_bf16<4, 1>(wr, n, x + b * n, xhb, r0, ob);
+      }
     }
     return;
   }
