@@ -118,30 +118,58 @@ struct Input {
   std::vector<uint16_t> h16;   // bfloat16 weights with AVX512-BF16: [rows, n]
 };
 
-void prepare(Input& x, const float* src, int64_t rows, int64_t n, Kind kind) {
+void prepare_shape(Input& x, const float* src, int64_t rows, int64_t n, Kind kind) {
   x.rows = rows;
   x.n = n;
   x.f32 = src;
   if (kind == Kind::I8) {
     x.q16.resize(rows * n);
     x.qscale.resize(rows);
-    for (int64_t r = 0; r < rows; ++r) {
-      const float* v = src + r * n;
-      float amax = 0.f;
-      for (int64_t k = 0; k < n; ++k) amax = std::max(amax, std::fabs(v[k]));
-      float scale = amax > 0.f ? amax / kQ16 : 1.f;
-      float inv = 1.f / scale;
-      int16_t* q = x.q16.data() + r * n;
-      for (int64_t k = 0; k < n; ++k) q[k] = int16_t(std::nearbyint(v[k] * inv));
-      x.qscale[r] = scale;
-    }
   }
 #if defined(__AVX512BF16__)
+  if (kind == Kind::BF16) x.h16.resize(rows * n);
+#endif
+}
+
+// Row r of the input in its kernel's form (local restrict pointers: the loops must vectorize).
+void quantize_row(const float* __restrict v, int64_t n, int16_t* __restrict q, float* scale_out) {
+  float amax = 0.f;
+  for (int64_t k = 0; k < n; ++k) amax = std::max(amax, std::fabs(v[k]));
+  const float scale = amax > 0.f ? amax / kQ16 : 1.f;
+  const float inv = 1.f / scale;
+  for (int64_t k = 0; k < n; ++k) q[k] = int16_t(std::nearbyint(v[k] * inv));
+  *scale_out = scale;
+}
+
+void prepare_row(Input& x, int64_t r, Kind kind) {
+  const int64_t n = x.n;
+  if (kind == Kind::I8) quantize_row(x.f32 + r * n, n, x.q16.data() + r * n, x.qscale.data() + r);
+#if defined(__AVX512BF16__)
   if (kind == Kind::BF16) {
-    x.h16.resize(rows * n);
-    for (int64_t k = 0; k < rows * n; ++k) x.h16[k] = f32_to_bf16(src[k]);
+    const float* v = x.f32 + r * n;
+    uint16_t* h = x.h16.data() + r * n;
+    int64_t k = 0;
+    for (; k + 16 <= n; k += 16)  // round to nearest even, as f32_to_bf16
+      _mm256_storeu_si256((__m256i*)(h + k), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(v + k)));
+    for (; k < n; ++k) h[k] = f32_to_bf16(v[k]);
   }
 #endif
+}
+
+// Few rows: the thread that computed the input prepares it (no extra barrier). Many rows: `prepare_shape`
+// there, then every thread takes rows (`prepare_rows`, a worksharing loop).
+constexpr int64_t kParallelPrepare = 4;
+
+void prepare(Input& x, const float* src, int64_t rows, int64_t n, Kind kind) {
+  prepare_shape(x, src, rows, n, kind);
+  if (rows < kParallelPrepare)
+    for (int64_t r = 0; r < rows; ++r) prepare_row(x, r, kind);
+}
+
+void prepare_rows(Input& x, Kind kind) {
+  if (x.rows < kParallelPrepare) return;
+#pragma omp for schedule(static)
+  for (int64_t r = 0; r < x.rows; ++r) prepare_row(x, r, kind);
 }
 
 // ---- tiles: kTile weight rows (row stride n) against the input rows (row stride n) -------------------------
@@ -474,7 +502,21 @@ void matvec(std::initializer_list<std::pair<const Linear*, float*>> group, const
   }
 }
 
-void rms_norm(const float* x, const float* w, float* y, int64_t rows, int64_t n, float eps) {
+// The elementwise loops between matvecs, on restrict pointers so that they vectorize.
+void add_into(float* __restrict h, const float* __restrict o, int64_t n) {
+  for (int64_t k = 0; k < n; ++k) h[k] += o[k];
+}
+
+void silu_mul(float* __restrict gate, const float* __restrict up, int64_t n) {  // gate = silu(gate) * up
+  for (int64_t k = 0; k < n; ++k) {
+    const float g = gate[k];
+    const float e = exp_neg(-std::fabs(g));  // sigmoid(g) without overflow for either sign
+    gate[k] = g * (g >= 0.f ? 1.f / (1.f + e) : e / (1.f + e)) * up[k];
+  }
+}
+
+void rms_norm(const float* __restrict x, const float* __restrict w, float* __restrict y, int64_t rows, int64_t n,
+              float eps) {
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * n;
     float ss = 0.f;
@@ -710,6 +752,7 @@ class DecodeStep {
           rms_norm(h_.data(), L.ln1.data_ptr<float>(), xn_.data(), B, dim, eps_);
           prepare(in_dim_, xn_.data(), B, dim, kind);
         }
+        prepare_rows(in_dim_, kind);
         matvec({{&L.q, q_.data()}, {&L.k, k_.data()}, {&L.v, v_.data()}}, in_dim_);
         if (ids) apply_lora({{7 * l, q_.data()}, {7 * l + 1, k_.data()}, {7 * l + 2, v_.data()}}, xn_.data(), B, ids);
 #pragma omp single
@@ -742,35 +785,35 @@ class DecodeStep {
         }
 #pragma omp single
         prepare(in_att_, att_.data(), B, H * D, kind);
+        prepare_rows(in_att_, kind);
         matvec({{&L.o, o_.data()}}, in_att_);
         if (ids) apply_lora({{7 * l + 3, o_.data()}}, att_.data(), B, ids);
 #pragma omp single
         {
-          for (int64_t k = 0; k < B * dim; ++k) h_[k] += o_[k];
+          add_into(h_.data(), o_.data(), B * dim);
           rms_norm(h_.data(), L.ln2.data_ptr<float>(), xn_.data(), B, dim, eps_);
           prepare(in_dim_, xn_.data(), B, dim, kind);
         }
+        prepare_rows(in_dim_, kind);
         matvec({{&L.gate, gate_.data()}, {&L.up, up_.data()}}, in_dim_);
         if (ids) apply_lora({{7 * l + 4, gate_.data()}, {7 * l + 5, up_.data()}}, xn_.data(), B, ids);
 #pragma omp single
         {
-          for (int64_t k = 0; k < B * I; ++k) {
-            const float g = gate_[k];
-            const float e = exp_neg(-std::fabs(g));  // sigmoid(g) without overflow for either sign
-            gate_[k] = g * (g >= 0.f ? 1.f / (1.f + e) : e / (1.f + e)) * up_[k];
-          }
+          silu_mul(gate_.data(), up_.data(), B * I);
           prepare(in_inter_, gate_.data(), B, I, kind);
         }
+        prepare_rows(in_inter_, kind);
         matvec({{&L.down, o_.data()}}, in_inter_);
         if (ids) apply_lora({{7 * l + 6, o_.data()}}, gate_.data(), B, ids);
 #pragma omp single
-        for (int64_t k = 0; k < B * dim; ++k) h_[k] += o_[k];
+        add_into(h_.data(), o_.data(), B * dim);
       }
 #pragma omp single
       {
         rms_norm(h_.data(), final_norm_.data_ptr<float>(), xn_.data(), B, dim, eps_);
         prepare(in_dim_, xn_.data(), B, dim, kind);
       }
+      prepare_rows(in_dim_, kind);
       matvec({{&head_, out}}, in_dim_);
     }
     return logits;
