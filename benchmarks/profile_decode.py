@@ -1,10 +1,13 @@
 """Where one decode step's time goes: the torch profiler over single-stream decode steps of the default model.
 
-    python benchmarks/profile_decode.py [--threads 2] [--steps 32] [--dtype float32] [--compile] [--out profile-decode]
+    python benchmarks/profile_decode.py [--threads 2] [--steps 32] [--dtype float32] [--compile] [--kernels native]
+                                        [--out profile-decode]
 
 Writes `OUT/table.md` (operators by self CPU time, grouped into matmuls, attention, elementwise/norms, cache
 writes, sampling and the rest, plus the Python-side remainder) and `OUT/trace.json` (open in chrome://tracing or
-Perfetto). The step measured is the engine's own `EngineCore.step()`, scheduler and sampling included.
+Perfetto). The step measured is the engine's own `EngineCore.step()`, scheduler and sampling included. The C++
+decode step (kernels native) is one call the torch profiler does not see inside: its own phase timers (thread 0's
+clock between the step's barriers) give the split, in a second table.
 """
 
 from __future__ import annotations
@@ -43,7 +46,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--dtype", default="float32", help="float32, bfloat16 or int8")
-    ap.add_argument("--compile", action="store_true", help="the compiled decode step (int8)")
+    ap.add_argument("--compile", action="store_true", help="the compiled torch decode step (int8)")
+    ap.add_argument("--kernels", default="native", help="native (the C++ step) or torch")
     ap.add_argument("--model", default=None)
     ap.add_argument("--out", default="profile-decode")
     args = ap.parse_args()
@@ -56,11 +60,11 @@ def main() -> None:
     from tailorlm.runtime import chat_prompt, open_model
 
     settings = get_settings().model_copy(update={"threads": args.threads, "dtype": args.dtype,
-                                                 "compile": args.compile})
+                                                 "compile": args.compile, "kernels": args.kernels})
     model = open_model(args.model, settings=settings, show_progress=False)
     core = model.engine.core  # driven directly, in this thread, so the profiler sees every step
     prompt = chat_prompt(model, [{"role": "user", "content": QUESTIONS[0]}])
-    req = core.make_request("profiled", prompt, SamplingParams(temperature=0, max_tokens=2 * args.steps + 40,
+    req = core.make_request("profiled", prompt, SamplingParams(temperature=0, max_tokens=3 * args.steps + 40,
                                                                ignore_eos=True), lambda event: None)
     core.add(req)
     torch.set_grad_enabled(False)
@@ -70,6 +74,15 @@ def main() -> None:
     for _ in range(args.steps):  # the plain step, for its wall time (the profiler slows steps down)
         core.step()
     wall = (time.perf_counter() - t0) / args.steps
+    native = core.runner.native
+    phases: dict[str, float] = {}
+    if native is not None:  # the C++ step's own split of the same steps
+        native.step.set_profile(True)
+        native.step.take_profile()
+        for _ in range(args.steps):
+            core.step()
+        phases = {k: v * 1000 / args.steps for k, v in native.step.take_profile().items()}
+        native.step.set_profile(False)
     t0 = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(args.steps):
@@ -86,6 +99,7 @@ def main() -> None:
     info = machine()
     lines = [f"{info['date']} · {info['cpu']} · {args.threads} threads · torch {info['torch']} · "
              f"commit {info['commit']} · {args.dtype}{' compiled' if args.compile else ''} · "
+             f"{'C++ step' if native is not None else 'torch step'} · "
              f"{args.steps} single-stream decode steps",
              "", f"step: {wall * 1000:.1f} ms without the profiler ({1 / wall:.1f} tok/s), "
              f"{profiled * 1000:.1f} ms with it", "",
@@ -94,10 +108,18 @@ def main() -> None:
         lines.append(f"| {group} | {ms:.2f} | {100 * ms / ops:.0f}% |")
     lines.append(f"| the plain step's wall time minus operator time (Python, scheduling, dispatch) | "
                  f"{max(wall * 1000 - ops, 0):.2f} | — |")
+    if phases:
+        inside = sum(phases.values())
+        lines += ["", "Inside the C++ step (its phase timers, same steps without the torch profiler):", "",
+                  "| phase | ms per step | share of the step's wall time |", "|---|---|---|"]
+        for name, ms in sorted(phases.items(), key=lambda kv: -kv[1]):
+            lines.append(f"| {name} | {ms:.2f} | {100 * ms / (wall * 1000):.0f}% |")
+        lines.append(f"| outside the C++ call (scheduler, sampling, Python) | {max(wall * 1000 - inside, 0):.2f} | "
+                     f"{100 * max(wall * 1000 - inside, 0) / (wall * 1000):.0f}% |")
     lines += ["", "Top operators by self CPU time:", "", "```",
               prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15), "```"]
     (out / "table.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines[:len(by_group) + 7]))
+    print("\n".join(lines[:len(by_group) + 8 + (len(phases) + 5 if phases else 0)]))
     model.close()
 
 

@@ -22,6 +22,8 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <map>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -682,6 +684,20 @@ class DecodeStep {
 
   void clear_lora(int64_t index) { set_lora_empty(index); }
 
+  // Seconds spent per phase since the last call (while profiling is on): where a step's time goes.
+  void set_profile(bool on) { profile_ = on; }
+  std::map<std::string, double> take_profile() {
+    static const char* names[kPhases] = {"matrix-vector products (layers)", "output head",
+                                         "RoPE, cache writes and attention", "norms, SiLU, residuals, input quantization",
+                                         "LoRA"};
+    std::map<std::string, double> out;
+    for (int i = 0; i < kPhases; ++i) {
+      out[names[i]] = times_[i];
+      times_[i] = 0;
+    }
+    return out;
+  }
+
   torch::Tensor forward(const torch::Tensor& tokens, const torch::Tensor& positions,
                         const std::vector<torch::Tensor>& keys, const std::vector<torch::Tensor>& values,
                         const torch::Tensor& adapter_ids) {
@@ -743,6 +759,14 @@ class DecodeStep {
     }
     const bool bf16_cache = cache_type == torch::kBFloat16;
     const Kind kind = head_.kind;
+    double last = omp_get_wtime();  // phase timing (profile_): thread 0 after each barrier
+    auto mark = [&](int phase) {
+      if (profile_ && omp_get_thread_num() == 0) {
+        const double now = omp_get_wtime();
+        times_[phase] += now - last;
+        last = now;
+      }
+    };
 #pragma omp parallel num_threads(at::get_num_threads())
     {
       for (size_t l = 0; l < layers_.size(); ++l) {
@@ -753,8 +777,11 @@ class DecodeStep {
           prepare(in_dim_, xn_.data(), B, dim, kind);
         }
         prepare_rows(in_dim_, kind);
+        mark(kElementwise);
         matvec({{&L.q, q_.data()}, {&L.k, k_.data()}, {&L.v, v_.data()}}, in_dim_);
+        mark(kMatvec);
         if (ids) apply_lora({{7 * l, q_.data()}, {7 * l + 1, k_.data()}, {7 * l + 2, v_.data()}}, xn_.data(), B, ids);
+        mark(kLora);
 #pragma omp single
         {
           for (int64_t b = 0; b < B; ++b) {
@@ -783,11 +810,15 @@ class DecodeStep {
             attend(q_.data() + first * D, group, D, kp, vp, len, scaling_, scores, att_.data() + first * D);
           }
         }
+        mark(kAttention);  // RoPE, cache writes and attention
 #pragma omp single
         prepare(in_att_, att_.data(), B, H * D, kind);
         prepare_rows(in_att_, kind);
+        mark(kElementwise);
         matvec({{&L.o, o_.data()}}, in_att_);
+        mark(kMatvec);
         if (ids) apply_lora({{7 * l + 3, o_.data()}}, att_.data(), B, ids);
+        mark(kLora);
 #pragma omp single
         {
           add_into(h_.data(), o_.data(), B * dim);
@@ -795,16 +826,22 @@ class DecodeStep {
           prepare(in_dim_, xn_.data(), B, dim, kind);
         }
         prepare_rows(in_dim_, kind);
+        mark(kElementwise);
         matvec({{&L.gate, gate_.data()}, {&L.up, up_.data()}}, in_dim_);
+        mark(kMatvec);
         if (ids) apply_lora({{7 * l + 4, gate_.data()}, {7 * l + 5, up_.data()}}, xn_.data(), B, ids);
+        mark(kLora);
 #pragma omp single
         {
           silu_mul(gate_.data(), up_.data(), B * I);
           prepare(in_inter_, gate_.data(), B, I, kind);
         }
         prepare_rows(in_inter_, kind);
+        mark(kElementwise);
         matvec({{&L.down, o_.data()}}, in_inter_);
+        mark(kMatvec);
         if (ids) apply_lora({{7 * l + 6, o_.data()}}, gate_.data(), B, ids);
+        mark(kLora);
 #pragma omp single
         add_into(h_.data(), o_.data(), B * dim);
       }
@@ -814,7 +851,9 @@ class DecodeStep {
         prepare(in_dim_, xn_.data(), B, dim, kind);
       }
       prepare_rows(in_dim_, kind);
+      mark(kElementwise);
       matvec({{&head_, out}}, in_dim_);
+      mark(kHead);
     }
     return logits;
   }
@@ -905,6 +944,9 @@ class DecodeStep {
   torch::Tensor inv_freq_, final_norm_;
   Linear embed_, head_;
   std::vector<Layer> layers_;
+  enum { kMatvec, kHead, kAttention, kElementwise, kLora, kPhases };
+  bool profile_ = false;
+  double times_[kPhases] = {};
   std::vector<Lora> lora_;
   int64_t max_rank_ = 0;
   std::vector<float> h_, xn_, q_, k_, v_, att_, o_, gate_, up_, scores_, cos_, sin_, lora_h_;
@@ -919,6 +961,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                           torch::Tensor, std::vector<torch::Tensor>, std::vector<std::vector<torch::Tensor>>,
                           torch::Tensor>())
       .def("set_lora", &DecodeStep::set_lora)
+      .def("set_profile", &DecodeStep::set_profile)
+      .def("take_profile", &DecodeStep::take_profile)
       .def("clear_lora", &DecodeStep::clear_lora)
       .def("forward", &DecodeStep::forward, pybind11::call_guard<pybind11::gil_scoped_release>());
 }
