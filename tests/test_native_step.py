@@ -186,10 +186,13 @@ def test_engine_outputs_with_adapters_are_the_same_either_step(tmp_path):
 
 
 def test_a_machine_that_cannot_build_it_decodes_through_torch_with_a_warning(tmp_path, monkeypatch, caplog):
-    def no_compiler():
-        raise RuntimeError("cannot build the native decode step (a C++ compiler is needed): g++ not found")
+    import torch.utils.cpp_extension
 
-    monkeypatch.setattr(native_step, "extension", no_compiler)
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("Error building extension 'tailorlm_decode_step': g++: not found")
+
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", no_compiler)
+    monkeypatch.setattr(native_step, "_built", {})  # as in a fresh process
     path = make_tiny_model("llama", tmp_path / "llama")
     with caplog.at_level(logging.WARNING):
         r = runner(path, kernels="native")

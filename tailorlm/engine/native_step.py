@@ -64,14 +64,14 @@ def extension():
             raise RuntimeError(_built["error"])
         from torch.utils.cpp_extension import load
 
-        folder = Path(platformdirs.user_cache_dir("tailorlm")) / "kernels" / f"decode_step-{_build_key()}"
-        folder.mkdir(parents=True, exist_ok=True)
         try:
+            folder = Path(platformdirs.user_cache_dir("tailorlm")) / "kernels" / f"decode_step-{_build_key()}"
+            folder.mkdir(parents=True, exist_ok=True)
             module = load(name="tailorlm_decode_step", sources=[str(SOURCE)], extra_cflags=FLAGS,
                           extra_ldflags=["-fopenmp"], build_directory=str(folder), verbose=False)
         except (RuntimeError, OSError, ImportError, FileNotFoundError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            _built["error"] = f"cannot build the native decode step (a C++ compiler is needed): {first}"
+            _built["error"] = f"cannot build the native decode step (it needs a C++ compiler and ninja): {first}"
             raise RuntimeError(_built["error"]) from None
         _built["module"] = module
         return module
