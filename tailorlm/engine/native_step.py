@@ -69,7 +69,7 @@ def extension():
             folder.mkdir(parents=True, exist_ok=True)
             module = load(name="tailorlm_decode_step", sources=[str(SOURCE)], extra_cflags=FLAGS,
                           extra_ldflags=["-fopenmp"], build_directory=str(folder), verbose=False)
-        except (RuntimeError, OSError, ImportError, FileNotFoundError) as exc:
+        except (RuntimeError, OSError, ImportError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             _built["error"] = f"cannot build the native decode step (it needs a C++ compiler and ninja): {first}"
             raise RuntimeError(_built["error"]) from None
@@ -99,19 +99,25 @@ def readable_dtype(model: nn.Module, *, int8: bool) -> bool:
     return int8 or next(model.parameters()).dtype in (torch.float32, torch.bfloat16)
 
 
+def _projections(model: nn.Module) -> list[nn.Module]:
+    """The step's linear layers in its order: q, k, v, o, gate, up, down of each layer."""
+    return [getattr(getattr(layer, block), n) for layer in model.model.layers for block, names in PROJECTIONS
+            for n in names]
+
+
 def unreadable(model: nn.Module) -> str | None:
     """Why the C++ step cannot read this model's weights in place (None: it can)."""
-    base = model.model
-    mods = [getattr(getattr(layer, block), n) for layer in base.layers for block, names in PROJECTIONS for n in names]
-    for m in [*mods, model.lm_head]:
-        if _linear(m) is None:
+    weights = []
+    for m in [*_projections(model), model.lm_head]:
+        read = _linear(m)
+        if read is None:
             return f"a {type(m).__name__} layer"
-    embed = base.embed_tokens
+        weights.append(read[0])
+    embed = model.model.embed_tokens
     if type(embed) is not Int8Embedding and not (type(embed) is nn.Embedding and
                                                  embed.weight.dtype in (torch.float32, torch.bfloat16)):
         return f"a {type(embed).__name__} embedding"
-    kinds = {_linear(m)[0].dtype for m in [*mods, model.lm_head]}
-    if len(kinds) != 1:
+    if len({w.dtype for w in weights}) != 1:
         return "mixed weight dtypes"
     return None
 
@@ -120,15 +126,14 @@ class NativeDecoder:
     """Same contract as LeanDecoder.forward, without a mask: row b attends over positions 0..positions[b];
     row b adds the LoRA deltas of adapter id adapter_ids[b] (-1: none) on the step's linear layers."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, shape: LeanDecoder) -> None:
+        """`shape`: the model's lean step, whose heads, RoPE and scaling this step takes as they are."""
         why = unreadable(model)
         if why:
             raise ValueError(f"the native decode step cannot read {why}")
-        shape = LeanDecoder(model)  # heads, RoPE and scaling, read exactly as the lean step reads them
         base = model.model
-        linears = [_linear(getattr(getattr(layer, block), n))
-                   for layer in base.layers for block, names in PROJECTIONS for n in names]
-        linears.append(_linear(model.lm_head))
+        projections = _projections(model)
+        linears = [_linear(m) for m in [*projections, model.lm_head]]
         embed = base.embed_tokens
         if type(embed) is Int8Embedding:
             table, table_scale = embed.head[0].qweight, embed.head[0].scale
@@ -140,9 +145,7 @@ class NativeDecoder:
             shape.heads, shape.kv_heads, shape.head_dim, float(shape.eps), shape.scaling, shape.inv_freq,
             shape.rope_scale, table, table_scale, norms, linears, base.norm.weight.detach())
         names = {id(m): name for name, m in model.named_modules()}
-        # module paths of the step's linear layers, in its order: where a LoRA adapter's layers are found
-        self.paths = [names[id(getattr(getattr(layer, block), n))]
-                      for layer in base.layers for block, ns in PROJECTIONS for n in ns]
+        self.paths = [names[id(m)] for m in projections]  # where a LoRA adapter's layers are found, in step order
         self.unserved: set[int] = set()  # adapter ids that also target a layer outside the step (head, embedding)
 
     def sync_lora(self, bank: LoraBank) -> None:

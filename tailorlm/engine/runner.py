@@ -67,7 +67,7 @@ class ModelRunner:
         self.fast_causal = model.config._attn_implementation == attention.NAME
         self.eager = eager
         self.lean = decoder.LeanDecoder(model) if lean else None
-        self.native = native_step.NativeDecoder(model) if native else None
+        self.native = native_step.NativeDecoder(model, self.lean) if native else None
         if self.native is not None:
             self.lora.listeners.append(lambda: self.native.sync_lora(self.lora))
         self.compiled = None
@@ -125,13 +125,13 @@ class ModelRunner:
         """One token for each of rows 0..B-1 (slot b = row b, through adapters[b]); return logits [B, V]."""
         b = len(token_ids)
         pos = torch.tensor(positions, dtype=torch.long)
-        self.cache.reserve(b, int(pos.max()) + 1)
+        tokens = torch.tensor(token_ids, dtype=torch.long)
+        t = int(pos.max()) + 1
+        self.cache.reserve(b, t)
         if self.native is not None:  # unless a row's adapter also adapts a layer outside the step
             ids = self.native.adapter_ids(adapters or [], self.lora)
             if ids is not None:
-                return self.native(torch.tensor(token_ids, dtype=torch.long), pos, self.cache.keys,
-                                   self.cache.values, ids)
-        t = int(pos.max()) + 1
+                return self.native(tokens, pos, self.cache.keys, self.cache.values, ids)
         if int(pos.min()) + 1 == t and self._plain(t):  # every row sees all t keys
             mask = attention.CAUSAL
         else:
@@ -144,11 +144,10 @@ class ModelRunner:
                 # compiled only while no adapter wraps a layer: a wrapper would change the traced graph
                 step = self.compiled if self.compiled is not None and not self.lora.layers else self.lean.forward
                 rows_mask = None if mask is attention.CAUSAL else mask
-                return step(torch.tensor(token_ids, dtype=torch.long), pos, t, rows_mask,
-                            self.cache.keys, self.cache.values)
+                return step(tokens, pos, t, rows_mask, self.cache.keys, self.cache.values)
             self.cache.prepare_decode(pos)  # the transformers forward writes through the cache's update hook
             out = self.model(
-                input_ids=torch.tensor(token_ids, dtype=torch.long).unsqueeze(1),
+                input_ids=tokens.unsqueeze(1),
                 position_ids=pos.unsqueeze(1), attention_mask=mask, cache=self.cache, use_cache=True,
             )
         finally:

@@ -484,19 +484,26 @@ void tile(const Linear& l, int64_t r0, int nr, const Input& x, float* y) {
   }
 }
 
+// One layer of a group that reads the same input: where its output goes, and its LoRA slot (-1: none).
+struct Target {
+  const Linear* linear;
+  float* out;
+  int64_t lora;
+};
+
 // Every output row of a group of layers that read the same input, split over the team (call inside a
 // parallel region; ends with the worksharing loop's barrier).
-void matvec(std::initializer_list<std::pair<const Linear*, float*>> group, const Input& x) {
+void matvec(std::initializer_list<Target> group, const Input& x) {
   int64_t tiles = 0;
-  for (auto& g : group) tiles += (g.first->out + kTile - 1) / kTile;
+  for (auto& g : group) tiles += (g.linear->out + kTile - 1) / kTile;
 #pragma omp for schedule(static)
   for (int64_t t = 0; t < tiles; ++t) {
     int64_t local = t;
     for (auto& g : group) {
-      const int64_t n = (g.first->out + kTile - 1) / kTile;
+      const int64_t n = (g.linear->out + kTile - 1) / kTile;
       if (local < n) {
         const int64_t r0 = local * kTile;
-        tile(*g.first, r0, int(std::min<int64_t>(kTile, g.first->out - r0)), x, g.second);
+        tile(*g.linear, r0, int(std::min<int64_t>(kTile, g.linear->out - r0)), x, g.out);
         break;
       }
       local -= n;
@@ -532,8 +539,6 @@ void rms_norm(const float* __restrict x, const float* __restrict w, float* __res
 // scores[h][t] = q_h . k_t * scaling for t < len, softmax over t, out_h = sum_t p_ht v_t (float32 throughout).
 // Each key and value vector is read (and widened from bfloat16) once for all G heads.
 
-inline float load_one(const float* p) { return *p; }
-inline float load_one(const uint16_t* p) { return bf16_to_f32(*p); }
 
 #if defined(__AVX512F__)
 inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
@@ -593,7 +598,7 @@ void attend(const float* q, int64_t G, int64_t D, const T* keys, const T* values
     float top = -INFINITY;
     for (int64_t t = 0; t < len; ++t) {
       float dot = 0.f;
-      for (int64_t d = 0; d < D; ++d) dot += qh[d] * load_one(keys + t * D + d);
+      for (int64_t d = 0; d < D; ++d) dot += qh[d] * widen(keys[t * D + d]);
       s[t] = dot * scaling;
       top = std::max(top, s[t]);
     }
@@ -607,7 +612,7 @@ void attend(const float* q, int64_t G, int64_t D, const T* keys, const T* values
     for (int64_t d = 0; d < D; ++d) o[d] = 0.f;
     for (int64_t t = 0; t < len; ++t) {
       const float p = s[t] * inv;
-      for (int64_t d = 0; d < D; ++d) o[d] += p * load_one(values + t * D + d);
+      for (int64_t d = 0; d < D; ++d) o[d] += p * widen(values[t * D + d]);
     }
   }
 }
@@ -678,11 +683,14 @@ class DecodeStep {
     for (int64_t i = 0; i < spans.size(0); ++i)
       TORCH_CHECK(sp[2 * i] < 0 || (sp[2 * i] <= sp[2 * i + 1] && sp[2 * i + 1] <= a.size(1)), "decode step: LoRA span");
     lora_[index] = Lora{a, b, spans, a.size(1)};
-    max_rank_ = 0;
-    for (const auto& x : lora_) max_rank_ = std::max(max_rank_, x.rank);
+    refresh_max_rank();
   }
 
-  void clear_lora(int64_t index) { set_lora_empty(index); }
+  void clear_lora(int64_t index) {
+    TORCH_CHECK(index >= 0 && index < int64_t(lora_.size()), "decode step: no linear layer ", index);
+    lora_[index] = Lora{};
+    refresh_max_rank();
+  }
 
   // Seconds spent per phase since the last call (while profiling is on): where a step's time goes.
   void set_profile(bool on) { profile_ = on; }
@@ -776,12 +784,9 @@ class DecodeStep {
           rms_norm(h_.data(), L.ln1.data_ptr<float>(), xn_.data(), B, dim, eps_);
           prepare(in_dim_, xn_.data(), B, dim, kind);
         }
-        prepare_rows(in_dim_, kind);
-        mark(kElementwise);
-        matvec({{&L.q, q_.data()}, {&L.k, k_.data()}, {&L.v, v_.data()}}, in_dim_);
-        mark(kMatvec);
-        if (ids) apply_lora({{7 * l, q_.data()}, {7 * l + 1, k_.data()}, {7 * l + 2, v_.data()}}, xn_.data(), B, ids);
-        mark(kLora);
+        const int64_t slot = int64_t(7 * l);  // the layer's first LoRA slot
+        project({{&L.q, q_.data(), slot}, {&L.k, k_.data(), slot + 1}, {&L.v, v_.data(), slot + 2}}, in_dim_,
+                kind, ids, kMatvec, mark);
 #pragma omp single
         {
           for (int64_t b = 0; b < B; ++b) {
@@ -799,49 +804,33 @@ class DecodeStep {
         for (int64_t task = 0; task < B * KV; ++task) {  // one row's query heads sharing key head g
           const int64_t b = task / KV, g = task % KV;
           const int64_t base = ((b * KV + g) * cap) * D, len = ps[b] + 1, first = b * H + g * group;
-          float* scores = scores_.data() + first * t_max;
-          if (bf16_cache) {
-            const auto* kp = static_cast<const uint16_t*>(keys[l].data_ptr()) + base;
-            const auto* vp = static_cast<const uint16_t*>(values[l].data_ptr()) + base;
-            attend(q_.data() + first * D, group, D, kp, vp, len, scaling_, scores, att_.data() + first * D);
-          } else {
-            const auto* kp = static_cast<const float*>(keys[l].data_ptr()) + base;
-            const auto* vp = static_cast<const float*>(values[l].data_ptr()) + base;
-            attend(q_.data() + first * D, group, D, kp, vp, len, scaling_, scores, att_.data() + first * D);
-          }
+          auto run = [&](auto* kp, auto* vp) {  // typed by the cache: float or bf16 bits
+            attend(q_.data() + first * D, group, D, kp + base, vp + base, len, scaling_,
+                   scores_.data() + first * t_max, att_.data() + first * D);
+          };
+          if (bf16_cache)
+            run(static_cast<const uint16_t*>(keys[l].data_ptr()), static_cast<const uint16_t*>(values[l].data_ptr()));
+          else
+            run(static_cast<const float*>(keys[l].data_ptr()), static_cast<const float*>(values[l].data_ptr()));
         }
         mark(kAttention);  // RoPE, cache writes and attention
 #pragma omp single
         prepare(in_att_, att_.data(), B, H * D, kind);
-        prepare_rows(in_att_, kind);
-        mark(kElementwise);
-        matvec({{&L.o, o_.data()}}, in_att_);
-        mark(kMatvec);
-        if (ids) apply_lora({{7 * l + 3, o_.data()}}, att_.data(), B, ids);
-        mark(kLora);
+        project({{&L.o, o_.data(), slot + 3}}, in_att_, kind, ids, kMatvec, mark);
 #pragma omp single
         {
           add_into(h_.data(), o_.data(), B * dim);
           rms_norm(h_.data(), L.ln2.data_ptr<float>(), xn_.data(), B, dim, eps_);
           prepare(in_dim_, xn_.data(), B, dim, kind);
         }
-        prepare_rows(in_dim_, kind);
-        mark(kElementwise);
-        matvec({{&L.gate, gate_.data()}, {&L.up, up_.data()}}, in_dim_);
-        mark(kMatvec);
-        if (ids) apply_lora({{7 * l + 4, gate_.data()}, {7 * l + 5, up_.data()}}, xn_.data(), B, ids);
-        mark(kLora);
+        project({{&L.gate, gate_.data(), slot + 4}, {&L.up, up_.data(), slot + 5}}, in_dim_, kind, ids, kMatvec,
+                mark);
 #pragma omp single
         {
           silu_mul(gate_.data(), up_.data(), B * I);
           prepare(in_inter_, gate_.data(), B, I, kind);
         }
-        prepare_rows(in_inter_, kind);
-        mark(kElementwise);
-        matvec({{&L.down, o_.data()}}, in_inter_);
-        mark(kMatvec);
-        if (ids) apply_lora({{7 * l + 6, o_.data()}}, gate_.data(), B, ids);
-        mark(kLora);
+        project({{&L.down, o_.data(), slot + 6}}, in_inter_, kind, ids, kMatvec, mark);
 #pragma omp single
         add_into(h_.data(), o_.data(), B * dim);
       }
@@ -850,10 +839,7 @@ class DecodeStep {
         rms_norm(h_.data(), final_norm_.data_ptr<float>(), xn_.data(), B, dim, eps_);
         prepare(in_dim_, xn_.data(), B, dim, kind);
       }
-      prepare_rows(in_dim_, kind);
-      mark(kElementwise);
-      matvec({{&head_, out}}, in_dim_);
-      mark(kHead);
+      project({{&head_, out, -1}}, in_dim_, kind, ids, kHead, mark);
     }
     return logits;
   }
@@ -865,30 +851,41 @@ class DecodeStep {
     return *ls[index % 7];
   }
 
-  void set_lora_empty(int64_t index) {
-    TORCH_CHECK(index >= 0 && index < int64_t(lora_.size()), "decode step: no linear layer ", index);
-    lora_[index] = Lora{};
+  void refresh_max_rank() {
     max_rank_ = 0;
     for (const auto& x : lora_) max_rank_ = std::max(max_rank_, x.rank);
   }
 
+  // The worksharing part of a group of layers that read input `x`: the rest of its preparation, the
+  // matrix-vector products (timed as `phase`), then the LoRA deltas of the rows with an adapter.
+  template <typename Mark>
+  void project(std::initializer_list<Target> group, Input& x, Kind kind, const int64_t* ids, int phase,
+               Mark& mark) {
+    prepare_rows(x, kind);
+    mark(kElementwise);
+    matvec(group, x);
+    mark(phase);
+    if (ids) apply_lora(group, x, ids);
+    mark(kLora);
+  }
+
   // After a group's matvec: each row with an adapter on a layer of the group adds its low-rank delta, one
   // (row, layer) per task: x_b A[:, lo:hi] (in x r), then that times B[lo:hi] into y_b (r x out).
-  void apply_lora(std::initializer_list<std::pair<int64_t, float*>> group, const float* x, int64_t B,
-                  const int64_t* ids) {
-    const int64_t G = int64_t(group.size());
+  void apply_lora(std::initializer_list<Target> group, const Input& x, const int64_t* ids) {
+    const int64_t G = int64_t(group.size()), B = x.rows;
 #pragma omp for schedule(dynamic)
     for (int64_t task = 0; task < B * G; ++task) {
       const int64_t b = task / G;
-      const auto& target = *(group.begin() + task % G);
-      const Lora& lr = lora_[target.first];
+      const Target& target = *(group.begin() + task % G);
+      if (target.lora < 0) continue;
+      const Lora& lr = lora_[target.lora];
       if (lr.rank == 0 || ids[b] < 0 || ids[b] >= lr.spans.size(0)) continue;
       const int64_t* span = lr.spans.data_ptr<int64_t>() + 2 * ids[b];
       const int64_t lo = span[0], r = span[1] - span[0];
       if (lo < 0 || r <= 0) continue;
       const int64_t in = lr.a.size(0), out = lr.b.size(1), R = lr.rank;
       const float* a = lr.a.data_ptr<float>() + lo;
-      const float* xb = x + b * in;
+      const float* xb = x.f32 + b * in;
       float* h = lora_h_.data() + task * max_rank_;
       for (int64_t j = 0; j < r; ++j) h[j] = 0.f;
       for (int64_t k = 0; k < in; ++k) {
@@ -896,7 +893,7 @@ class DecodeStep {
         const float* ak = a + k * R;
         for (int64_t j = 0; j < r; ++j) h[j] += xk * ak[j];
       }
-      float* yb = target.second + b * out;
+      float* yb = target.out + b * out;
       const float* bm = lr.b.data_ptr<float>() + lo * out;
       for (int64_t j = 0; j < r; ++j) {
         const float hj = h[j];
