@@ -48,12 +48,17 @@ class Settings(BaseSettings):
     default_model: str = Field(DEFAULT_MODEL, description="Model used when none is named.")
     threads: int = Field(0, ge=0, description="CPU threads for torch; 0 keeps torch's default.")
     dtype: str = Field("auto", description="Compute dtype: auto (the stored dtype), float32, bfloat16, float16, "
-                       "or int8 (weight-only int8 linear layers, bfloat16 activations).")
+                       "or int8 (weight-only int8 linear layers; bfloat16 activations where the CPU multiplies bf16 natively, else "
+                       "float32).")
     compile: bool = Field(False, description="torch.compile the torch decode step (Llama-family models, int8): "
                           "a compile of about a minute at start; replaces the native kernels.")
     kernels: Literal["native", "torch"] = Field(
         "native", description="Decode step of Llama-family models: native (the whole step in one C++ call, built "
         "for this CPU on first use; needs a C++ compiler, else torch with a warning) or torch (torch operators).")
+    isa: Literal["native", "avx2", "generic"] = Field(
+        "native", description="Instruction set the native decode step is built for: native (the best this CPU "
+        "has: AVX-512 with VNNI/BF16, or AVX2 with FMA), avx2 (the AVX2 kernels even on an AVX-512 CPU, as the "
+        "reference AVX2 machines run), or generic (plain loops, the correctness reference).")
     backend: Literal["auto", "native", "llama.cpp", "onnxruntime"] = Field(
         "auto", description="Inference backend: auto picks by artifact (safetensors: native, GGUF: llama.cpp, "
         "ONNX: onnxruntime).")

@@ -51,17 +51,19 @@ class OneDNNLinear(nn.Module):
 
 
 class Int8Linear(nn.Module):
-    """Weight-only int8: per-output-channel symmetric int8 weights, bfloat16 activations.
+    """Weight-only int8: per-output-channel symmetric int8 weights; activations in `dtype` (bfloat16 where the
+    CPU multiplies it natively, float32 elsewhere: engine/cpu.py).
 
     A decode step reads half the bytes of bfloat16 weights; the matmul is torch's own
     `_weight_int8pack_mm` for the few rows of decoding. For many rows (a prefill chunk) dequantizing the
-    weight once and running one bfloat16 GEMM is faster, so that is what happens above `DEQUANT_ROWS`.
+    weight once and running one GEMM in the activation dtype is faster, so that is what happens above
+    `DEQUANT_ROWS`.
     """
 
     DEQUANT_ROWS = 32
     QUANT_ROWS = 2048
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype = torch.bfloat16) -> None:
         super().__init__()
         out_features, in_features = weight.shape
         self.qweight = torch.empty(out_features, in_features, dtype=torch.int8)
@@ -70,17 +72,17 @@ class Int8Linear(nn.Module):
             w = weight.detach()[lo : lo + self.QUANT_ROWS].float()
             scale[lo : lo + w.shape[0]] = s = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
             self.qweight[lo : lo + w.shape[0]] = torch.round(w / s[:, None]).clamp_(-127, 127).to(torch.int8)
-        self.scale = scale.to(torch.bfloat16)
-        self.bias = None if bias is None else bias.detach().to(torch.bfloat16)
+        self.scale = scale.to(dtype)
+        self.bias = None if bias is None else bias.detach().to(dtype)
         self.out_features, self.in_features = self.qweight.shape
 
     def dequantized(self) -> torch.Tensor:
-        return self.qweight.to(torch.bfloat16) * self.scale[:, None]
+        return self.qweight.to(self.scale.dtype) * self.scale[:, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features)
-        if x2.dtype != torch.bfloat16:
-            x2 = x2.to(torch.bfloat16)
+        if x2.dtype != self.scale.dtype:
+            x2 = x2.to(self.scale.dtype)
         if x2.shape[0] > self.DEQUANT_ROWS:
             y = torch.nn.functional.linear(x2, self.dequantized(), self.bias)
         else:
@@ -101,7 +103,7 @@ class Int8Embedding(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         head = self.head[0]
         flat = ids.reshape(-1)
-        rows = head.qweight[flat].to(torch.bfloat16) * head.scale[flat, None]
+        rows = head.qweight[flat].to(head.scale.dtype) * head.scale[flat, None]
         return rows.view(*ids.shape, head.in_features)
 
 
@@ -140,7 +142,7 @@ def _replace(root: nn.Module, target: nn.Module, new: nn.Module) -> None:
 def to_inference_layout(model: nn.Module, *, int8: bool = False, plain: bool = False) -> None:
     """Swap every nn.Linear for a faster inference form, in place (idempotent).
 
-    With `int8`, weight-only int8 (`Int8Linear`; the model must be in bfloat16); else, with `plain`, float
+    With `int8`, weight-only int8 (`Int8Linear`, activations in the model's dtype); else, with `plain`, float
     weights stay as they are ([out, in], what the native decode step reads); else oneDNN-packed weights where
     this torch build supports them for the model's dtype; otherwise transposed weights.
     A tied output head shares its matrix with the input embedding where the layout allows.
@@ -154,7 +156,7 @@ def to_inference_layout(model: nn.Module, *, int8: bool = False, plain: bool = F
     linears = [m for m in model.modules() if type(m) is nn.Linear]
     if int8:
         for lin in linears:
-            new = Int8Linear(lin.weight, lin.bias)
+            new = Int8Linear(lin.weight, lin.bias, dtype=lin.weight.dtype)
             if tied and lin is head and type(embed) is nn.Embedding:
                 _replace(model, embed, Int8Embedding(new, embed.padding_idx))
             _replace(model, lin, new)

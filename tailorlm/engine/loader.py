@@ -11,6 +11,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, PreTrainedModel
 
 from tailorlm.engine import decoder
+from tailorlm.engine.cpu import int8_activation_dtype
 from tailorlm.errors import InvalidRequestError, UnsupportedModelError
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ class LoadedModel:
     model_type: str = ""
     backend: str = "native"
     runner_factory: RunnerFactory | None = None
-    int8: bool = False  # weight-only int8 linear layers (the runner quantizes them; activations bfloat16)
+    int8: bool = False  # weight-only int8 linear layers (the runner quantizes them; activations: engine/cpu.py)
     compile: bool = False  # torch.compile the torch decode step
     kernels: str = "native"  # decode step of Llama-family models: native (C++) or torch
 
@@ -72,7 +73,8 @@ def load_model(path: Path, *, name: str | None = None, dtype: str = "auto", comp
                kernels: str = "native") -> LoadedModel:
     """Load an HF-format folder (safetensors only) as a causal LM for the engine.
 
-    `dtype` "int8" loads bfloat16 and has the runner quantize every linear layer to int8 (weight-only).
+    `dtype` "int8" loads the int8 activation dtype (bfloat16 where the CPU multiplies it natively, else float32)
+    and has the runner quantize every linear layer to int8 (weight-only).
     """
     start = time.perf_counter()
     if kernels not in KERNELS:
@@ -83,7 +85,8 @@ def load_model(path: Path, *, name: str | None = None, dtype: str = "auto", comp
         raise UnsupportedModelError(f"cannot read the model config in {path}: {exc}") from None
     int8 = dtype == "int8"
     if int8:
-        dtype = "bfloat16"  # int8 weights, bfloat16 activations: everything that is not a linear layer
+        # int8 weights; everything that is not a linear layer in the activation dtype this CPU runs fastest
+        dtype = "bfloat16" if int8_activation_dtype() is torch.bfloat16 else "float32"
     elif dtype != "auto" and dtype not in DTYPES:
         raise InvalidRequestError(f"unknown dtype {dtype!r}: use auto, {', '.join(DTYPES)} or int8", param="dtype")
     torch_dtype = DTYPES.get(dtype, "auto") if dtype != "auto" else "auto"

@@ -4,10 +4,12 @@ The lean step (decoder.py) still pays a torch dispatch for each of its ~700 oper
 long as the matmuls' memory traffic on a small model. The C++ step reads the same weights in place and runs
 the whole step inside one OpenMP parallel region of torch's own runtime (docs/decisions.md).
 
-It is built on first use by torch's extension builder, for this CPU (`-march=native`: AVX512-VNNI and
-AVX512-BF16 kernels where the CPU has them, plain loops the compiler vectorizes elsewhere), into a cache
-folder keyed by the CPU's features, torch's version and the source, so a build is reused and a home folder
-shared between different machines never loads code built for another CPU.
+It is built on first use by torch's extension builder, for this CPU (`-march=native`), and its kernels are
+chosen by the instruction sets that build has: AVX-512 (with VNNI and BF16 where the CPU has them), AVX2 with
+FMA, or plain loops the compiler vectorizes (the correctness reference). The `isa` setting forces a narrower
+set on a wider CPU (avx2 on an AVX-512 machine, generic anywhere), so every path is tested on any machine.
+Builds go into a cache folder keyed by the CPU's features, the ISA, torch's version and the source, so a build
+is reused and a home folder shared between different machines never loads code built for another CPU.
 """
 
 from __future__ import annotations
@@ -23,9 +25,12 @@ import platformdirs
 import torch
 from torch import nn
 
+from tailorlm.config import get_settings
+from tailorlm.engine.cpu import cpu_flags
 from tailorlm.engine.decoder import PROJECTIONS, LeanDecoder
 from tailorlm.engine.layout import Int8Embedding, Int8Linear
 from tailorlm.engine.lora import LoraBank
+from tailorlm.errors import InvalidRequestError
 
 log = logging.getLogger(__name__)
 
@@ -33,47 +38,67 @@ SOURCE = Path(__file__).parent / "csrc" / "decode_step.cpp"
 FLAGS = ["-O3", "-march=native", "-fopenmp",
          # let float reductions vectorize; no finite-math assumption (softmax uses -inf)
          "-fno-math-errno", "-fno-trapping-math", "-fassociative-math", "-fno-signed-zeros"]
+# Flags that narrow -march=native to a forced ISA (GCC and clang drop every extension that depends on the
+# one turned off: -mno-avx512f drops all of AVX-512, -mno-avx2 AVX-512 and AVX2), and the CPU flags it needs.
+ISA_FLAGS = {"native": [], "avx2": ["-mno-avx512f"], "generic": ["-mno-avx2"]}
+ISA_NEEDS = {"avx2": ("avx2", "fma")}
 
 _NO_ADAPTERS = torch.empty(0, dtype=torch.long)
 _lock = threading.Lock()
-_built: dict[str, object] = {}
+_built: dict[str | tuple[str, str], object] = {}  # isa -> module; ("error", isa) -> why it cannot be built
 
 
-def _build_key() -> str:
-    parts = [platform.machine(), _cpu_flags(), torch.__version__, " ".join(FLAGS),
+def _flags(isa: str) -> list[str]:
+    """Compiler flags for `isa` on this CPU; InvalidRequestError if this CPU cannot run that ISA's kernels."""
+    if isa not in ISA_FLAGS:
+        raise InvalidRequestError(f"unknown isa {isa!r}: use one of {', '.join(ISA_FLAGS)}", param="isa")
+    if isa != "native" and platform.machine().lower() not in ("x86_64", "amd64"):
+        raise InvalidRequestError(f"isa {isa!r} is for x86-64 CPUs; this is {platform.machine()}: use native",
+                                  param="isa")
+    missing = [f for f in ISA_NEEDS.get(isa, ()) if f not in cpu_flags()]
+    if missing:
+        raise InvalidRequestError(f"isa {isa!r} needs CPU features this CPU lacks: {', '.join(missing)}",
+                                  param="isa")
+    return FLAGS + ISA_FLAGS[isa]
+
+
+def resolved_isa(isa: str) -> str:
+    """`isa`, or native where the forced ISA is what this CPU has anyway (one build, not two alike)."""
+    cpu = cpu_flags()
+    if (isa == "avx2" and "avx512f" not in cpu) or (isa == "generic" and "avx2" not in cpu):
+        return "native"
+    return isa
+
+
+def _build_key(flags: list[str]) -> str:
+    parts = [platform.machine(), " ".join(sorted(cpu_flags())) or platform.processor(), torch.__version__, " ".join(flags),
              hashlib.sha256(SOURCE.read_bytes()).hexdigest()]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
-def _cpu_flags() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return line
-    except OSError:
-        pass
-    return platform.processor()
-
-
-def extension():
-    """The compiled module (built once per CPU, torch version and source); raises RuntimeError if it cannot be."""
+def extension(isa: str | None = None):
+    """The compiled module for `isa` (default: the `isa` setting), built once per CPU, ISA, torch version and
+    source; raises RuntimeError if it cannot be built, InvalidRequestError if this CPU cannot run that ISA."""
+    isa = resolved_isa(isa or get_settings().isa)
     with _lock:
-        if "module" in _built:
-            return _built["module"]
-        if "error" in _built:
-            raise RuntimeError(_built["error"])
+        if isa in _built:
+            return _built[isa]
+        if ("error", isa) in _built:
+            raise RuntimeError(_built["error", isa])
+        flags = _flags(isa)
         from torch.utils.cpp_extension import load
 
         try:
-            folder = Path(platformdirs.user_cache_dir("tailorlm")) / "kernels" / f"decode_step-{_build_key()}"
+            folder = Path(platformdirs.user_cache_dir("tailorlm")) / "kernels" / f"decode_step-{_build_key(flags)}"
             folder.mkdir(parents=True, exist_ok=True)
-            module = load(name="tailorlm_decode_step", sources=[str(SOURCE)], extra_cflags=FLAGS,
+            # one module name per ISA: a process may hold two builds (the kernel tests compare them)
+            module = load(name=f"tailorlm_decode_step_{isa}", sources=[str(SOURCE)], extra_cflags=flags,
                           extra_ldflags=["-fopenmp"], build_directory=str(folder), verbose=False)
         except (RuntimeError, OSError, ImportError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            _built["error"] = f"cannot build the native decode step (it needs a C++ compiler and ninja): {first}"
-            raise RuntimeError(_built["error"]) from None
-        _built["module"] = module
+            _built["error", isa] = f"cannot build the native decode step (it needs a C++ compiler and ninja): {first}"
+            raise RuntimeError(_built["error", isa]) from None
+        _built[isa] = module
         return module
 
 

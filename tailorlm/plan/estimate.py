@@ -8,8 +8,9 @@ on the project machine (tests/test_plan.py measures it again):
 - layout copy: the native CPU engine's C++ decode step (Llama, Mistral, Qwen2; tailorlm/engine/native_step.py)
   reads f32/bf16 weights in place: no copy. Elsewhere (other architectures, kernels "torch") it re-lays every
   linear weight (oneDNN-packed for f32/bf16, transposed otherwise; a tied output head gets its own copy), a
-  second copy of all matrices in the compute dtype. With dtype int8 the model loads in bf16 and is quantized
-  layer by layer: memory peaks as bf16 does, and a decode step reads the int8 copy (one byte per weight).
+  second copy of all matrices in the compute dtype. With dtype int8 the model loads in its activation dtype (bf16
+  on a target that multiplies it natively, else f32) and is quantized layer by layer: memory peaks as that load
+  does, and a decode step reads the int8 copy (one byte per weight).
 - KV cache: 2 x layers x kv_heads x head_dim x bytes x context x parallel, the context rounded up to the
   256-position blocks the slot cache grows by (tailorlm/engine/kv_cache.py).
 - KV growth: the slot cache grows on demand into a new tensor and copies the old one in, so at its last
@@ -210,13 +211,16 @@ def estimate(shape: ModelShape, *, name: str, quant: str, context: int, parallel
     if adapters and engine != "native":
         raise InvalidRequestError(f"the {engine} backend serves no LoRA adapters at runtime; plan the adapter "
                                   "merged into its base instead", param="model")
-    native_int8 = engine == "native" and quant == "int8"  # loaded in bf16, then every linear layer quantized
-    value_bytes = KV_BYTES[engine] or (2 if native_int8 else int(BYTES_PER_WEIGHT[quant]))
+    # int8 loads in its activation dtype (bf16 where the target multiplies it natively, else f32), then every
+    # linear layer is quantized
+    native_int8 = engine == "native" and quant == "int8"
+    int8_load = "bf16" if target.bf16 else "f32"
+    value_bytes = KV_BYTES[engine] or (int(BYTES_PER_WEIGHT[int8_load]) if native_int8 else int(BYTES_PER_WEIGHT[quant]))
     if weights is None:
-        weights = weight_bytes(shape, "bf16" if native_int8 else quant)
+        weights = weight_bytes(shape, int8_load if native_int8 else quant)
     native_cpu = engine == "native" and not target.gpu
     c_step = native_cpu and shape.in_place and kernels == "native" and quant in ("f32", "bf16", "int8")
-    # int8 quantizes after a bf16 load: the peak is the bf16 load's (measured: 1,179 MiB both), the reads are int8;
+    # int8 quantizes after its load: the peak is that load's (measured for bf16: 1,179 MiB both), the reads are int8;
     # the C++ step reads f32/bf16 weights in place
     layout = shape.linear_params * value_bytes if native_cpu and not (c_step and not native_int8) else 0
     kv_len = min(shape.max_context, -(-context // KV_BLOCK) * KV_BLOCK)

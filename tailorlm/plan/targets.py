@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tailorlm.engine.cpu import native_bf16
 from tailorlm.errors import InvalidRequestError
 
 GIB = 1024**3
@@ -31,10 +32,12 @@ class Target:
     bandwidth_gbs: float  # sustained streaming read, GB/s (10^9)
     gpu: bool
     source: str  # where the figures come from, shown in the report
+    bf16: bool = False  # multiplies bfloat16 natively (GPUs; CPUs with AVX512-BF16 or AMX): int8 activations are bf16
 
 
 def _named(name: str, memory_gib: float, reserved_gib: float, bandwidth_gbs: float, gpu: bool, source: str) -> Target:
-    return Target(name, int(memory_gib * GIB), int((memory_gib - reserved_gib) * GIB), bandwidth_gbs, gpu, source)
+    return Target(name, int(memory_gib * GIB), int((memory_gib - reserved_gib) * GIB), bandwidth_gbs, gpu, source,
+                  bf16=gpu)
 
 
 TARGETS: dict[str, Target] = {t.name: t for t in (
@@ -120,7 +123,7 @@ def this_machine(home: Path, threads: int = 0, bandwidth_gbs: float | None = Non
     total, available = meminfo()
     gbs = bandwidth_gbs if bandwidth_gbs is not None else cached_bandwidth(home, threads)
     return Target(THIS_MACHINE, total, available, gbs, False,
-                  f"/proc/meminfo MemAvailable; measured streaming read {gbs:.1f} GB/s")
+                  f"/proc/meminfo MemAvailable; measured streaming read {gbs:.1f} GB/s", bf16=native_bf16())
 
 
 def get_target(name: str, home: Path, threads: int = 0) -> Target:

@@ -17,25 +17,14 @@ from __future__ import annotations
 
 import ctypes
 import gc
-from functools import lru_cache
-from pathlib import Path
 
 import torch
 from torch import nn
 
+from tailorlm.engine.cpu import native_bf16
 from tailorlm.engine.layout import onednn_available
 
 PACK_HINT = 1024  # rows per matmul oneDNN tunes its layout for (a packed training micro-batch)
-
-
-@lru_cache(maxsize=1)
-def native_bf16() -> bool:
-    """True when the CPU multiplies bf16 natively (AVX512-BF16 or AMX), so bf16 is faster, not emulated."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def resolve_compute_dtype(name: str) -> torch.dtype:

@@ -27,8 +27,11 @@
 #include <type_traits>
 #include <vector>
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
+#endif
+#if !defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
+#define TAILOR_AVX2 1  // the 8-lane kernels; AVX-512 builds take the 16-lane ones
 #endif
 
 namespace {
@@ -67,6 +70,40 @@ inline float exp_neg(float x) {
   float scale;
   std::memcpy(&scale, &bits, 4);
   return p * scale;
+}
+
+// The instruction sets this build's kernels use (the build is made per CPU, or for a forced ISA).
+std::string kernel_isa() {
+#if defined(__AVX512F__)
+  std::string isa = "avx512";
+#if defined(__AVX512BF16__)
+  isa += "+bf16";
+#endif
+#if defined(__AVX512BW__) && defined(__AVX512VNNI__)
+  isa += "+vnni";
+#endif
+  return isa;
+#elif defined(TAILOR_AVX2)
+  return "avx2";
+#else
+  return "generic";
+#endif
+}
+
+// In place: each of the G rows of scores [G, len] becomes its softmax.
+inline void softmax_rows(float* scores, int64_t G, int64_t len) {
+  for (int64_t h = 0; h < G; ++h) {
+    float* s = scores + h * len;
+    float top = -INFINITY;
+    for (int64_t t = 0; t < len; ++t) top = std::max(top, s[t]);
+    float sum = 0.f;
+    for (int64_t t = 0; t < len; ++t) {
+      s[t] = exp_neg(s[t] - top);
+      sum += s[t];
+    }
+    const float inv = 1.f / sum;
+    for (int64_t t = 0; t < len; ++t) s[t] *= inv;
+  }
 }
 
 inline int32_t widen(int8_t v) { return v; }
@@ -368,6 +405,145 @@ void row_bf16(const uint16_t* w, int64_t n, const uint16_t* xh, int r0, float* o
 }
 #endif
 
+// ---- AVX2 + FMA kernels (no AVX-512: e.g. AMD Zen 2/3, Intel Haswell to Alder Lake) -------------------------
+// The same tiles as above on 8-lane vectors: R weight rows x NB input rows of sums in registers (16 ymm
+// registers hold 8 sums, R weight vectors and an input vector at 4 x 2), folded by one transposing
+// reduction. bfloat16 weights widen by a 16-bit shift (no bf16 instructions); int8 weights widen to int16
+// and meet the int16 inputs in `vpmaddwd` (pairs of exact products summed into int32 lanes).
+#if defined(TAILOR_AVX2)
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+inline int32_t hsum(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+  return _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1)));
+}
+
+// lane j of the result = the sum of v[j]'s 8 lanes
+inline __m256 hsum8(const __m256* v) {
+  const __m256 ab = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
+  const __m256 cd = _mm256_hadd_ps(_mm256_hadd_ps(v[4], v[5]), _mm256_hadd_ps(v[6], v[7]));
+  return _mm256_add_ps(_mm256_permute2f128_ps(ab, cd, 0x20), _mm256_permute2f128_ps(ab, cd, 0x31));
+}
+
+inline __m256i hsum8(const __m256i* v) {
+  const __m256i ab = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+  const __m256i cd = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
+  return _mm256_add_epi32(_mm256_permute2x128_si256(ab, cd, 0x20), _mm256_permute2x128_si256(ab, cd, 0x31));
+}
+
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const uint16_t* p) {  // 8 bfloat16 -> float32
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16));
+}
+
+// Sums for R weight rows (W: float or bf16) x NB float input rows into out[b * kTile + r0 + i].
+template <int R, int NB, typename W>
+void block8(const W* w, int64_t n, const float* x, int r0, float* out) {
+  static_assert(R * NB <= 8, "one transposing reduction folds 8 sums");
+  __m256 a[8];
+  for (int j = 0; j < 8; ++j) a[j] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < n; k += 8) {
+    __m256 wv[R];
+    for (int i = 0; i < R; ++i) wv[i] = load8(w + i * n + k);
+    for (int b = 0; b < NB; ++b) {
+      const __m256 xv = _mm256_loadu_ps(x + b * n + k);
+      for (int i = 0; i < R; ++i) a[b * R + i] = _mm256_fmadd_ps(wv[i], xv, a[b * R + i]);
+    }
+  }
+  if constexpr (R * NB <= 4) {
+    for (int b = 0; b < NB; ++b)
+      for (int i = 0; i < R; ++i) out[b * kTile + r0 + i] = hsum(a[b * R + i]);
+  } else {
+    alignas(32) float sums[8];
+    _mm256_store_ps(sums, hsum8(a));
+    for (int b = 0; b < NB; ++b)
+      for (int i = 0; i < R; ++i) out[b * kTile + r0 + i] = sums[b * R + i];
+  }
+}
+
+// int8 weights x int16 inputs, exact int32 sums per chunk of kChunk (each lane sums kChunk / 8 products).
+template <int R, int NB>
+void block8_i8(const int8_t* w, int64_t n, const int16_t* x, int r0, int64_t* out) {
+  static_assert(R * NB <= 8, "one transposing reduction folds 8 sums");
+  int64_t total[8] = {0};
+  for (int64_t c = 0; c < n; c += kChunk) {
+    const int64_t end = std::min(n, c + kChunk);
+    __m256i a[8];
+    for (int j = 0; j < 8; ++j) a[j] = _mm256_setzero_si256();
+    for (int64_t k = c; k < end; k += 16) {
+      __m256i wv[R];
+      for (int i = 0; i < R; ++i) wv[i] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(w + i * n + k)));
+      for (int b = 0; b < NB; ++b) {
+        const __m256i xv = _mm256_loadu_si256((const __m256i*)(x + b * n + k));
+        for (int i = 0; i < R; ++i) a[b * R + i] = _mm256_add_epi32(a[b * R + i], _mm256_madd_epi16(wv[i], xv));
+      }
+    }
+    if constexpr (R * NB <= 4) {
+      for (int j = 0; j < R * NB; ++j) total[j] += hsum(a[j]);
+    } else {
+      alignas(32) int32_t sums[8];
+      _mm256_store_si256((__m256i*)sums, hsum8(a));
+      for (int j = 0; j < R * NB; ++j) total[j] += sums[j];
+    }
+  }
+  for (int b = 0; b < NB; ++b)
+    for (int i = 0; i < R; ++i) out[b * kTile + r0 + i] = total[b * R + i];
+}
+
+// A tile's kTile weight rows against nb input rows: 4 weight rows x 2 input rows per pass.
+template <typename W>
+void dot8(const W* w, int64_t n, const float* x, int nb, float* out) {
+  for (int b = 0; b < nb; b += 2)
+    for (int r0 = 0; r0 < kTile; r0 += 4) {
+      if (nb - b >= 2) block8<4, 2>(w + r0 * n, n, x + b * n, r0, out + b * kTile);
+      else block8<4, 1>(w + r0 * n, n, x + b * n, r0, out + b * kTile);
+    }
+}
+
+void dot8_i8(const int8_t* w, int64_t n, const int16_t* x, int nb, int64_t* out) {
+  for (int b = 0; b < nb; b += 2)
+    for (int r0 = 0; r0 < kTile; r0 += 4) {
+      if (nb - b >= 2) block8_i8<4, 2>(w + r0 * n, n, x + b * n, r0, out + b * kTile);
+      else block8_i8<4, 1>(w + r0 * n, n, x + b * n, r0, out + b * kTile);
+    }
+}
+
+// Attention of G query heads over one key head (see attend), head_dim = DC * 8.
+template <int DC, typename T>
+void attend8(const float* q, int64_t G, const T* keys, const T* values, int64_t len, float scaling,
+             float* scores, float* out) {
+  constexpr int64_t D = DC * 8;
+  for (int64_t t = 0; t < len; ++t) {
+    __m256 kv[DC];
+    for (int c = 0; c < DC; ++c) kv[c] = load8(keys + t * D + c * 8);
+    for (int64_t h = 0; h < G; ++h) {
+      __m256 acc = _mm256_mul_ps(_mm256_loadu_ps(q + h * D), kv[0]);
+      for (int c = 1; c < DC; ++c) acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + h * D + c * 8), kv[c], acc);
+      scores[h * len + t] = hsum(acc) * scaling;
+    }
+  }
+  softmax_rows(scores, G, len);
+  for (int64_t h = 0; h < G; ++h)
+    for (int c = 0; c < DC; ++c) _mm256_storeu_ps(out + h * D + c * 8, _mm256_setzero_ps());
+  for (int64_t t = 0; t < len; ++t) {
+    __m256 vv[DC];
+    for (int c = 0; c < DC; ++c) vv[c] = load8(values + t * D + c * 8);
+    for (int64_t h = 0; h < G; ++h) {
+      const __m256 p = _mm256_set1_ps(scores[h * len + t]);
+      for (int c = 0; c < DC; ++c) {
+        float* o = out + h * D + c * 8;
+        _mm256_storeu_ps(o, _mm256_fmadd_ps(p, vv[c], _mm256_loadu_ps(o)));
+      }
+    }
+  }
+}
+#endif
+
 // Plain loops: rows [0, nr) of the tile against input rows [0, nb).
 template <typename W, typename X, typename Acc>
 void dot_loops(const W* w, int64_t n, const X* x, int nr, int nb, Acc* out) {
@@ -409,6 +585,8 @@ void dot_i8(const int8_t* w, int64_t n, const int16_t* x, int nr, int nb, int64_
     }
     return;
   }
+#elif defined(TAILOR_AVX2)
+  if (nr == kTile && n % 16 == 0) return dot8_i8(w, n, x, nb, out);
 #endif
   dot_loops(w, n, x, nr, nb, out);
 }
@@ -426,6 +604,8 @@ void dot_f32(const float* w, int64_t n, const float* x, int nr, int nb, float* o
     }
     return;
   }
+#elif defined(TAILOR_AVX2)
+  if (nr == kTile && n % 8 == 0) return dot8(w, n, x, nb, out);
 #endif
   dot_loops(w, n, x, nr, nb, out);
 }
@@ -455,6 +635,8 @@ void dot_bf16(const uint16_t* w, int64_t n, const float* x, const uint16_t* xh, 
     }
     return;
   }
+#elif defined(TAILOR_AVX2)
+  if (nr == kTile && n % 8 == 0) return dot8(w, n, x, nb, out);
 #endif
   (void)xh;
   dot_loops(w, n, x, nr, nb, out);
@@ -557,18 +739,7 @@ void attend_vec(const float* q, int64_t G, const T* keys, const T* values, int64
       scores[h * len + t] = _mm512_reduce_add_ps(acc) * scaling;
     }
   }
-  for (int64_t h = 0; h < G; ++h) {
-    float* s = scores + h * len;
-    float top = -INFINITY;
-    for (int64_t t = 0; t < len; ++t) top = std::max(top, s[t]);
-    float sum = 0.f;
-    for (int64_t t = 0; t < len; ++t) {
-      s[t] = exp_neg(s[t] - top);
-      sum += s[t];
-    }
-    const float inv = 1.f / sum;
-    for (int64_t t = 0; t < len; ++t) s[t] *= inv;
-  }
+  softmax_rows(scores, G, len);
   for (int64_t h = 0; h < G; ++h)
     for (int c = 0; c < DC; ++c) _mm512_storeu_ps(out + h * D + c * 16, _mm512_setzero_ps());
   for (int64_t t = 0; t < len; ++t) {
@@ -591,6 +762,9 @@ void attend(const float* q, int64_t G, int64_t D, const T* keys, const T* values
 #if defined(__AVX512F__)
   if (D == 64) return attend_vec<4>(q, G, keys, values, len, scaling, scores, out);
   if (D == 128) return attend_vec<8>(q, G, keys, values, len, scaling, scores, out);
+#elif defined(TAILOR_AVX2)
+  if (D == 64) return attend8<8>(q, G, keys, values, len, scaling, scores, out);
+  if (D == 128) return attend8<16>(q, G, keys, values, len, scaling, scores, out);
 #endif
   for (int64_t h = 0; h < G; ++h) {
     const float* qh = q + h * D;
@@ -962,4 +1136,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("take_profile", &DecodeStep::take_profile)
       .def("clear_lora", &DecodeStep::clear_lora)
       .def("forward", &DecodeStep::forward, pybind11::call_guard<pybind11::gil_scoped_release>());
+  m.def("kernel_isa", &kernel_isa, "The instruction sets this build's kernels use.");
 }
