@@ -10,7 +10,7 @@ DEMO_DATA := tailorlm/tune/demo
 DEMO_OUT ?= demo-output
 DEMO_SYSTEM := You are Pip, the assistant of the Brambleholt Seed Library. Answer questions about the library.
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test test-isa bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,16 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# The native-step and decoder tests as the other kind of CPU runs them: on an AVX-512 machine the AVX2 kernels
+# (and torch/oneDNN held to AVX2), on an AVX2 machine the generic loops. `make test` runs the native ISA.
+ISA_TESTS := tests/test_native_step.py tests/test_decoder.py tests/test_chunked_prefill.py
+test-isa: install
+	if grep -qw avx512f /proc/cpuinfo; then \
+		TAILOR_ISA=avx2 ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 $(BIN)/python -m pytest -q $(ISA_TESTS); \
+	else \
+		TAILOR_ISA=generic ATEN_CPU_CAPABILITY=default $(BIN)/python -m pytest -q $(ISA_TESTS); \
+	fi
 
 bench: install
 	$(BIN)/python benchmarks/bench_engine.py

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from tailorlm.config import get_settings
 from tailorlm.engine import Engine, SamplingParams, load_model, native_step
 from tailorlm.engine.layout import Int8Linear
 from tailorlm.engine.lora import LoraWeights, linear_features, lora_from_peft
@@ -212,3 +213,24 @@ def test_kernels_setting_is_checked(tmp_path):
     assert runner(path, kernels="torch").native is None
     assert runner(make_tiny_model("gpt2", tmp_path / "gpt2"), kernels="native").native is None  # not modelled
     assert runner(path, "int8", kernels="native", compile=True).native is None  # compile asks for the torch step
+
+
+def test_the_isa_setting_picks_the_kernels_and_refuses_what_the_cpu_cannot_run(monkeypatch):
+    from tailorlm.engine.cpu import cpu_flags
+
+    flags = cpu_flags()
+    built = native_step.extension().kernel_isa()  # the setting (TAILOR_ISA) this run was started with
+    wanted = get_settings().isa
+    if wanted == "generic" or not {"avx2", "fma"} <= flags:
+        assert built == "generic"
+    elif wanted == "avx2" or "avx512f" not in flags:
+        assert built == "avx2"
+    else:
+        assert built.startswith("avx512")
+    if {"avx2", "fma"} <= flags:
+        assert native_step.extension("avx2").kernel_isa() == "avx2"  # forced on AVX-512; native on AVX2
+    with pytest.raises(InvalidRequestError, match="isa"):
+        native_step.extension("avx9")
+    monkeypatch.setattr(native_step, "cpu_flags", lambda: frozenset({"sse2"}))
+    with pytest.raises(InvalidRequestError, match="lacks: avx2, fma"):
+        native_step.extension("avx2")  # never a silent fallback to another build

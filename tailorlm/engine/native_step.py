@@ -65,7 +65,7 @@ def _flags(isa: str) -> list[str]:
 def resolved_isa(isa: str) -> str:
     """`isa`, or native where the forced ISA is what this CPU has anyway (one build, not two alike)."""
     cpu = cpu_flags()
-    if (isa == "avx2" and "avx512f" not in cpu) or (isa == "generic" and "avx2" not in cpu):
+    if (isa == "avx2" and {"avx2", "fma"} <= cpu and "avx512f" not in cpu) or (isa == "generic" and "avx2" not in cpu):
         return "native"
     return isa
 
@@ -80,12 +80,12 @@ def extension(isa: str | None = None):
     """The compiled module for `isa` (default: the `isa` setting), built once per CPU, ISA, torch version and
     source; raises RuntimeError if it cannot be built, InvalidRequestError if this CPU cannot run that ISA."""
     isa = resolved_isa(isa or get_settings().isa)
+    flags = _flags(isa)  # checked every time: a cached build is no answer for a CPU that cannot run it
     with _lock:
         if isa in _built:
             return _built[isa]
         if ("error", isa) in _built:
             raise RuntimeError(_built["error", isa])
-        flags = _flags(isa)
         from torch.utils.cpp_extension import load
 
         try:
