@@ -214,10 +214,10 @@ def estimate(shape: ModelShape, *, name: str, quant: str, context: int, parallel
     # int8 loads in its activation dtype (bf16 where the target multiplies it natively, else f32), then every
     # linear layer is quantized
     native_int8 = engine == "native" and quant == "int8"
-    int8_load = "bf16" if target.bf16 else "f32"
-    value_bytes = KV_BYTES[engine] or (int(BYTES_PER_WEIGHT[int8_load]) if native_int8 else int(BYTES_PER_WEIGHT[quant]))
+    loaded = ("bf16" if target.bf16 else "f32") if native_int8 else quant
+    value_bytes = KV_BYTES[engine] or int(BYTES_PER_WEIGHT[loaded])
     if weights is None:
-        weights = weight_bytes(shape, int8_load if native_int8 else quant)
+        weights = weight_bytes(shape, loaded)
     native_cpu = engine == "native" and not target.gpu
     c_step = native_cpu and shape.in_place and kernels == "native" and quant in ("f32", "bf16", "int8")
     # int8 quantizes after its load: the peak is that load's (measured for bf16: 1,179 MiB both), the reads are int8;
