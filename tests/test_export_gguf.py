@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -315,9 +314,7 @@ def test_default_model_q8_0_export_agrees_with_native(default_store_home: Path, 
     from tailorlm.store import ModelStore
 
     src = ModelStore(default_store_home).path(DEFAULT_MODEL)
-    start = time.perf_counter()
-    write_gguf(src, tmp_path / llamacpp.GGUF_FILE, "q8_0")
-    export_s = time.perf_counter() - start
+    write_gguf(src, tmp_path / llamacpp.GGUF_FILE, "q8_0")  # timed in benchmarks/bench_export.py, not here
     reader = gguf.GGUFReader(tmp_path / llamacpp.GGUF_FILE)
     assert field(reader, "tokenizer.ggml.pre") == "smollm" and "output.weight" not in {t.name for t in reader.tensors}
     tok = AutoTokenizer.from_pretrained(src)
@@ -346,4 +343,3 @@ def test_default_model_q8_0_export_agrees_with_native(default_store_home: Path, 
             assert logits[a[first]] - logits[b[first]] < 0.5, f"diverged at a clear choice: {a} vs {b}"
         picks = runner.prefill(0, prompt + a, 0, all_logits=True)[len(prompt) - 1 : -1].argmax(-1)
         assert (picks == torch.tensor(a)).float().mean() >= 0.8, (a, picks.tolist())
-    assert export_s < 30, f"export took {export_s:.1f}s"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -212,9 +211,7 @@ def test_default_model_int8_export_agrees_with_native(default_store_home, tmp_pa
     from tailorlm.store import ModelStore
 
     src = ModelStore(default_store_home).path(DEFAULT_MODEL)
-    start = time.perf_counter()
-    write_onnx(src, tmp_path / "int8", "int8")
-    assert time.perf_counter() - start < 90
+    write_onnx(src, tmp_path / "int8", "int8")  # its time is measured in benchmarks/bench_export.py, not here
     tok = AutoTokenizer.from_pretrained(src)
     prompts = [tok("The history of the Roman Empire spans many centuries. It began when Augustus")["input_ids"],
                tok("def fibonacci(n):\n    if n < 2:\n        return n\n    return")["input_ids"]]

@@ -240,9 +240,7 @@ def test_default_model(default_store_home: Path) -> None:  # noqa: F811
         "LlamaForCausalLM", 134_515_008, True, "apache-2.0")
     assert m.context_length == 8192
     store.verify(DEFAULT_MODEL)
-    start = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(store.path(DEFAULT_MODEL))
-    assert time.perf_counter() - start < 3.0
     assert sum(p.numel() for p in model.parameters()) == m.parameters
     tok = AutoTokenizer.from_pretrained(store.path(DEFAULT_MODEL))
     prompt = tok.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True, tokenize=False)
