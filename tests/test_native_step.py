@@ -88,6 +88,47 @@ def test_reduced_precision_native_step_is_as_close_to_float32_as_the_torch_step(
     assert agree >= 0.8
 
 
+def test_a_prompt_prefilled_in_the_native_step_gives_the_transformers_forward_logits(model_path):
+    """Rows of one slot at successive positions: each row sees only the keys up to its own (causal), in any
+    chunking and any slot; the cache it leaves decodes on as the transformers forward's does."""
+    native, ref = runner(model_path, kernels="native"), reference_of(model_path)
+    prompts = [[3 + (7 * i) % 300 for i in range(37)], [11 + (5 * i) % 280 for i in range(20)]]
+    want = [ref.prefill(slot, p, 0, all_logits=True) for slot, p in enumerate(prompts)]
+    step = native.native
+    for slot in (1, 0):  # the second prompt first, into slot 1: a row's slot is its own, not its row number
+        p = prompts[slot]
+        native.cache.reserve(2, len(p))
+        chunks = [(0, 16), (16, len(p))] if slot == 0 else [(0, len(p))]
+        got = torch.cat([step(torch.tensor(p[a:b]), torch.arange(a, b), native.cache.keys, native.cache.values,
+                              slots=torch.full((b - a,), slot)) for a, b in chunks])
+        torch.testing.assert_close(got, want[slot], atol=1e-4, rtol=1e-4)
+        last = step(torch.tensor(p[-3:]), torch.arange(len(p) - 3, len(p)), native.cache.keys,
+                    native.cache.values, slots=torch.full((3,), slot), logit_rows=torch.tensor([2, 0]))
+        torch.testing.assert_close(last, want[slot][[-1, -3]], atol=1e-4, rtol=1e-4)  # the picked rows, in order
+    tokens, positions = [4, 4], [len(p) for p in prompts]
+    for _ in range(3):
+        got = native.decode(tokens, positions)
+        torch.testing.assert_close(got, ref.decode(tokens, positions), atol=1e-4, rtol=1e-4)
+        tokens, positions = got.argmax(-1).tolist(), [p + 1 for p in positions]
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "int8"])
+def test_reduced_precision_prompts_prefill_in_the_native_step(model_path, dtype):
+    """int8 and bfloat16 prompts go through the C++ step (its tiles read int8 weights as they are), no further
+    from float32 than the torch step's prefill; float32 prompts stay with torch's GEMM."""
+    native, torch_step, ref = runner(model_path, dtype, kernels="native"), runner(model_path, dtype), \
+        reference_of(model_path)
+    assert native.native_prefill and not runner(model_path, kernels="native").native_prefill
+    prompt = [3 + (7 * i) % 300 for i in range(45)]
+    want = ref.prefill(0, prompt, 0, all_logits=True)
+    got = torch.cat([native.prefill(0, prompt[:20], 0, all_logits=True),
+                     native.prefill(0, prompt[20:], 20, all_logits=True)])
+    other = torch_step.prefill(0, prompt, 0, all_logits=True).float()
+    err, err_torch = (got - want).abs().max().item(), (other - want).abs().max().item()
+    assert err <= 1.6 * err_torch + 0.02, (err, err_torch)
+    torch.testing.assert_close(native.prefill(1, prompt, 0), got[-1:], atol=1e-4, rtol=1e-4)  # the last row only
+
+
 def _random_linear(kind: str, out: int, inp: int, gen: torch.Generator) -> tuple[list[torch.Tensor], torch.Tensor]:
     """The (weight, scale, bias) the C++ step reads, and the float32 matrix it stands for."""
     w = torch.randn(out, inp, generator=gen)
@@ -113,7 +154,8 @@ def test_the_matrix_vector_kernels_on_a_head_only_model(kind, hidden, rows):
     step = native_step.extension().DecodeStep(
         4, 2, 8, 1e-6, 8 ** -0.5, torch.ones(4), 1.0, head, scale, [], [[head, scale, bias]], norm)
     tokens = torch.tensor([0, 7, 300, 151, 5, 9, 11, 13, 17, 19, 23][:rows])
-    got = step.forward(tokens, torch.arange(rows), [], [], torch.empty(0, dtype=torch.long))
+    none = torch.empty(0, dtype=torch.long)
+    got = step.forward(tokens, torch.arange(rows), [], [], none, none, none)
     x = dense[tokens]
     x = norm * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6))
     want = x @ dense.t() + bias
@@ -143,11 +185,13 @@ def test_a_mixed_lora_batch_decodes_in_the_native_step_as_in_the_torch_step(tmp_
     _add_adapters(native, base, tmp_path, ADAPTERS)
     _add_adapters(reference, base, tmp_path, ADAPTERS)
     monkeypatch.setattr(native.lean, "forward", None)  # every decode below must take the C++ step
+    monkeypatch.setattr(native, "native_prefill", True)  # and every prefill (float32 would take torch's GEMM)
+    monkeypatch.setattr(native.model, "forward", None)
     prompts = [[5, 6, 7, 8], [9, 10, 11], [12, 13, 14, 15, 16], [17, 18]]
     adapters = ["all", None, "mlp", "attn"]
-    for r in (native, reference):
-        for slot, (p, a) in enumerate(zip(prompts, adapters)):
-            r.prefill(slot, p, 0, adapter=a)
+    for slot, (p, a) in enumerate(zip(prompts, adapters)):
+        torch.testing.assert_close(native.prefill(slot, p, 0, adapter=a, all_logits=True),
+                                   reference.prefill(slot, p, 0, adapter=a, all_logits=True), atol=1e-4, rtol=1e-4)
     tokens, positions = [3] * 4, [len(p) for p in prompts]
     for _ in range(4):
         got = native.decode(tokens, positions, adapters)

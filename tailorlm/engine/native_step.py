@@ -198,6 +198,12 @@ class NativeDecoder:
         return torch.tensor(ids, dtype=torch.long)
 
     def __call__(self, token_ids: torch.Tensor, positions: torch.Tensor, keys: list[torch.Tensor],
-                 values: list[torch.Tensor], adapter_ids: torch.Tensor | None = None) -> torch.Tensor:
+                 values: list[torch.Tensor], adapter_ids: torch.Tensor | None = None, *,
+                 slots: torch.Tensor | None = None, logit_rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of `logit_rows` (default: every row); row b is slot `slots[b]` (default: slot b). Rows of one
+        slot at successive positions are a causal prefill: every row's key and value is written before any
+        row attends."""
         return self.step.forward(token_ids, positions, keys, values,
-                                 _NO_ADAPTERS if adapter_ids is None else adapter_ids)
+                                 _NO_ADAPTERS if adapter_ids is None else adapter_ids,
+                                 _NO_ADAPTERS if slots is None else slots,
+                                 _NO_ADAPTERS if logit_rows is None else logit_rows)

@@ -70,6 +70,10 @@ class ModelRunner:
         self.native = native_step.NativeDecoder(model, self.lean) if native else None
         if self.native is not None:
             self.lora.listeners.append(lambda: self.native.sync_lora(self.lora))
+        # Prompts through the C++ step where its tiles beat torch's GEMM: int8 weights (torch dequantizes every
+        # layer per call) and bfloat16 (torch's bf16 GEMM without bf16 instructions is ~15x slower); float32
+        # stays with torch's GEMM, which blocks for many rows better (docs/benchmarks.md, prefill).
+        self.native_prefill = self.native is not None and (int8 or self.dtype is torch.bfloat16)
         self.compiled = None
         if self.lean is not None and compile:
             self.compiled = torch.compile(self.lean.forward, dynamic=True, fullgraph=True)
@@ -100,6 +104,13 @@ class ModelRunner:
         """Write `token_ids` (positions start..) into `slot`, through `adapter` if set; return logits [S or 1, V]."""
         n = len(token_ids)
         self.cache.reserve(slot + 1, start + n)
+        if self.native_prefill:  # the prompt's rows through the decode step's tiles: int8 weights stay int8
+            ids = self.native.adapter_ids([adapter] * n, self.lora)
+            if ids is not None:
+                return self.native(torch.tensor(token_ids, dtype=torch.long), torch.arange(start, start + n),
+                                   self.cache.keys, self.cache.values, ids,
+                                   slots=torch.full((n,), slot, dtype=torch.long),
+                                   logit_rows=None if all_logits else torch.tensor([n - 1]))
         self.cache.prepare_prefill(slot, start, n)
         if start == 0 and self._plain(start + n):
             mask = attention.CAUSAL

@@ -12,7 +12,9 @@
 // with its own scale (13 bits: far finer than the bfloat16 activations of the torch path), so the
 // products are exact integer dot products (AVX512-VNNI `vpdpwssd` where the CPU has it).
 // The KV cache is the engine's slot cache: [slots, kv_heads, capacity, head_dim], float32 or bfloat16;
-// row b of the step is slot b, and writes its new key and value at positions[b].
+// row b of the step is slot b (or slots[b]), and writes its new key and value at positions[b] before any
+// row attends. So rows of one slot at successive positions are a causal prefill: a prompt's chunk goes
+// through the same tiles as a decode batch, reading each weight once for all its tokens.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
@@ -193,22 +195,6 @@ void prepare_row(Input& x, int64_t r, Kind kind) {
     for (; k < n; ++k) h[k] = f32_to_bf16(v[k]);
   }
 #endif
-}
-
-// Few rows: the thread that computed the input prepares it (no extra barrier). Many rows: `prepare_shape`
-// there, then every thread takes rows (`prepare_rows`, a worksharing loop).
-constexpr int64_t kParallelPrepare = 4;
-
-void prepare(Input& x, const float* src, int64_t rows, int64_t n, Kind kind) {
-  prepare_shape(x, src, rows, n, kind);
-  if (rows < kParallelPrepare)
-    for (int64_t r = 0; r < rows; ++r) prepare_row(x, r, kind);
-}
-
-void prepare_rows(Input& x, Kind kind) {
-  if (x.rows < kParallelPrepare) return;
-#pragma omp for schedule(static)
-  for (int64_t r = 0; r < x.rows; ++r) prepare_row(x, r, kind);
 }
 
 // ---- tiles: kTile weight rows (row stride n) against the input rows (row stride n) -------------------------
@@ -698,6 +684,21 @@ void add_into(float* __restrict h, const float* __restrict o, int64_t n) {
   for (int64_t k = 0; k < n; ++k) h[k] += o[k];
 }
 
+// Rows of an elementwise phase (inside a parallel region; ends with a barrier): a few rows on one thread,
+// many rows (a prefill) split over the team.
+constexpr int64_t kParallelRows = 4;
+
+template <typename F>
+void for_rows(int64_t rows, F&& f) {
+  if (rows >= kParallelRows) {
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < rows; ++r) f(r);
+  } else {
+#pragma omp single
+    for (int64_t r = 0; r < rows; ++r) f(r);
+  }
+}
+
 void silu_mul(float* __restrict gate, const float* __restrict up, int64_t n) {  // gate = silu(gate) * up
   for (int64_t k = 0; k < n; ++k) {
     const float g = gate[k];
@@ -880,9 +881,12 @@ class DecodeStep {
     return out;
   }
 
+  // Logits [len(logit_rows) or B, vocab] of rows `logit_rows` (empty: every row). Row b is slot slots[b]
+  // (empty: slot b) at positions[b], through adapter adapter_ids[b] (empty: none, -1: none for that row).
   torch::Tensor forward(const torch::Tensor& tokens, const torch::Tensor& positions,
                         const std::vector<torch::Tensor>& keys, const std::vector<torch::Tensor>& values,
-                        const torch::Tensor& adapter_ids) {
+                        const torch::Tensor& adapter_ids, const torch::Tensor& slots,
+                        const torch::Tensor& logit_rows) {
     TORCH_CHECK(tokens.scalar_type() == torch::kLong && positions.scalar_type() == torch::kLong &&
                     tokens.dim() == 1 && positions.sizes() == tokens.sizes(),
                 "decode step: tokens and positions are int64 [B]");
@@ -892,12 +896,33 @@ class DecodeStep {
     auto pos = positions.contiguous();
     const int64_t* tk = tok.data_ptr<int64_t>();
     const int64_t* ps = pos.data_ptr<int64_t>();
+    std::vector<int64_t> slot_of(B);  // each row's cache slot
+    int64_t slot_count = 0;
+    const bool mapped = slots.defined() && slots.numel();
+    TORCH_CHECK(!mapped || (slots.scalar_type() == torch::kLong && slots.numel() == B && slots.is_contiguous()),
+                "decode step: slots are int64 [B]");
+    for (int64_t b = 0; b < B; ++b) {
+      slot_of[b] = mapped ? slots.data_ptr<int64_t>()[b] : b;
+      TORCH_CHECK(slot_of[b] >= 0, "decode step: negative slot");
+      slot_count = std::max(slot_count, slot_of[b] + 1);
+    }
+    std::vector<int64_t> picked;  // the rows whose logits are returned
+    if (logit_rows.defined() && logit_rows.numel()) {
+      TORCH_CHECK(logit_rows.scalar_type() == torch::kLong && logit_rows.dim() == 1 && logit_rows.is_contiguous(),
+                  "decode step: logit rows are int64 [L]");
+      const int64_t* lr = logit_rows.data_ptr<int64_t>();
+      picked.assign(lr, lr + logit_rows.numel());
+      for (int64_t r : picked) TORCH_CHECK(r >= 0 && r < B, "decode step: logit row ", r, " outside the batch");
+    } else {
+      for (int64_t b = 0; b < B; ++b) picked.push_back(b);
+    }
+    const int64_t P = int64_t(picked.size());
     const auto cache_type = keys.empty() ? torch::kFloat : keys[0].scalar_type();
     TORCH_CHECK(cache_type == torch::kFloat || cache_type == torch::kBFloat16, "decode step: cache dtype");
     const int64_t cap = keys.empty() ? std::numeric_limits<int64_t>::max() : keys[0].size(2);
     for (size_t l = 0; l < keys.size(); ++l) {
       for (const auto* t : {&keys[l], &values[l]}) {
-        TORCH_CHECK(t->is_contiguous() && t->scalar_type() == cache_type && t->dim() == 4 && t->size(0) >= B &&
+        TORCH_CHECK(t->is_contiguous() && t->scalar_type() == cache_type && t->dim() == 4 && t->size(0) >= slot_count &&
                         t->size(1) == kv_heads_ && t->size(2) == cap && t->size(3) == head_dim_,
                     "decode step: cache tensors must be contiguous [slots, kv_heads, capacity, head_dim]");
       }
@@ -916,6 +941,7 @@ class DecodeStep {
       lora_h_.resize(B * 3 * std::max<int64_t>(max_rank_, 1));
     }
     const int64_t D = head_dim_, H = heads_, KV = kv_heads_, group = H / KV, dim = hidden_, I = inter_;
+    const int64_t* ids_head = nullptr;  // the head has no adapter
     h_.assign(B * dim, 0.f);
     xn_.resize(B * dim);
     q_.resize(B * H * D);
@@ -925,10 +951,12 @@ class DecodeStep {
     o_.resize(B * dim);
     gate_.resize(B * I);
     up_.resize(B * I);
-    scores_.resize(B * H * t_max);
+    const int64_t threads = at::get_num_threads();
+    scores_.resize(threads * group * t_max);  // one row's group of heads at a time per thread
     cos_.resize(B * D / 2);
     sin_.resize(B * D / 2);
-    auto logits = torch::empty({B, head_.out}, torch::kFloat);
+    xf_.resize(P * dim);
+    auto logits = torch::empty({P, head_.out}, torch::kFloat);
     float* out = logits.data_ptr<float>();
     const float* inv_freq = inv_freq_.data_ptr<float>();
     for (int64_t b = 0; b < B; ++b) {  // embedding rows and RoPE angles, as transformers computes them
@@ -941,6 +969,10 @@ class DecodeStep {
     }
     const bool bf16_cache = cache_type == torch::kBFloat16;
     const Kind kind = head_.kind;
+    prepare_shape(in_dim_, xn_.data(), B, dim, kind);  // the inputs' shapes; their rows are filled per layer
+    prepare_shape(in_att_, att_.data(), B, H * D, kind);
+    prepare_shape(in_inter_, gate_.data(), B, I, kind);
+    prepare_shape(in_head_, xf_.data(), P, dim, kind);
     double last = omp_get_wtime();  // phase timing (profile_): thread 0 after each barrier
     auto mark = [&](int phase) {
       if (profile_ && omp_get_thread_num() == 0) {
@@ -949,38 +981,37 @@ class DecodeStep {
         last = now;
       }
     };
-#pragma omp parallel num_threads(at::get_num_threads())
+#pragma omp parallel num_threads(threads)
     {
       for (size_t l = 0; l < layers_.size(); ++l) {
         const Layer& L = layers_[l];
-#pragma omp single
-        {
-          rms_norm(h_.data(), L.ln1.data_ptr<float>(), xn_.data(), B, dim, eps_);
-          prepare(in_dim_, xn_.data(), B, dim, kind);
-        }
+        for_rows(B, [&](int64_t b) {
+          if (l > 0) add_into(h_.data() + b * dim, o_.data() + b * dim, dim);  // the last layer's MLP
+          rms_norm(h_.data() + b * dim, L.ln1.data_ptr<float>(), xn_.data() + b * dim, 1, dim, eps_);
+          prepare_row(in_dim_, b, kind);
+        });
+        mark(kElementwise);
         const int64_t slot = int64_t(7 * l);  // the layer's first LoRA slot
         project({{&L.q, q_.data(), slot}, {&L.k, k_.data(), slot + 1}, {&L.v, v_.data(), slot + 2}}, in_dim_,
-                kind, ids, kMatvec, mark);
-#pragma omp single
-        {
-          for (int64_t b = 0; b < B; ++b) {
-            for (int64_t hh = 0; hh < H; ++hh) rope(q_.data() + (b * H + hh) * D, b);
-            for (int64_t g = 0; g < KV; ++g) {
-              float* kr = k_.data() + (b * KV + g) * D;
-              rope(kr, b);
-              const int64_t at = ((b * KV + g) * cap + ps[b]) * D;
-              store(keys[l], at, kr, bf16_cache);
-              store(values[l], at, v_.data() + (b * KV + g) * D, bf16_cache);
-            }
+                ids, kMatvec, mark);
+        for_rows(B, [&](int64_t b) {  // RoPE, then every row's key and value into the cache before any attends
+          for (int64_t hh = 0; hh < H; ++hh) rope(q_.data() + (b * H + hh) * D, b);
+          for (int64_t g = 0; g < KV; ++g) {
+            float* kr = k_.data() + (b * KV + g) * D;
+            rope(kr, b);
+            const int64_t at = ((slot_of[b] * KV + g) * cap + ps[b]) * D;
+            store(keys[l], at, kr, bf16_cache);
+            store(values[l], at, v_.data() + (b * KV + g) * D, bf16_cache);
           }
-        }
+        });
 #pragma omp for schedule(dynamic)
         for (int64_t task = 0; task < B * KV; ++task) {  // one row's query heads sharing key head g
           const int64_t b = task / KV, g = task % KV;
-          const int64_t base = ((b * KV + g) * cap) * D, len = ps[b] + 1, first = b * H + g * group;
+          const int64_t base = ((slot_of[b] * KV + g) * cap) * D, len = ps[b] + 1, first = b * H + g * group;
+          float* scores = scores_.data() + omp_get_thread_num() * group * t_max;
           auto run = [&](auto* kp, auto* vp) {  // typed by the cache: float or bf16 bits
-            attend(q_.data() + first * D, group, D, kp + base, vp + base, len, scaling_,
-                   scores_.data() + first * t_max, att_.data() + first * D);
+            attend(q_.data() + first * D, group, D, kp + base, vp + base, len, scaling_, scores,
+                   att_.data() + first * D);
           };
           if (bf16_cache)
             run(static_cast<const uint16_t*>(keys[l].data_ptr()), static_cast<const uint16_t*>(values[l].data_ptr()));
@@ -988,32 +1019,31 @@ class DecodeStep {
             run(static_cast<const float*>(keys[l].data_ptr()), static_cast<const float*>(values[l].data_ptr()));
         }
         mark(kAttention);  // RoPE, cache writes and attention
-#pragma omp single
-        prepare(in_att_, att_.data(), B, H * D, kind);
-        project({{&L.o, o_.data(), slot + 3}}, in_att_, kind, ids, kMatvec, mark);
-#pragma omp single
-        {
-          add_into(h_.data(), o_.data(), B * dim);
-          rms_norm(h_.data(), L.ln2.data_ptr<float>(), xn_.data(), B, dim, eps_);
-          prepare(in_dim_, xn_.data(), B, dim, kind);
-        }
-        project({{&L.gate, gate_.data(), slot + 4}, {&L.up, up_.data(), slot + 5}}, in_dim_, kind, ids, kMatvec,
-                mark);
-#pragma omp single
-        {
-          silu_mul(gate_.data(), up_.data(), B * I);
-          prepare(in_inter_, gate_.data(), B, I, kind);
-        }
-        project({{&L.down, o_.data(), slot + 6}}, in_inter_, kind, ids, kMatvec, mark);
-#pragma omp single
-        add_into(h_.data(), o_.data(), B * dim);
+        for_rows(B, [&](int64_t b) { prepare_row(in_att_, b, kind); });
+        mark(kElementwise);
+        project({{&L.o, o_.data(), slot + 3}}, in_att_, ids, kMatvec, mark);
+        for_rows(B, [&](int64_t b) {
+          add_into(h_.data() + b * dim, o_.data() + b * dim, dim);
+          rms_norm(h_.data() + b * dim, L.ln2.data_ptr<float>(), xn_.data() + b * dim, 1, dim, eps_);
+          prepare_row(in_dim_, b, kind);
+        });
+        mark(kElementwise);
+        project({{&L.gate, gate_.data(), slot + 4}, {&L.up, up_.data(), slot + 5}}, in_dim_, ids, kMatvec, mark);
+        for_rows(B, [&](int64_t b) {
+          silu_mul(gate_.data() + b * I, up_.data() + b * I, I);
+          prepare_row(in_inter_, b, kind);
+        });
+        mark(kElementwise);
+        project({{&L.down, o_.data(), slot + 6}}, in_inter_, ids, kMatvec, mark);
       }
-#pragma omp single
-      {
-        rms_norm(h_.data(), final_norm_.data_ptr<float>(), xn_.data(), B, dim, eps_);
-        prepare(in_dim_, xn_.data(), B, dim, kind);
-      }
-      project({{&head_, out, -1}}, in_dim_, kind, ids, kHead, mark);
+      for_rows(P, [&](int64_t j) {  // the picked rows: the last MLP, the final norm
+        const int64_t b = picked[j];
+        if (!layers_.empty()) add_into(h_.data() + b * dim, o_.data() + b * dim, dim);
+        rms_norm(h_.data() + b * dim, final_norm_.data_ptr<float>(), xf_.data() + j * dim, 1, dim, eps_);
+        prepare_row(in_head_, j, kind);
+      });
+      mark(kElementwise);
+      project({{&head_, out, -1}}, in_head_, ids_head, kHead, mark);
     }
     return logits;
   }
@@ -1033,10 +1063,7 @@ class DecodeStep {
   // The worksharing part of a group of layers that read input `x`: the rest of its preparation, the
   // matrix-vector products (timed as `phase`), then the LoRA deltas of the rows with an adapter.
   template <typename Mark>
-  void project(std::initializer_list<Target> group, Input& x, Kind kind, const int64_t* ids, int phase,
-               Mark& mark) {
-    prepare_rows(x, kind);
-    mark(kElementwise);
+  void project(std::initializer_list<Target> group, const Input& x, const int64_t* ids, int phase, Mark& mark) {
     matvec(group, x);
     mark(phase);
     if (ids) apply_lora(group, x, ids);
@@ -1121,7 +1148,8 @@ class DecodeStep {
   std::vector<Lora> lora_;
   int64_t max_rank_ = 0;
   std::vector<float> h_, xn_, q_, k_, v_, att_, o_, gate_, up_, scores_, cos_, sin_, lora_h_;
-  Input in_dim_, in_att_, in_inter_;
+  std::vector<float> xf_;  // the picked rows after the final norm
+  Input in_dim_, in_att_, in_inter_, in_head_;
 };
 
 }  // namespace
