@@ -63,6 +63,10 @@ class Settings(BaseSettings):
         "auto", description="Inference backend: auto picks by artifact (safetensors: native, GGUF: llama.cpp, "
         "ONNX: onnxruntime).")
     max_batch: int = Field(32, ge=1, description="Most requests decoded together in one step.")
+    kv_cache_mb: int = Field(
+        0, ge=0, description="Most memory for each model's KV cache (MiB), allocated as requests grow: a request "
+        "starts only while every running one could reach its full length (prompt + max_tokens) within it, and "
+        "waits until then. 0: no limit, except that `tailor serve` sizes it to the memory the model leaves.")
     prefill_chunk: int = Field(
         512, ge=16, description="Most prompt tokens prefilled per step, over all requests; a longer prompt is "
         "prefilled a chunk per step while running requests keep decoding.")

@@ -79,6 +79,41 @@ def test_requests_join_and_leave_between_steps(tiny):
     eng.shutdown()
 
 
+def test_kv_budget_holds_requests_until_they_fit(tiny):
+    """A request starts only while every running one could reach its full length within the KV budget; the
+    cache never outgrows it (its growth's copy included), outputs are unchanged, and one that cannot fit even
+    alone fails with the numbers."""
+    eng = Engine(load_model(tiny[1], dtype="float32"), max_batch=4)
+    core: EngineCore = eng.core
+    cache = core.runner.cache
+    # two requests of up to 256 positions (with the copy of one while the slots double), never three
+    core.kv_budget_bytes = cache.bytes_of(3, 256)
+    events: dict[str, list] = {k: [] for k in ("a", "b", "c", "huge")}
+    for rid, prompt, n in [("a", PROMPTS[0], 40), ("b", PROMPTS[1], 20), ("c", PROMPTS[2], 10)]:
+        core.add(core.make_request(rid, prompt, greedy(n), events[rid].append))
+    core.step()
+    assert {r.id for r in core.running} == {"a", "b"} and [r.id for r in core.waiting] == ["c"]
+    seen = 0
+    while core.has_work():
+        core.step()
+        seen = max(seen, cache.bytes_of(cache.slot_cap, cache.len_cap))
+        assert seen <= core.kv_budget_bytes
+    got = {k: [e.token_id for e in v] for k, v in events.items()}
+    assert events["c"][-1].finish_reason == "length"  # it started once "b" finished
+    eng.shutdown()
+    small = Engine(load_model(tiny[1], dtype="float32"), max_batch=4, kv_budget_bytes=cache.bytes_of(1, 16))
+    core = small.core
+    core.add(core.make_request("huge", PROMPTS[2], greedy(10), events["huge"].append))
+    core.step()
+    assert events["huge"][-1].finish_reason == "error" and "MiB of KV cache" in events["huge"][-1].error
+    assert not core.has_work() and "huge" not in core.by_id
+    small.shutdown()
+    alone = Engine(load_model(tiny[1], dtype="float32"), max_batch=4)
+    for rid, prompt, n in [("a", PROMPTS[0], 40), ("b", PROMPTS[1], 20), ("c", PROMPTS[2], 10)]:
+        assert got[rid] == alone.submit(prompt, greedy(n)).tokens()
+    alone.shutdown()
+
+
 def test_float32_batched_equals_alone(tiny):
     eng = Engine(load_model(tiny[1]), max_batch=8)
     alone = [eng.submit(p, greedy(16)).tokens() for p in PROMPTS]

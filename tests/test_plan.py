@@ -156,7 +156,8 @@ def test_cli_bad_input_exits_2_with_one_line(tiny: Path, args: tuple[str, ...], 
 
 def test_serve_refuses_what_will_not_fit(tiny: Path, tailor_home: Path) -> None:
     settings = Settings(home=tailor_home, default_model="tiny", memory_budget_gb=0.01)
-    with pytest.raises(WillNotFitError, match=r"needs ~\d+ MiB .* memory budget is 10 MiB"):
+    with pytest.raises(WillNotFitError, match=r"one request at its full context 256 needs ~\d+ MiB .* memory budget "
+                                              r"is 10 MiB"):
         check_serve(settings)
     check_serve(Settings(home=tailor_home, default_model="tiny", max_batch=4))  # fits: no error
     check_serve(Settings(home=tailor_home, default_model="absent"))  # nothing to preload: nothing to check
@@ -164,7 +165,7 @@ def test_serve_refuses_what_will_not_fit(tiny: Path, tailor_home: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "tailorlm", "serve", "--default-model", "tiny", "--port", "0",
                           "--memory-budget-gb", "0.01"], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 1 and "Traceback" not in out.stderr
-    assert len(out.stderr.strip().splitlines()) == 1 and "lower --max-batch" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "raise --memory-budget-gb" in out.stderr
 
 
 def test_kv_growth_is_the_previous_cache_generation() -> None:
@@ -234,16 +235,22 @@ def test_estimate_within_20_percent_of_measured_peak(default_store_home: Path, c
     assert est.total == pytest.approx(measured, rel=0.20)
 
 
-def test_serve_sizes_a_default_max_batch_to_fit_and_checks_a_given_one(tiny: Path, tailor_home: Path) -> None:
+def test_serve_sizes_the_kv_budget_and_keeps_max_batch(tiny: Path, tailor_home: Path) -> None:
+    """max batch is never shrunk for memory: the KV budget is what the memory leaves, and the engine admits
+    requests within it (test_engine: test_kv_budget_holds_requests_until_they_fit)."""
     from tailorlm.plan.preflight import serve_estimate
 
     one = serve_estimate(Settings(home=tailor_home, default_model="tiny", max_batch=1))
-    budget_gb = (one.total + 4 * one.parts["kv cache"]) / 1024**3  # room for a few slots at full context, not 32
+    fixed = one.total - one.parts["kv cache"] - one.parts["kv growth"]
+    budget_gb = (fixed + 2 * MIB) / 1024**3  # 2 MiB of KV: a few requests at full context (128 KiB each), not 32
     sized = check_serve(Settings(home=tailor_home, default_model="tiny", memory_budget_gb=budget_gb))
-    assert 1 <= sized.max_batch < 32
-    assert serve_estimate(sized).fits
-    with pytest.raises(WillNotFitError):  # the user's own choice is checked, not changed
-        check_serve(Settings(home=tailor_home, default_model="tiny", memory_budget_gb=budget_gb, max_batch=32))
+    assert sized.settings.max_batch == 32 and 1 < sized.full_context < 32 and sized.settings.kv_cache_mb == 2
+    assert serve_estimate(sized.settings, sized.full_context).fits
+    assert not serve_estimate(sized.settings, sized.full_context + 1).fits
+    assert f"{sized.full_context} of max batch 32 requests at full context 256" in sized.line
+    given = check_serve(Settings(home=tailor_home, default_model="tiny", memory_budget_gb=budget_gb, max_batch=32,
+                                 kv_cache_mb=3))
+    assert given.settings.kv_cache_mb == 3 and given.settings.max_batch == 32  # the user's choices stand
 
 
 def test_one_long_request_does_not_multiply_the_cache_rows() -> None:

@@ -71,10 +71,9 @@ def _serve(**flags: Any) -> None:
         from tailorlm.plan.preflight import check_serve
 
         sized = check_serve(settings)
-        if sized.max_batch != settings.max_batch:
-            typer.echo(f"max batch {settings.max_batch} -> {sized.max_batch}: the most requests at full context that "
-                       f"fit in memory (set --max-batch to choose)", err=True)
-        settings = sized
+        if sized.line:
+            typer.echo(sized.line, err=True)
+        settings = sized.settings
     run_server(settings)
 
 
@@ -90,9 +89,10 @@ def _serve_signature() -> inspect.Signature:
                                                           "this public key.", show_default=False)],
     ), inspect.Parameter(
         "preflight", inspect.Parameter.KEYWORD_ONLY, default=True,
-        annotation=Annotated[bool, typer.Option("--preflight/--no-preflight", help="Refuse to start when the default "
-                                                "model at --max-batch requests of its full context would not fit "
-                                                "in memory (see `tailor plan`).")],
+        annotation=Annotated[bool, typer.Option("--preflight/--no-preflight", help="Refuse to start when one request "
+                                                "of the default model at its full context would not fit in memory, "
+                                                "and size the KV budget (kv_cache_mb) to what the model leaves "
+                                                "(see `tailor plan`).")],
     ), inspect.Parameter(
         "config", inspect.Parameter.KEYWORD_ONLY, default=None,
         annotation=Annotated[Optional[Path], typer.Option("--config", help="YAML file of settings (lowest precedence).")],

@@ -55,7 +55,7 @@ class EngineCore:
 
     def __init__(self, runner: Runner | Callable[[], Runner], *, vocab_size: int, context_length: int,
                  eos_token_ids: list[int], max_batch: int, prefill_budget: int = 512,
-                 prefix_cache_bytes: int = 0) -> None:
+                 prefix_cache_bytes: int = 0, kv_budget_bytes: int = 0) -> None:
         # A factory defers building the runner to the first step, i.e. to the thread that will run it:
         # oneDNN-packed weights run ~1.4x faster in the thread that packed them (docs/decisions.md).
         self._runner = runner if hasattr(runner, "prefill") else None
@@ -65,6 +65,9 @@ class EngineCore:
         self.eos_token_ids = set(eos_token_ids)
         self.max_batch = max_batch
         self.prefill_budget = prefill_budget
+        # most KV-cache memory (0: no limit): a request starts only while every running request could reach
+        # its full length (prompt + max_tokens) within it; until then it waits (see `_kv_admits`)
+        self.kv_budget_bytes = kv_budget_bytes
         # prompt prefixes' keys/values, reused by later requests (native runner only: see prefix_cache.py)
         self.prefix_cache = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
         self.waiting: deque[Request] = deque()
@@ -146,13 +149,32 @@ class EngineCore:
         decoding = list(self.running)
         while budget > 0:
             if self.prefilling is None:
-                if not self.waiting or len(self.running) >= self.max_batch:
+                if not self.waiting or len(self.running) >= self.max_batch or not self._kv_admits():
                     break
                 self.prefilling, self.prefilled = self.waiting.popleft(), 0
                 self.prefilling.slot = len(self.running)
             budget -= self._prefill(budget)
         if decoding:
             self._decode(decoding)
+
+    def _kv_admits(self) -> bool:
+        """Whether the next waiting request may start: the cache, grown so that it and every running request
+        reach their full lengths, stays within the KV budget. One that cannot fit even alone fails now."""
+        peak = getattr(self.runner, "kv_peak_bytes", None)
+        while self.kv_budget_bytes and peak is not None and self.waiting:
+            req = self.waiting[0]
+            spans = [len(r.prompt) + r.max_tokens for r in (*self.running, req)]
+            if peak(len(spans), max(spans)) <= self.kv_budget_bytes:
+                return True
+            if self.running:
+                return False  # it waits for running requests to finish
+            self.waiting.popleft()
+            self.by_id.pop(req.id, None)
+            alone = peak(1, spans[-1]) / 2**20
+            self._fail([req], InvalidRequestError(
+                f"this request needs {alone:,.0f} MiB of KV cache at its full length ({spans[-1]} tokens), more than "
+                f"the {self.kv_budget_bytes / 2**20:,.0f} MiB budget (kv_cache_mb): lower max_tokens or the prompt"))
+        return bool(self.waiting)
 
     def _prefill(self, budget: int) -> int:
         """Prefill the next chunk (at most `budget` tokens) of `prefilling`; return the tokens spent.

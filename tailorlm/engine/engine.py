@@ -61,7 +61,7 @@ class Engine:
     """Thread-safe front of the scheduler for one loaded model."""
 
     def __init__(self, loaded: LoadedModel, *, max_batch: int = 32, prefill_budget: int = 512,
-                 max_waiting: int | None = None, prefix_cache_bytes: int = 0) -> None:
+                 max_waiting: int | None = None, prefix_cache_bytes: int = 0, kv_budget_bytes: int = 0) -> None:
         self.max_waiting = max_waiting
         self.loaded = loaded
         self.name = loaded.name
@@ -74,7 +74,7 @@ class Engine:
         self.core = EngineCore(
             runner, vocab_size=loaded.vocab_size, context_length=loaded.context_length,
             eos_token_ids=loaded.eos_token_ids, max_batch=max_batch, prefill_budget=prefill_budget,
-            prefix_cache_bytes=prefix_cache_bytes,
+            prefix_cache_bytes=prefix_cache_bytes, kv_budget_bytes=kv_budget_bytes,
         )
         self._inbox: queue.SimpleQueue[tuple[str, object]] = queue.SimpleQueue()
         self._ids = itertools.count()

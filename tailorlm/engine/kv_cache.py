@@ -42,11 +42,9 @@ class SlotKVCache(Cache):
         """Make room for `slots` rows of `length` positions; grows (and copies) only when needed."""
         if slots > self.max_slots or length > self.max_len:
             raise ValueError(f"cache reservation {slots}x{length} beyond {self.max_slots}x{self.max_len}")
-        if slots <= self.slot_cap and length <= self.len_cap:
+        new_slots, new_len = self.shape_after(slots, length)
+        if (new_slots, new_len) == (self.slot_cap, self.len_cap):
             return
-        # slots double only when more slots are needed: a longer request alone must not multiply the rows
-        new_slots = self.slot_cap if slots <= self.slot_cap else min(self.max_slots, max(slots, self.slot_cap * 2))
-        new_len = min(self.max_len, max(-(-length // GROW_BLOCK) * GROW_BLOCK, self.len_cap))
         def grow(old: torch.Tensor | None, dim: int) -> torch.Tensor:
             new = torch.zeros(new_slots, self.kv_heads, new_len, dim, dtype=self.dtype)
             if old is not None and old.numel():
@@ -57,6 +55,27 @@ class SlotKVCache(Cache):
         self.keys = [grow(k, self.head_dim) for k in olds_k]
         self.values = [grow(v, self.v_head_dim) for v in olds_v]
         self.slot_cap, self.len_cap = new_slots, new_len
+
+    def shape_after(self, slots: int, length: int) -> tuple[int, int]:
+        """(slots, positions) the cache holds once room for `slots` x `length` is reserved."""
+        if slots <= self.slot_cap and length <= self.len_cap:
+            return self.slot_cap, self.len_cap
+        # slots double only when more slots are needed: a longer request alone must not multiply the rows
+        new_slots = self.slot_cap if slots <= self.slot_cap else min(self.max_slots, max(slots, self.slot_cap * 2))
+        new_len = min(self.max_len, max(-(-length // GROW_BLOCK) * GROW_BLOCK, self.len_cap))
+        return new_slots, new_len
+
+    def bytes_of(self, slots: int, length: int) -> int:
+        """Bytes of keys and values for `slots` x `length` positions over every layer."""
+        itemsize = torch.empty(0, dtype=self.dtype).element_size()
+        return self.num_layers * self.kv_heads * (self.head_dim + self.v_head_dim) * itemsize * slots * length
+
+    def peak_bytes(self, slots: int, length: int) -> int:
+        """The most memory the cache holds while it makes room for `slots` x `length`: the grown cache, and
+        the previous one while it is copied over."""
+        grown = self.shape_after(slots, length)
+        now = self.bytes_of(self.slot_cap, self.len_cap)
+        return now if grown == (self.slot_cap, self.len_cap) else self.bytes_of(*grown) + now
 
     def move(self, src: int, dst: int, length: int) -> None:
         """Copy the first `length` positions of slot `src` into slot `dst` (compaction)."""

@@ -168,6 +168,10 @@ class ModelRunner:
     def move_slot(self, src: int, dst: int, length: int) -> None:
         self.cache.move(src, dst, length)
 
+    def kv_peak_bytes(self, slots: int, length: int) -> int:
+        """The KV cache's most memory while it makes room for `slots` requests of `length` positions."""
+        return self.cache.peak_bytes(slots, min(length, self.cache.max_len))
+
     # -- prefix caching (tailorlm/engine/prefix_cache.py) --------------------------------
     def read_kv(self, slot: int, start: int, end: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """A copy of positions start..end-1 of `slot`, per layer."""

@@ -8,6 +8,7 @@ configured memory budget, whichever is smaller.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from tailorlm.config import Settings
 from tailorlm.errors import InvalidRequestError, ModelNotFoundError, TailorError
@@ -41,31 +42,47 @@ def serve_estimate(settings: Settings, max_batch: int | None = None) -> Estimate
 
 
 def refusal(est: Estimate) -> str:
-    """One line: what is needed, what there is, and how to make it fit."""
+    """One line: what one request at full context needs, what there is, and how to make it fit."""
     kv = est.parts["kv cache"] + est.parts["kv growth"]
-    return (f"{est.model} with --max-batch {est.parallel} at context {est.context} needs ~{est.total / MIB:,.0f} MiB "
+    return (f"{est.model} with one request at its full context {est.context} needs ~{est.total / MIB:,.0f} MiB "
             f"(KV cache {kv / MIB:,.0f} MiB) but the {est.limit_reason} is {est.available / MIB:,.0f} MiB; "
-            f"lower --max-batch, raise --memory-budget-gb if the machine has room, or serve a quantized export "
-            f"(see `tailor plan {est.model} --parallel N --quant q8_0`); --no-preflight skips this check")
+            f"raise --memory-budget-gb if the machine has room, or serve a quantized export "
+            f"(see `tailor plan {est.model} --quant q8_0`); --no-preflight skips this check")
 
 
-def check_serve(settings: Settings) -> Settings:
-    """The settings to serve with; WillNotFitError when the configuration serve is about to load will not fit.
+@dataclass(frozen=True)
+class Sized:
+    """What serve runs with, and the line that tells the user."""
 
-    A `max_batch` the user set is checked as given. Left at its default, it is sized instead, as vLLM sizes its
-    cache: the largest power of two up to the default whose worst case (every slot at full context) fits.
+    settings: Settings
+    full_context: int = 0  # requests at full context that fit the KV budget at once
+    line: str = ""
+
+
+def check_serve(settings: Settings) -> Sized:
+    """The settings to serve with; WillNotFitError when not even one request at full context fits.
+
+    `max_batch` is how many requests run together, never shrunk for memory: the KV cache grows as requests do,
+    and the engine starts a request only while every running one could reach its full length within the KV
+    budget (`kv_cache_mb`). Left at 0, that budget is sized here: the memory (or budget) the model leaves.
     """
-    est = serve_estimate(settings)
-    if est is None or est.fits:
-        return settings
-    if "max_batch" not in settings.model_fields_set:
-        batch = settings.max_batch // 2
-        while batch >= 1:
-            smaller = serve_estimate(settings, batch)
-            if smaller is not None and smaller.fits:
-                log.warning("max_batch %d -> %d: %d requests at full context fit the %s (%s MiB of %s MiB)",
-                            settings.max_batch, batch, batch, smaller.limit_reason, f"{smaller.total / MIB:,.0f}",
-                            f"{smaller.available / MIB:,.0f}")
-                return settings.model_copy(update={"max_batch": batch})
-            batch //= 2
-    raise WillNotFitError(refusal(est))
+    one = serve_estimate(settings, 1)
+    if one is None:
+        return Sized(settings)
+    if not one.fits:
+        raise WillNotFitError(refusal(one))
+    budget = settings.kv_cache_mb * MIB
+    if not budget:
+        budget = one.available - (one.total - one.parts["kv cache"] - one.parts["kv growth"])
+        settings = settings.model_copy(update={"kv_cache_mb": max(1, budget // MIB)})
+    full = 1
+    while full < settings.max_batch:  # the requests at full context that fit the budget at once
+        est = serve_estimate(settings, full + 1)
+        if est is None or est.parts["kv cache"] + est.parts["kv growth"] > budget:
+            break
+        full += 1
+    line = (f"KV cache up to {budget / MIB:,.0f} MiB (the {one.limit_reason} less the model): {full} of max batch "
+            f"{settings.max_batch} requests at full context {one.context} at once, more when shorter")
+    if full < settings.max_batch:
+        log.info("%s", line)
+    return Sized(settings, full, line)

@@ -98,5 +98,5 @@ def _open_base(name: str, settings: Settings, store: ModelStore, show_progress: 
     eos = list(dict.fromkeys(loaded.eos_token_ids + tokenizer.eos_token_ids))
     loaded.eos_token_ids = eos
     engine = Engine(loaded, max_batch=settings.max_batch, prefill_budget=settings.prefill_chunk,
-                    prefix_cache_bytes=settings.prefix_cache_mb * 2**20)
+                    prefix_cache_bytes=settings.prefix_cache_mb * 2**20, kv_budget_bytes=settings.kv_cache_mb * 2**20)
     return OpenModel(manifest, engine, tokenizer, time.perf_counter() - start)
