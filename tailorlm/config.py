@@ -48,8 +48,9 @@ class Settings(BaseSettings):
     default_model: str = Field(DEFAULT_MODEL, description="Model used when none is named.")
     threads: int = Field(0, ge=0, description="CPU threads for torch; 0 keeps torch's default.")
     dtype: str = Field("auto", description="Compute dtype: auto (the stored dtype), float32, bfloat16, float16, "
-                       "or int8 (weight-only int8 linear layers; bfloat16 activations where the CPU multiplies bf16 natively, else "
-                       "float32).")
+                       "int8 (weight-only int8 linear layers; bfloat16 activations where the CPU multiplies bf16 natively, else "
+                       "float32), or fast (int8 where it passes the parity gate against the stored weights on this "
+                       "machine, else the stored dtype; checked once per model). `tailor serve` defaults to fast.")
     compile: bool = Field(False, description="torch.compile the torch decode step (Llama-family models, int8): "
                           "a compile of about a minute at start; replaces the native kernels.")
     kernels: Literal["native", "torch"] = Field(

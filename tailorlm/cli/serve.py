@@ -67,6 +67,8 @@ def _serve(**flags: Any) -> None:
     elif verify is not None:
         raise InvalidRequestError("--verify checks a bundle: give the .tailor file to serve", param="verify")
     settings = Settings(**given)
+    if "dtype" not in settings.model_fields_set:  # serving defaults to the fastest dtype that passes the gate
+        settings = settings.model_copy(update={"dtype": "fast"})
     if preflight:  # refuse now, with the numbers, what would run out of memory later
         from tailorlm.plan.preflight import check_serve
 

@@ -30,7 +30,8 @@ def serve_estimate(settings: Settings, max_batch: int | None = None) -> Estimate
     try:
         return plan_stored(
             settings.default_model, home=settings.home, target=this_machine(settings.home, bandwidth_gbs=0.0),
-            parallel=max_batch or settings.max_batch, dtype=settings.dtype,
+            # fast is int8 or the stored dtype: the stored one is the larger load
+            parallel=max_batch or settings.max_batch, dtype="auto" if settings.dtype == "fast" else settings.dtype,
             budget_bytes=int(settings.memory_budget_gb * 1024**3), prefix_cache_bytes=settings.prefix_cache_mb * 2**20,
             kernels=settings.kernels,
         )

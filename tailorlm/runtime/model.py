@@ -6,6 +6,7 @@ A LoRA adapter's name opens its base model with the adapter loaded into the base
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,8 +19,11 @@ from tailorlm.chat import TextTokenizer, load_tokenizer
 from tailorlm.config import Settings, get_settings
 from tailorlm.engine import Engine, RequestHandle, SamplingParams, TokenEvent, load_model
 from tailorlm.errors import InvalidRequestError
+from tailorlm.runtime.fast_dtype import FAST, fast_dtype
 from tailorlm.store import AdapterManifest, AdapterStore, Manifest, ModelStore
 from tailorlm.store.peft import WEIGHTS_FILE, read_config
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -90,7 +94,11 @@ def _open_base(name: str, settings: Settings, store: ModelStore, show_progress: 
     path = store.path(manifest.name)
     backend = pick_backend(manifest.format, settings.backend)
     if backend == "native":
-        loaded = load_model(path, name=manifest.name, dtype=settings.dtype, compile=settings.compile,
+        dtype = settings.dtype
+        if dtype == FAST:  # int8 where it passes the parity gate on this machine (fast_dtype.py)
+            dtype, why = fast_dtype(path, manifest, settings)
+            log.warning("%s: dtype fast -> %s", manifest.name, why)
+        loaded = load_model(path, name=manifest.name, dtype=dtype, compile=settings.compile,
                             kernels=settings.kernels)
     else:
         loaded = load_backend(backend, path, manifest, settings)
