@@ -1,6 +1,6 @@
 """Load on the OpenAI-compatible server, side by side with llama.cpp's `llama-server`, in one run.
 
-    python benchmarks/bench_server.py [--threads 2] [--concurrency 1,8,32] [--rounds 4] [--slots-per-level] [--dtype auto] [--json out.json]
+    python benchmarks/bench_server.py [--threads 2] [--concurrency 1,8,32] [--rounds 4] [--slots-per-level] [--dtype default] [--json out.json]
 
 Starts `tailor serve` (as `python -m tailorlm serve`, TAILOR_HOME as given) and then `llama-server` on a GGUF
 converted from the very same stored weights (f32), and optionally on a q8_0 quantization of them (lower
@@ -289,10 +289,9 @@ def prompt_lengths(folder: Path) -> list[int]:
 def ours_server(args, home: Path, log_dir: Path) -> Callable[[int], Server]:
     def make(slots: int) -> Server:
         port = free_port()
-        # --no-preflight: the check sizes every slot for a full 8K context; these requests are short (the peer's
-        # -c is sized to them too, see peer_ctx)
+        # serve's own defaults (dtype fast, the KV budget sized by its pre-flight check) unless --dtype is given
         cmd = [sys.executable, "-m", "tailorlm", "serve", "--port", str(port), "--threads", str(args.threads),
-               "--max-batch", str(slots), "--no-preflight", "--dtype", args.dtype]
+               "--max-batch", str(slots), *(["--dtype", args.dtype] if args.dtype != "default" else [])]
         return Server(OURS, cmd, port, log_dir / f"tailorlm-{slots}.log", env={**os.environ, "TAILOR_HOME": str(home)})
     return make
 
@@ -369,7 +368,8 @@ def main() -> None:
     ap.add_argument("--min-requests", type=int, default=4, help="at least this many requests per level")
     ap.add_argument("--model", default=None, help="store name (default: the embedded default)")
     ap.add_argument("--home", type=Path, default=None, help="our store (default: $TAILOR_HOME or the platform default)")
-    ap.add_argument("--dtype", default="auto", help="our native compute dtype (auto, float32, bfloat16, int8)")
+    ap.add_argument("--dtype", default="default",
+                    help="our dtype (default: serve's own, i.e. fast; or auto, float32, bfloat16, int8)")
     ap.add_argument("--peers", default="f32,q8_0",
                     help="llama-server weight types to run (f32 = the same weights as ours; q8_0 = lower precision)")
     ap.add_argument("--peer-args", default="", help="extra llama-server arguments, e.g. '-kvu' (one string)")

@@ -154,6 +154,15 @@ def convert_python() -> str:
     python = venv / "bin" / "python"
     if not python.is_file():
         subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    # A venv's --system-site-packages is the base interpreter's; when this Python is itself a venv (ours: torch,
+    # transformers), a .pth file puts its packages on the converter's path too.
+    import site
+    import sysconfig
+
+    target = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    ours = [p for p in site.getsitepackages() if Path(p).is_dir()] or [sysconfig.get_paths()["purelib"]]
+    (Path(target) / "tailorlm-env.pth").write_text("\n".join(ours) + "\n")
     if not _has_sentencepiece(str(python)):
         subprocess.run([str(python), "-m", "pip", "install", "-q", "sentencepiece"], check=True)
     return str(python)
