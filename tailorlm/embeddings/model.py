@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel
 
 from tailorlm.errors import InvalidRequestError, UnsupportedModelError
+from tailorlm.hf_load import pretrained
 
 BATCH = 32  # sequences per forward; sorted by length so that padding stays within a batch
 POOLING_MODES = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max"}
@@ -69,7 +70,7 @@ class EmbeddingModel:
         start = time.perf_counter()
         try:
             tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-            model = AutoModel.from_pretrained(path, local_files_only=True, use_safetensors=True, dtype=torch.float32)
+            model = pretrained(AutoModel, path, local_files_only=True, use_safetensors=True, dtype=torch.float32)
         except (OSError, ValueError) as exc:
             raise UnsupportedModelError(f"cannot load an embedding model from {path}: {exc}") from None
         model.eval()

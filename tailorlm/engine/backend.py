@@ -4,7 +4,8 @@ the slot cache) or another runtime behind the same engine (llama.cpp for GGUF, o
 A runner owns `max_slots` KV-cache slots. The scheduler keeps running requests in slots 0..B-1 and asks
 for one of two forwards: `prefill` writes a request's tokens into its slot, `decode` advances rows 0..B-1
 by one token each. Sampling, stops, logprobs and constraints stay in the scheduler, so every backend gets
-them alike.
+them alike. A runner may also say what its KV cache would hold (`kv_peak_bytes(slots, length)`, the native
+runner does); the scheduler then admits requests within its KV budget.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, Pre
 from tailorlm.engine import decoder
 from tailorlm.engine.cpu import int8_activation_dtype
 from tailorlm.errors import InvalidRequestError, UnsupportedModelError
+from tailorlm.hf_load import pretrained
 
 if TYPE_CHECKING:
     from tailorlm.engine.backend import RunnerFactory
@@ -94,11 +95,11 @@ def load_model(path: Path, *, name: str | None = None, dtype: str = "auto", comp
     if torch_dtype is torch.float64:
         kwargs["experts_implementation"] = "eager"  # grouped_mm (MoE, e.g. gpt-oss) has no float64 kernel
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa", **kwargs)
+        model = pretrained(AutoModelForCausalLM, path, attn_implementation="sdpa", **kwargs)
     except ValueError as exc:
         if "sdpa" not in str(exc).lower() and "attention" not in str(exc).lower():
             raise UnsupportedModelError(f"transformers cannot load {path} as a causal LM: {exc}") from None
-        model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager", **kwargs)
+        model = pretrained(AutoModelForCausalLM, path, attn_implementation="eager", **kwargs)
     model.eval()
     if compile:
         why = decoder.unsupported(model, window=None) if int8 else \

@@ -1,5 +1,8 @@
 """The native decode step: every layer of a Llama-family decode step in one C++ call (csrc/decode_step.cpp).
 
+Each row is a (slot, position): a decode batch is one row per running request, a prompt is rows of one slot
+at successive positions (a causal prefill, since every row's key and value is cached before any row attends).
+
 The lean step (decoder.py) still pays a torch dispatch for each of its ~700 operators per step, about as
 long as the matmuls' memory traffic on a small model. The C++ step reads the same weights in place and runs
 the whole step inside one OpenMP parallel region of torch's own runtime (docs/decisions.md).

@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 
 from tailorlm.errors import AlreadyExistsError, InvalidRequestError, UnsupportedModelError
+from tailorlm.hf_load import pretrained
 
 MODEL_FILE = "model.onnx"
 DATA_FILE = MODEL_FILE + ".data"
@@ -164,7 +165,7 @@ def _export_graph(src: Path, path: Path, progress: Callable[[str], None]) -> Non
 
     progress(f"loading {src.name} in float32")
     try:
-        model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32, attn_implementation="sdpa",
+        model = pretrained(AutoModelForCausalLM, src, dtype=torch.float32, attn_implementation="sdpa",
                                                      use_safetensors=True).eval()
     except (OSError, ValueError) as exc:
         raise UnsupportedModelError(f"transformers cannot load {src} as a causal LM: {_reason(exc)}") from exc

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tailorlm.errors import InvalidRequestError
+from tailorlm.hf_load import pretrained
 from tailorlm.store import AdapterManifest, AdapterStore, Manifest, ModelStore
 from tailorlm.store.hf_folder import copy_model_files
 
@@ -45,11 +46,11 @@ def materialize(source: Source, out: Path, dtype: str = "float32") -> Path:
     from transformers import AutoModelForCausalLM
 
     torch_dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
-    model = AutoModelForCausalLM.from_pretrained(source.base_path, dtype=torch.float32, use_safetensors=True)
+    model = pretrained(AutoModelForCausalLM, source.base_path, dtype=torch.float32, use_safetensors=True)
     if source.adapter_path is not None:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, source.adapter_path).merge_and_unload()
+        model = pretrained(PeftModel, model, source.adapter_path).merge_and_unload()
     out.mkdir(parents=True, exist_ok=True)
     copy_model_files(source.base_path, out, weights=False)  # tokenizer, chat template, license, config
     model.to(torch_dtype).save_pretrained(out, safe_serialization=True)

@@ -97,7 +97,7 @@ def _open_base(name: str, settings: Settings, store: ModelStore, show_progress: 
         dtype = settings.dtype
         if dtype == FAST:  # int8 where it passes the parity gate on this machine (fast_dtype.py)
             dtype, why = fast_dtype(path, manifest, settings)
-            log.warning("%s: dtype fast -> %s", manifest.name, why)
+            log.info("%s: dtype fast -> %s", manifest.name, why)
         loaded = load_model(path, name=manifest.name, dtype=dtype, compile=settings.compile,
                             kernels=settings.kernels)
     else:

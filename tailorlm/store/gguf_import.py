@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from tailorlm.errors import InvalidRequestError, TailorError, UnsupportedModelError
+from tailorlm.hf_load import pretrained
 from tailorlm.store.progress import Stages, quiet_transformers
 
 _KEYS = ("general.architecture", "general.name", "general.license", "tokenizer.chat_template")
@@ -57,7 +58,7 @@ def convert_gguf(path: Path, dst: Path, scratch: Path, stages: Stages) -> dict[s
             config = AutoConfig.from_pretrained(folder, gguf_file=name)
             tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
             stages.stage("dequantizing")
-            loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+            loaded = pretrained(AutoModelForCausalLM, folder, gguf_file=name, dtype=torch.float32)
         except TailorError:
             raise
         except Exception as exc:  # transformers raises many kinds for an architecture or tokenizer it lacks

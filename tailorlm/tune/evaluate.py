@@ -23,6 +23,7 @@ from typing import Any
 from tailorlm.chat import TextTokenizer, load_tokenizer
 from tailorlm.config import Settings, get_settings
 from tailorlm.errors import InvalidRequestError
+from tailorlm.hf_load import pretrained
 from tailorlm.store import AdapterStore, Manifest, ModelStore
 
 MIN_NEW_TOKENS = 64  # the default answer budget: twice the longest reference, at least this
@@ -236,11 +237,11 @@ def loss_pass(target: EvalTarget, examples: Sequence[HeldOut], tokenizer: TextTo
     from tailorlm.tune.trainer import mean_loss
 
     sequences = [encode_example(tokenizer, e.data) for e in examples]
-    model = AutoModelForCausalLM.from_pretrained(target.base_path, dtype=torch.float32, attn_implementation="sdpa")
+    model = pretrained(AutoModelForCausalLM, target.base_path, dtype=torch.float32, attn_implementation="sdpa")
     if target.adapter_path is not None:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, target.adapter_path)
+        model = pretrained(PeftModel, model, target.adapter_path)
     advance = start(f"loss {target.name}", len(sequences))
     return mean_loss(model, sequences, on_scored=advance)
 

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
+from tailorlm.hf_load import pretrained
 from tailorlm.tune import attention, checkpoint
 from tailorlm.tune.checkpoint import Progress
 from tailorlm.tune.frozen import freeze_base_layers, resolve_compute_dtype
@@ -101,8 +102,8 @@ def lr_at(step: int, total: int, peak: float) -> float:
 def build_model(spec: TrainSpec) -> torch.nn.Module:
     """The base model in training form: with LoRA adapters (seeded init), or all weights trainable."""
     torch.manual_seed(spec.seed)
-    model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(
-        spec.base_path, dtype=spec.dtype, attn_implementation="sdpa")
+    model: PreTrainedModel = pretrained(
+        AutoModelForCausalLM, spec.base_path, dtype=spec.dtype, attn_implementation="sdpa")
     model.config.use_cache = False
     if model.config._attn_implementation == "sdpa":
         model.set_attn_implementation(attention.NAME)  # per-example causal attention over packed rows
