@@ -22,6 +22,7 @@ from pydantic_settings import (
 )
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+FAST_DTYPE = "fast"  # dtype: int8 where it passes the parity gate (runtime/fast_dtype.py)
 
 
 class Settings(BaseSettings):

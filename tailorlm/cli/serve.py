@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tailorlm.cli import app
-from tailorlm.config import Settings, get_settings
+from tailorlm.config import FAST_DTYPE, Settings, get_settings
 from tailorlm.errors import InvalidRequestError
 
 keys_app = typer.Typer(help="Manage API keys (stored hashed in the embedded SQLite store).", no_args_is_help=True)
@@ -68,7 +68,7 @@ def _serve(**flags: Any) -> None:
         raise InvalidRequestError("--verify checks a bundle: give the .tailor file to serve", param="verify")
     settings = Settings(**given)
     if "dtype" not in settings.model_fields_set:  # serving defaults to the fastest dtype that passes the gate
-        settings = settings.model_copy(update={"dtype": "fast"})
+        settings = settings.model_copy(update={"dtype": FAST_DTYPE})
     if preflight:  # refuse now, with the numbers, what would run out of memory later
         from tailorlm.plan.preflight import check_serve
 

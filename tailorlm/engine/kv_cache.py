@@ -67,8 +67,7 @@ class SlotKVCache(Cache):
 
     def bytes_of(self, slots: int, length: int) -> int:
         """Bytes of keys and values for `slots` x `length` positions over every layer."""
-        itemsize = torch.empty(0, dtype=self.dtype).element_size()
-        return self.num_layers * self.kv_heads * (self.head_dim + self.v_head_dim) * itemsize * slots * length
+        return self.num_layers * self.kv_heads * (self.head_dim + self.v_head_dim) * self.dtype.itemsize * slots * length
 
     def peak_bytes(self, slots: int, length: int) -> int:
         """The most memory the cache holds while it makes room for `slots` x `length`: the grown cache, and

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from tailorlm.config import Settings
+from tailorlm.config import FAST_DTYPE, Settings
 from tailorlm.errors import InvalidRequestError, ModelNotFoundError, TailorError
 from tailorlm.plan.estimate import MIB, Estimate
 from tailorlm.plan.stored import plan_stored
@@ -31,7 +31,7 @@ def serve_estimate(settings: Settings, max_batch: int | None = None) -> Estimate
         return plan_stored(
             settings.default_model, home=settings.home, target=this_machine(settings.home, bandwidth_gbs=0.0),
             # fast is int8 or the stored dtype: the stored one is the larger load
-            parallel=max_batch or settings.max_batch, dtype="auto" if settings.dtype == "fast" else settings.dtype,
+            parallel=max_batch or settings.max_batch, dtype="auto" if settings.dtype == FAST_DTYPE else settings.dtype,
             budget_bytes=int(settings.memory_budget_gb * 1024**3), prefix_cache_bytes=settings.prefix_cache_mb * 2**20,
             kernels=settings.kernels,
         )
@@ -84,6 +84,4 @@ def check_serve(settings: Settings) -> Sized:
         full += 1
     line = (f"KV cache up to {budget / MIB:,.0f} MiB (the {one.limit_reason} less the model): {full} of max batch "
             f"{settings.max_batch} requests at full context {one.context} at once, more when shorter")
-    if full < settings.max_batch:
-        log.info("%s", line)
     return Sized(settings, full, line)

@@ -22,8 +22,6 @@ from tailorlm.store.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
-FAST = "fast"
-
 
 def _verdict_path(settings: Settings, manifest: Manifest, isa: str) -> Path:
     from tailorlm.export.parity import THRESHOLDS

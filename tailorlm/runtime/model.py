@@ -16,10 +16,10 @@ from safetensors.torch import load_file
 
 from tailorlm.backends import load_backend, pick_backend
 from tailorlm.chat import TextTokenizer, load_tokenizer
-from tailorlm.config import Settings, get_settings
+from tailorlm.config import FAST_DTYPE, Settings, get_settings
 from tailorlm.engine import Engine, RequestHandle, SamplingParams, TokenEvent, load_model
 from tailorlm.errors import InvalidRequestError
-from tailorlm.runtime.fast_dtype import FAST, fast_dtype
+from tailorlm.runtime.fast_dtype import fast_dtype
 from tailorlm.store import AdapterManifest, AdapterStore, Manifest, ModelStore
 from tailorlm.store.peft import WEIGHTS_FILE, read_config
 
@@ -95,7 +95,7 @@ def _open_base(name: str, settings: Settings, store: ModelStore, show_progress: 
     backend = pick_backend(manifest.format, settings.backend)
     if backend == "native":
         dtype = settings.dtype
-        if dtype == FAST:  # int8 where it passes the parity gate on this machine (fast_dtype.py)
+        if dtype == FAST_DTYPE:  # int8 where it passes the parity gate on this machine (fast_dtype.py)
             dtype, why = fast_dtype(path, manifest, settings)
             log.info("%s: dtype fast -> %s", manifest.name, why)
         loaded = load_model(path, name=manifest.name, dtype=dtype, compile=settings.compile,

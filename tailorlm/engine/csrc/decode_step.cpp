@@ -941,7 +941,6 @@ class DecodeStep {
       lora_h_.resize(B * 3 * std::max<int64_t>(max_rank_, 1));
     }
     const int64_t D = head_dim_, H = heads_, KV = kv_heads_, group = H / KV, dim = hidden_, I = inter_;
-    const int64_t* ids_head = nullptr;  // the head has no adapter
     h_.assign(B * dim, 0.f);
     xn_.resize(B * dim);
     q_.resize(B * H * D);
@@ -1043,7 +1042,7 @@ class DecodeStep {
         prepare_row(in_head_, j, kind);
       });
       mark(kElementwise);
-      project({{&head_, out, -1}}, in_head_, ids_head, kHead, mark);
+      project({{&head_, out, -1}}, in_head_, nullptr, kHead, mark);  // the head has no adapter
     }
     return logits;
   }
@@ -1060,7 +1059,7 @@ class DecodeStep {
     for (const auto& x : lora_) max_rank_ = std::max(max_rank_, x.rank);
   }
 
-  // The worksharing part of a group of layers that read input `x`: the rest of its preparation, the
+  // The worksharing part of a group of layers that read input `x` (prepared by the caller's rows): the
   // matrix-vector products (timed as `phase`), then the LoRA deltas of the rows with an adapter.
   template <typename Mark>
   void project(std::initializer_list<Target> group, const Input& x, const int64_t* ids, int phase, Mark& mark) {
