@@ -46,7 +46,11 @@ class Settings(BaseSettings):
         default_factory=lambda: user_data_path("tailorlm"),
         description="Root of the local store (models, metadata).",
     )
-    default_model: str = Field(DEFAULT_MODEL, description="Model used when none is named.")
+    default_model: str = Field(DEFAULT_MODEL, description="Model used when none is named (or `default` is).")
+    aliases: dict[str, str] = Field(
+        default_factory=dict, description="Other names for models, adapters and presets, e.g. "
+        '{"gpt-4o-mini": "pip"}: an application that asks for `gpt-4o-mini` gets the preset `pip` (as JSON in '
+        "TAILOR_ALIASES). An alias is looked up before every stored name.")
     threads: int = Field(0, ge=0, description="CPU threads for torch; 0 keeps torch's default.")
     dtype: str = Field("auto", description="Compute dtype: auto (the stored dtype), float32, bfloat16, float16, "
                        "int8 (weight-only int8 linear layers; bfloat16 activations where the CPU multiplies bf16 natively, else "

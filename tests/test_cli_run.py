@@ -110,7 +110,7 @@ def test_chat_session_keeps_history(default_store_home, monkeypatch):
     model = open_model(show_progress=False)
     try:
         session = ChatSession(model, SamplingParams(temperature=0, max_tokens=8), system="Be brief.")
-        first = "".join(d.text for d in session.send("What is the capital of France?"))
+        first = "".join(d.content or "" for d in session.send("What is the capital of France?"))
         assert "Paris" in first
         stream = session.send("And of Italy?")
         next(stream)

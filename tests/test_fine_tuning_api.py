@@ -154,7 +154,7 @@ def test_checkpoints_list(server, client, training_file):
 def test_invalid_requests(server, training_file):
     error(create(server, model="no-such-model", training_file=training_file), 404, "model")
     assert error(create(server, model="no-such-model", training_file=training_file), 404,
-                 "model")["message"].startswith("model no-such-model is not in the store")
+                 "model")["message"].startswith("no-such-model is no model, adapter or preset in the store")
     error(create(server, model="../etc", training_file=training_file), 400, "model")
     error(create(server, model=MODEL, training_file="file-nope"), 400, "training_file")
     error(create(server, model=MODEL, training_file=training_file, validation_file="file-nope"), 400,

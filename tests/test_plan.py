@@ -144,7 +144,7 @@ def test_cli_json(tiny: Path) -> None:
 
 
 @pytest.mark.parametrize("args, says", [
-    (("nope",), "model nope is not in the store"),
+    (("nope",), "nope is no model, adapter or preset in the store"),
     (("tiny", "--target", "mainframe"), "unknown target"),
     (("tiny", "--quant", "q3_k"), "unknown quantization"),
     (("tiny", "--context", "100000"), "beyond tiny's context length 256"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import openai
@@ -148,6 +149,28 @@ def test_preset_chat_returns_sources(live) -> None:
     first = next(iter(stream))
     assert first.model_extra["sources"][0]["filename"] == "hours.md"
     stream.close()
+
+
+def test_the_cli_runs_a_preset_as_the_api_does(live, preset_home: Path) -> None:
+    """`tailor generate PRESET` and `tailor chat PRESET`: the same prompt (instructions and sources), defaults
+    and answer as the API's chat completion for the same conversation."""
+    from tests.test_cli_run import tailor
+
+    api = live.client().chat.completions.create(model="librarian", messages=QUESTION)
+    out = tailor("generate", "librarian", QUESTION[0]["content"], "--json", home=preset_home)
+    assert out.returncode == 0, out.stderr
+    cli = json.loads(out.stdout)
+    assert cli["model"] == "librarian@1"
+    assert cli["usage"]["prompt_tokens"] == api.usage.prompt_tokens
+    assert cli["usage"]["completion_tokens"] == api.usage.completion_tokens <= 24  # the preset's max_tokens
+    assert cli["text"] == api.choices[0].message.content
+    assert [s["chunk_id"] for s in cli["sources"]] == [s["chunk_id"] for s in api.model_extra["sources"]]
+    chat = tailor("chat", "librarian", input=QUESTION[0]["content"] + "\n/bye\n", home=preset_home)
+    assert chat.returncode == 0, chat.stderr
+    assert api.choices[0].message.content.strip()[:20] in chat.stdout and "[1] hours.md" in chat.stderr
+    missing = tailor("generate", "librarian@7", "hi", home=preset_home)
+    assert missing.returncode != 0 and "preset librarian has no version 7" in missing.stderr
+    assert "Traceback" not in missing.stderr
 
 
 def test_presets_listed_and_404s(live) -> None:

@@ -9,6 +9,7 @@ channel) cannot be scripted this way (its header would loop); tests/test_chat_ha
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -46,11 +47,16 @@ def folder(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(folder, tmp_path_factory):
+def home(folder, tmp_path_factory) -> Path:
     from tailorlm.store import ModelStore
 
     home = tmp_path_factory.mktemp("home")
     ModelStore(home).import_path(folder, name=MODEL, show_progress=False)
+    return home
+
+
+@pytest.fixture(scope="module")
+def server(home):
     with live_server(Settings(home=home, threads=2)) as live:
         yield live
 
@@ -136,3 +142,17 @@ def test_tool_history_is_accepted(server):
             {"role": "tool", "tool_call_id": "call_x", "content": "{}"}]))
     assert bad.status_code == 400
     validate(bad.json(), "ErrorResponse")
+
+
+def test_the_cli_plans_a_chat_as_the_api_does(server, home):
+    """`tailor generate` on gpt-oss renders harmony, stops at <|call|> and parses channels, as the API does."""
+    from tests.test_cli_run import tailor
+
+    api = chat(server, max_tokens=40)
+    out = tailor("generate", MODEL, ASK[1]["content"], "--system", ASK[0]["content"], "--max-tokens", "40",
+                 "--json", home=home)
+    assert out.returncode == 0, out.stderr
+    cli = json.loads(out.stdout)
+    assert cli["usage"]["prompt_tokens"] == api["usage"]["prompt_tokens"] == prompt_tokens()
+    assert cli["usage"]["completion_tokens"] == api["usage"]["completion_tokens"] < 40  # stopped at <|call|>
+    assert cli["text"] == (api["choices"][0]["message"]["content"] or "")

@@ -22,6 +22,7 @@ from tailorlm.bundle.knowledge import export_kb
 from tailorlm.config import Settings
 from tailorlm.errors import IntegrityError, InvalidRequestError, ModelNotFoundError
 from tailorlm.presets import PresetStore
+from tailorlm.runtime.resolve import resolve as resolve_name
 from tailorlm.store import AdapterStore, ModelStore
 from tailorlm.store.catalogue import Catalogue
 from tailorlm.store.digests import CHUNK, fsync_dir, hash_file
@@ -120,17 +121,11 @@ class _Plan:
 
 
 def resolve(settings: Settings, name: str) -> tuple[str, str]:
-    """(kind, name) of what NAME is in the store: an adapter, a model, or a preset (`name` or `name@N`)."""
-    if "@" not in name:
-        key = validate_name(name)
-        if AdapterStore(settings.home).find(key) is not None:
-            return "adapter", key
-        if ModelStore(settings.home).find(key) is not None:
-            return "model", key
-    if PresetStore(settings.home).find(name) is not None:
-        return "preset", name.strip().lower()
-    raise ModelNotFoundError(f"{name} is no model, adapter or preset in the store; see `tailor list`, "
-                             "`tailor adapters list` and `tailor preset list`")
+    """(kind, name) of what NAME is in the store (runtime/resolve.py): a preset, an adapter or a model."""
+    found = resolve_name(name, settings)
+    if found.manifest is None and found.adapter is None:  # an embedded default not pulled yet: nothing to pack
+        ModelStore(settings.home).get(found.model)
+    return found.kind, found.name
 
 
 def default_output(name: str) -> Path:

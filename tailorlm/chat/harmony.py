@@ -237,7 +237,7 @@ class HarmonyParser:
 
 def plan(tokenizer: Any, messages: Sequence[Mapping], tools: Sequence[Mapping] | None, tool_choice: Any,
          reasoning_effort: str | None, response_format: Mapping | None) -> dict[str, Any]:
-    """The chat plan for a gpt-oss model (see tailorlm/server/serving/chat.py `ChatPlan`)."""
+    """The chat plan for a gpt-oss model (tailorlm/chat/plan.py `ChatPlan`)."""
     return dict(
         prompt=render(messages, tools, tool_choice, reasoning_effort, response_format),
         parser=HarmonyParser,

@@ -41,8 +41,10 @@ def check(
     from tailorlm.store import ModelStore
     from tailorlm.tune import check_file
 
+    from tailorlm.runtime.resolve import resolve, stored
+
     store = ModelStore()
-    manifest = store.ensure(model or get_settings().default_model, show_progress=sys.stderr.isatty())
+    manifest = stored(resolve(model, get_settings()), get_settings(), show_progress=sys.stderr.isatty())
     tokenizer = load_tokenizer(store.path(manifest.name), name=manifest.name)
     report = check_file(file, tokenizer, manifest.context_length, epochs=epochs)
     if as_json:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -14,15 +14,17 @@ from tailorlm.cli import app
 from tailorlm.config import get_settings
 from tailorlm.engine import SamplingParams
 from tailorlm.errors import InvalidRequestError
-from tailorlm.runtime import ChatSession, Completion, OpenModel, chat_prompt, open_model, stream_text
+from tailorlm.presets.grounding import Source
+from tailorlm.runtime import ChatSession, Completion, OpenModel, chat_plan, open_model, stream_text
+from tailorlm.runtime.session import preset_params
 
 MaxTokens = Annotated[Optional[int], typer.Option("--max-tokens", "-n", help="Most tokens to generate.")]
-Temperature = Annotated[float, typer.Option("--temperature", "-t", help="0 is greedy.")]
-TopP = Annotated[float, typer.Option("--top-p", help="Nucleus sampling mass.")]
-TopK = Annotated[int, typer.Option("--top-k", help="Keep the k likeliest tokens (0: all).")]
+Temperature = Annotated[Optional[float], typer.Option("--temperature", "-t", help="0 is greedy.")]
+TopP = Annotated[Optional[float], typer.Option("--top-p", help="Nucleus sampling mass.")]
+TopK = Annotated[Optional[int], typer.Option("--top-k", help="Keep the k likeliest tokens (0: all).")]
 Seed = Annotated[Optional[int], typer.Option("--seed", help="Seed for reproducible sampling.")]
 Stop = Annotated[Optional[list[str]], typer.Option("--stop", help="Stop string (repeatable).")]
-System = Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt.")]
+System = Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt (a preset's own is the default).")]
 Backend = Annotated[Optional[str], typer.Option(
     "--backend", help="native, llama.cpp or onnxruntime (default: by the model's artifact) [env TAILOR_BACKEND].")]
 Dtype = Annotated[Optional[str], typer.Option(
@@ -34,8 +36,10 @@ Kernels = Annotated[Optional[str], typer.Option(
     "[env TAILOR_KERNELS].")]
 
 
-def _params(max_tokens: int | None, temperature: float, top_p: float, top_k: int, seed: int | None) -> SamplingParams:
-    return SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
+def _params(model: OpenModel, defaults: dict[str, Any], **flags: Any) -> tuple[SamplingParams, list[str]]:
+    """Sampling from the flags given, then a preset's defaults, then the command's `defaults`; the preset's stops."""
+    given = {k: v for k, v in flags.items() if v is not None}
+    return preset_params(model, SamplingParams(**{**defaults, **given}), set(given))
 
 
 def _split_model_and_prompt(args: list[str]) -> tuple[str | None, str]:
@@ -64,11 +68,12 @@ def _open(name: str | None, backend: str | None = None, dtype: str | None = None
 
 @app.command()
 def generate(
-    args: Annotated[list[str], typer.Argument(metavar="[MODEL] PROMPT", help="Model (default: the embedded one) and prompt.")],
-    max_tokens: MaxTokens = 256,
-    temperature: Temperature = 0.0,
-    top_p: TopP = 1.0,
-    top_k: TopK = 0,
+    args: Annotated[list[str], typer.Argument(metavar="[MODEL] PROMPT",
+                                              help="Model, adapter or preset (default: the embedded model) and prompt.")],
+    max_tokens: MaxTokens = None,
+    temperature: Temperature = None,
+    top_p: TopP = None,
+    top_k: TopK = None,
     seed: Seed = None,
     stop: Stop = None,
     system: System = None,
@@ -79,25 +84,31 @@ def generate(
     compile: Compile = False,
     kernels: Kernels = None,
 ) -> None:
-    """Answer one prompt and exit (scriptable)."""
+    """Answer one prompt and exit (scriptable); a chat rendered exactly as the API renders it."""
     name, prompt = _split_model_and_prompt(args)
-    params = _params(max_tokens, temperature, top_p, top_k, seed)
     model = _open(name, backend, dtype, compile, kernels)
     try:
+        params, preset_stops = _params(model, {"max_tokens": 256, "temperature": 0.0}, max_tokens=max_tokens,
+                                       temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
+        stops = stop or preset_stops
+        result = Completion()
+        session = ChatSession(model, params, system, stops)
         if raw:
             ids = model.tokenizer.encode(prompt, add_special_tokens=True)
+            pieces = ((d.text, None) for d in stream_text(model, ids, params, stops, result))
         else:
-            messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-            ids = chat_prompt(model, messages)
-        result = Completion()
-        for delta in stream_text(model, ids, params, stop, result):
-            if not as_json:
-                sys.stdout.write(delta.text)
+            pieces = ((d.content, d.reasoning) for d in session.send(prompt, result))
+        content, reasoning = [], []
+        for text, thought in pieces:
+            content.append(text or "")
+            reasoning.append(thought or "")
+            if text and not as_json:
+                sys.stdout.write(text)
                 sys.stdout.flush()
         if as_json:
-            print(json.dumps({
-                "model": model.name,
-                "text": result.text,
+            body: dict[str, Any] = {
+                "model": model.preset.ref if model.preset is not None else model.name,
+                "text": "".join(content),
                 "finish_reason": result.finish_reason,
                 "usage": {
                     "prompt_tokens": result.prompt_tokens,
@@ -106,11 +117,24 @@ def generate(
                 },
                 "seconds": round(result.seconds, 3),
                 "tokens_per_second": round(result.tokens_per_second, 2),
-            }, ensure_ascii=False))
+            }
+            if "".join(reasoning):
+                body["reasoning"] = "".join(reasoning)
+            if session.sources:
+                body["sources"] = [s.model_dump() for s in session.sources]
+            print(json.dumps(body, ensure_ascii=False))
         else:
             sys.stdout.write("\n")
+            _print_sources(session.sources)
     finally:
         model.close()
+
+
+def _print_sources(sources: list[Source]) -> None:
+    """A preset's sources for the last answer, on stderr (stdout stays the answer)."""
+    err = Console(stderr=True, highlight=False)
+    for s in sources:
+        err.print(f"[{s.index}] {s.filename}" + (f" — {s.heading}" if s.heading else ""), style="dim")
 
 
 CHAT_HELP = "Commands: /reset (forget the conversation), /system TEXT (set the system prompt), /bye (leave). Ctrl-C stops an answer."
@@ -118,11 +142,12 @@ CHAT_HELP = "Commands: /reset (forget the conversation), /system TEXT (set the s
 
 @app.command()
 def chat(
-    model_name: Annotated[Optional[str], typer.Argument(metavar="[MODEL]", help="Model (default: the embedded one).")] = None,
-    max_tokens: MaxTokens = 512,
-    temperature: Temperature = 0.7,
-    top_p: TopP = 0.95,
-    top_k: TopK = 0,
+    model_name: Annotated[Optional[str], typer.Argument(
+        metavar="[MODEL]", help="Model, adapter or preset (default: the embedded model).")] = None,
+    max_tokens: MaxTokens = None,
+    temperature: Temperature = None,
+    top_p: TopP = None,
+    top_k: TopK = None,
     seed: Seed = None,
     system: System = None,
     backend: Backend = None,
@@ -133,10 +158,11 @@ def chat(
     """Chat interactively, with streamed answers and history."""
     console = Console(highlight=False)
     model = _open(model_name, backend, dtype, compile, kernels)
-    params = _params(max_tokens, temperature, top_p, top_k, seed)
-    session = ChatSession(model, params, system)
+    params, stops = _params(model, {"max_tokens": 512, "temperature": 0.7, "top_p": 0.95},
+                            max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
+    session = ChatSession(model, params, system, stops)
     interactive = sys.stdin.isatty()
-    chat_prompt(model, [{"role": "user", "content": "hi"}])  # no template: fail now, not at the first turn
+    chat_plan(model, [{"role": "user", "content": "hi"}])  # no template: fail now, not at the first turn
     console.print(f"[bold]{model.name}[/bold] — {CHAT_HELP}", style="dim")
     try:
         while True:
@@ -163,13 +189,15 @@ def chat(
             stream = session.send(line)
             try:
                 for delta in stream:
-                    sys.stdout.write(delta.text)
-                    sys.stdout.flush()
+                    if delta.content:
+                        sys.stdout.write(delta.content)
+                        sys.stdout.flush()
             except KeyboardInterrupt:  # stop this answer, stay in the chat
                 stream.close()
                 sys.stdout.write(" [stopped]")
             sys.stdout.write("\n")
             sys.stdout.flush()
+            _print_sources(session.sources)
     except KeyboardInterrupt:
         pass
     finally:

@@ -73,6 +73,7 @@ def _create(settings, jobs, base, data, validation, suffix, epochs, batch_size, 
     from tailorlm.chat import load_tokenizer
     from tailorlm.cli.data import print_report
     from tailorlm.files import FileStore
+    from tailorlm.runtime.resolve import base_model
     from tailorlm.store import ModelStore
     from tailorlm.tune import check_file
     from tailorlm.tune.jobs import Hyperparameters
@@ -85,7 +86,7 @@ def _create(settings, jobs, base, data, validation, suffix, epochs, batch_size, 
                          learning_rate_multiplier=_auto_or(lr_multiplier, float, "--learning-rate-multiplier"),
                          tuning=method, lora_rank=lora_rank)
     store = ModelStore(settings.home)
-    manifest = store.ensure(base or settings.default_model, show_progress=sys.stderr.isatty())
+    manifest = base_model(base, settings, "tuning", show_progress=sys.stderr.isatty())
     tokenizer = load_tokenizer(store.path(manifest.name), name=manifest.name)
     files = FileStore(jobs.conn, settings.files_dir, settings.max_upload_bytes)
     ids = []

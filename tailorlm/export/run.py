@@ -53,7 +53,7 @@ def export(name: str, fmt: str, quant: str | None = None, *, out_name: str | Non
     settings = settings or get_settings()
     tgt = target(fmt, quant)
     store = ModelStore(settings.home)
-    source = resolve(name, store)
+    source = resolve(name, settings)
     key = out_name or default_name(source.name, tgt)
     if not overwrite:
         store.check_absent(key)

@@ -6,9 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from tailorlm.config import Settings
 from tailorlm.errors import InvalidRequestError
 from tailorlm.hf_load import pretrained
 from tailorlm.store import AdapterManifest, AdapterStore, Manifest, ModelStore
+from tailorlm.runtime.resolve import no_presets
+from tailorlm.runtime.resolve import resolve as resolve_name
 from tailorlm.store.hf_folder import copy_model_files
 
 
@@ -27,17 +30,19 @@ class Source:
         return f"{self.base.name} + {self.adapter.name}" if self.adapter else self.base.name
 
 
-def resolve(name: str, store: ModelStore) -> Source:
-    """`name` as an export source; an exported artifact is refused (export from what it was made from)."""
-    adapters = AdapterStore(store.home)
-    adapter = adapters.resolve(name)
-    base = store.ensure(adapter.base if adapter else name, show_progress=True)
+def resolve(name: str, settings: Settings) -> Source:
+    """`name` as an export source (runtime/resolve.py); a preset or an exported artifact is refused (export
+    what it runs on, or what it was made from)."""
+    found = no_presets(resolve_name(name, settings), "export")
+    store = ModelStore(settings.home)
+    base = found.manifest or store.ensure(found.model, show_progress=True)
     if base.format != "safetensors":
         origin = base.exported_from or "the model it was made from"
         raise InvalidRequestError(f"{base.name} is already an exported {base.format} artifact; export from "
                                   f"{origin} instead", param="model")
-    return Source(adapter.name if adapter else base.name, base, store.path(base.name), adapter,
-                  adapters.path(adapter.name) if adapter else None)
+    adapter = found.adapter
+    return Source(found.name, base, store.path(base.name), adapter,
+                  AdapterStore(settings.home).path(adapter.name) if adapter else None)
 
 
 def materialize(source: Source, out: Path, dtype: str = "float32") -> Path:

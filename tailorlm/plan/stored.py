@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tailorlm.config import get_settings
 from tailorlm.errors import InvalidRequestError
 from tailorlm.plan.estimate import (
     ENGINE_OF_QUANT, FORMAT_OF_ENGINE, QUANT_OF_DTYPE, QUANTS, Estimate, estimate, read_shape,
 )
 from tailorlm.plan.targets import Target
-from tailorlm.store import AdapterStore, Manifest, ModelStore
+from tailorlm.store import Manifest, ModelStore
 
 WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".onnx", ".onnx_data", ".data")
 ENGINE_OF_FORMAT = {fmt: engine for engine, fmt in FORMAT_OF_ENGINE.items()}
@@ -38,9 +39,12 @@ def plan_stored(name: str, *, home: Path, target: Target, context: int | None = 
     `quant` plans an export of the model at that quantization; `dtype` (a Settings.dtype) is the native
     engine's compute dtype, which re-materialises the weights when it differs from the stored one.
     """
+    from tailorlm.runtime.resolve import resolve
+
     models = ModelStore(home)
-    adapter = AdapterStore(home).resolve(name)
-    manifest = models.get(adapter.base if adapter is not None else name)
+    found = resolve(name, get_settings().model_copy(update={"home": Path(home)}))
+    adapter = found.adapter
+    manifest = found.manifest or models.get(found.model)  # an embedded default is planned once it is pulled
     shape = read_shape(models.path(manifest.name), manifest.parameters)
     own = stored_quant(manifest)
     native_int8 = quant is None and dtype == "int8"  # the native engine's weight-only int8, not an ONNX export
@@ -57,7 +61,7 @@ def plan_stored(name: str, *, home: Path, target: Target, context: int | None = 
     if native_int8:
         engine = "native"
     return estimate(
-        shape, name=adapter.name if adapter is not None else manifest.name, quant=quant,
+        shape, name=found.name, quant=quant,
         context=context or shape.max_context, parallel=parallel, target=target,
         weights=stored_weight_bytes(manifest) if as_stored else None, engine=engine,
         adapters=adapter.size if adapter is not None else 0, budget_bytes=budget_bytes,

@@ -88,3 +88,10 @@ def apply(preset: Preset, messages: list[dict[str, Any]], sources: list[Source])
         system = message_text(rest.pop(0))
     prompt = system_prompt(system, sources)
     return ([{"role": "system", "content": prompt}] if prompt else []) + rest
+
+
+def ground(kbs: Any, preset: Preset, messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[Source]]:
+    """`messages` as the preset runs them (its instructions, and sources for the last user question), and
+    the sources; `kbs` (KnowledgeBases) is only touched when the preset has knowledge."""
+    sources = retrieve(kbs, preset, last_user_text(messages)) if preset.knowledge else []
+    return apply(preset, messages, sources), sources

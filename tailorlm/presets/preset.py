@@ -27,6 +27,7 @@ class GenerationDefaults(BaseModel):
 
 
 GENERATION_DEFAULTS = tuple(GenerationDefaults.model_fields)
+_MAX_TOKENS = ("max_tokens", "max_completion_tokens")
 
 
 class KnowledgeRef(BaseModel):
@@ -69,6 +70,11 @@ class Preset(BaseModel):
     def target(self) -> str:
         """The model a chat runs on: the adapter if there is one, else the base."""
         return self.adapter or self.model
+
+    def defaults_for(self, given: set[str]) -> dict[str, Any]:
+        """The preset's parameters a request did not set itself (either token limit counts as set)."""
+        return {k: v for k, v in self.parameters.items()
+                if k not in given and not (k in _MAX_TOKENS and given & set(_MAX_TOKENS))}
 
     @classmethod
     def parse(cls, data: dict[str, Any]) -> "Preset":

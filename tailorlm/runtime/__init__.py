@@ -1,10 +1,23 @@
-"""Ties the layers together for callers (CLI now, server later): a stored model opened as
-engine + tokenizer, and text generation streamed from it."""
+"""Ties the layers together for callers (the CLI, the server, eval): a name resolved (resolve.py), a stored
+model opened as engine + tokenizer (model.py), and text generation streamed from it (textgen.py).
 
-from tailorlm.runtime.model import OpenModel, open_model
-from tailorlm.runtime.session import ChatSession
-from tailorlm.runtime.textgen import (Completion, TextAssembler, TextDelta, chat_prompt, complete_all,
-                                     stream_text)
+Names are exported lazily, so `tailorlm.runtime.resolve` (manifests only) imports without torch.
+"""
 
-__all__ = ["ChatSession", "OpenModel", "open_model", "Completion", "TextAssembler", "TextDelta", "chat_prompt", "complete_all",
-           "stream_text"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "OpenModel": "model", "open_model": "model", "ChatSession": "session", "Completion": "textgen",
+    "TextAssembler": "textgen", "TextDelta": "textgen", "chat_prompt": "textgen", "complete_all": "textgen",
+    "stream_text": "textgen", "stream_chat": "textgen", "chat_plan": "textgen",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)

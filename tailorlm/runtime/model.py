@@ -1,6 +1,7 @@
 """Open a stored model for inference: ensure it is in the store, verify, load engine and tokenizer.
 
-A LoRA adapter's name opens its base model with the adapter loaded into the base's engine.
+Names resolve as everywhere else (runtime/resolve.py): a LoRA adapter's name opens its base model with the
+adapter loaded into the base's engine; a preset's opens what it runs on, with the preset attached.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from tailorlm.chat import TextTokenizer, load_tokenizer
 from tailorlm.config import FAST_DTYPE, Settings, get_settings
 from tailorlm.engine import Engine, RequestHandle, SamplingParams, TokenEvent, load_model
 from tailorlm.errors import InvalidRequestError
+from tailorlm.presets import Preset
 from tailorlm.runtime.fast_dtype import fast_dtype
+from tailorlm.runtime.resolve import Resolved, resolve
 from tailorlm.store import AdapterManifest, AdapterStore, Manifest, ModelStore
 from tailorlm.store.peft import WEIGHTS_FILE, read_config
 
@@ -39,6 +42,7 @@ class OpenModel:
     tokenizer: TextTokenizer
     load_seconds: float
     adapter: AdapterManifest | None = None
+    preset: Preset | None = None  # set when opened by a preset's name: its instructions, defaults, knowledge
 
     @property
     def name(self) -> str:
@@ -54,20 +58,17 @@ class OpenModel:
         self.engine.shutdown()
 
 
-def open_model(name: str | None = None, *, settings: Settings | None = None,
+def open_model(name: str | Resolved | None = None, *, settings: Settings | None = None,
                store: ModelStore | None = None, show_progress: bool = True) -> OpenModel:
-    """Open `name`, a model or an adapter (default: the embedded default model, pulled on first use)."""
+    """Open `name` (a model, an adapter or a preset; default: the default model, pulled on first use)."""
     settings = settings or get_settings()
     store = store or ModelStore(settings.home)
-    name = name or settings.default_model
-    adapters = AdapterStore(store.home)
-    adapter = adapters.resolve(name)
-    if adapter is None:
-        return _open_base(name, settings, store, show_progress)
+    found = name if isinstance(name, Resolved) else resolve(name, settings)
     start = time.perf_counter()
-    base = _open_base(adapter.base, settings, store, show_progress)
-    model = with_adapter(base, adapter, adapters, verify=settings.verify_digests)
-    return dataclasses.replace(model, load_seconds=time.perf_counter() - start)
+    model = _open_base(found.model, settings, store, show_progress)
+    if found.adapter is not None:
+        model = with_adapter(model, found.adapter, AdapterStore(store.home), verify=settings.verify_digests)
+    return dataclasses.replace(model, preset=found.preset, load_seconds=time.perf_counter() - start)
 
 
 def with_adapter(model: OpenModel, adapter: AdapterManifest, adapters: AdapterStore, *,

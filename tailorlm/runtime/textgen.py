@@ -6,11 +6,14 @@ the server's async streams both use it, so every caller stops, counts and cancel
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from tailorlm.chat import TextStream, TextTokenizer, render_chat
+from tailorlm.chat import TextStream, TextTokenizer
+from tailorlm.chat.output import MessageDelta
+from tailorlm.chat.plan import ChatOptions, ChatPlan, plan_chat
 from tailorlm.engine import RequestHandle, SamplingParams, TokenEvent
 from tailorlm.errors import TailorError
 from tailorlm.runtime.model import OpenModel
@@ -89,9 +92,14 @@ class TextAssembler:
         return TextDelta(tail, None)
 
 
+def chat_plan(model: OpenModel, messages: list[dict], options: ChatOptions | None = None) -> ChatPlan:
+    """The plan of a chat on `model` (tailorlm/chat/plan.py): what the API would render for it, too."""
+    return plan_chat(model.tokenizer, model.engine.loaded.model_type, messages, options)
+
+
 def chat_prompt(model: OpenModel, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
-    """Render messages with the model's own chat template (NoChatTemplateError if it has none)."""
-    return render_chat(model.tokenizer, messages, add_generation_prompt=True, tools=tools)
+    """The prompt ids of a chat, as planned for the API (NoChatTemplateError if the model has no template)."""
+    return chat_plan(model, messages, ChatOptions(tools=tools)).prompt
 
 
 def stream_text(model: OpenModel, prompt_ids: list[int], params: SamplingParams,
@@ -100,6 +108,24 @@ def stream_text(model: OpenModel, prompt_ids: list[int], params: SamplingParams,
 
     Closing the iterator early (or Ctrl-C while iterating) cancels the request and frees its slot.
     """
+    return (d for d in _stream(model, prompt_ids, params, stops, result) if d.text)
+
+
+def stream_chat(model: OpenModel, messages: list[dict], params: SamplingParams, stops: Sequence[str] | None = None,
+                result: Completion | None = None, options: ChatOptions | None = None) -> Iterator[MessageDelta]:
+    """A chat's answer as message deltas (content, reasoning, tool calls), planned and parsed as the API
+    does; `result` holds the raw completion when the iterator ends."""
+    plan = chat_plan(model, messages, options)
+    params = dataclasses.replace(params, stop_token_ids=[*params.stop_token_ids, *plan.stop_token_ids],
+                                 constraint=plan.constraint())
+    parser = plan.parser()
+    for delta in _stream(model, plan.prompt, params, stops, result):
+        yield from parser.feed(delta.text, delta.token_id)
+    yield from parser.finish()
+
+
+def _stream(model: OpenModel, prompt_ids: list[int], params: SamplingParams, stops: Sequence[str] | None,
+            result: Completion | None) -> Iterator[TextDelta]:
     assembler = TextAssembler(model.tokenizer, prompt_ids, stops, result)
     handle = model.submit(prompt_ids, params)
     try:
@@ -133,10 +159,10 @@ def complete_all(model: OpenModel, prompts: Sequence[list[int]], params: Samplin
 
 
 def _drain(handle: RequestHandle, assembler: TextAssembler) -> Iterator[TextDelta]:
-    """Feed one request's events to its assembler until it is done; the text deltas."""
+    """Feed one request's events to its assembler until it is done; every delta (a special token's is empty)."""
     for event in handle:
         delta = assembler.feed(event)
-        if delta is not None and delta.text:
+        if delta is not None:
             yield delta
         if assembler.done:
             break

@@ -14,6 +14,7 @@ from tailorlm.config import Settings
 from tailorlm.presets import PresetStore
 from tailorlm.runtime import OpenModel, open_model
 from tailorlm.runtime.model import with_adapter
+from tailorlm.runtime.resolve import Resolved, resolve
 from tailorlm.store import AdapterManifest, AdapterStore, Manifest, ModelStore
 
 log = logging.getLogger("tailorlm.server")
@@ -32,32 +33,32 @@ class ModelRegistry:
         """Every stored model and adapter, read afresh (a new adapter shows without a restart)."""
         return [*self.store.list(), *self.adapters.list()]
 
-    def manifest(self, name: str) -> Manifest | AdapterManifest:
-        """ModelNotFoundError (404) for anything not in the store: never a fallback."""
-        return self.adapters.resolve(name) or self.store.get(name)
+    def resolve(self, name: str | None) -> Resolved:
+        """What `name` means (runtime/resolve.py), read afresh per request: a removed or replaced adapter or
+        preset is noticed; ModelNotFoundError (404) for anything not in the store, never a fallback."""
+        return resolve(name, self.settings)
 
-    async def get(self, name: str) -> OpenModel:
-        warm = self._loaded.get(name)
-        if warm is not None:  # the common case: no store lookup (a manifest read) per request
-            self._loaded.move_to_end(name)
-            return warm
-        adapter = self.adapters.resolve(name)  # read per request: a removed or replaced adapter is noticed
-        if adapter is not None:
-            base = await self.get(adapter.base)
-            async with self._locks.setdefault(adapter.name, asyncio.Lock()):
-                return await asyncio.to_thread(with_adapter, base, adapter, self.adapters,
-                                               verify=self.settings.verify_digests)
-        manifest = self.store.get(name)
-        key = manifest.name
+    async def get(self, name: str | Resolved) -> OpenModel:
+        """The engine that runs `name` (a preset's model or adapter, an adapter over its warm base, a model)."""
+        found = name if isinstance(name, Resolved) else self.resolve(name)
+        base = await self._base(found)
+        if found.adapter is None:
+            return base
+        async with self._locks.setdefault(found.adapter.name, asyncio.Lock()):
+            return await asyncio.to_thread(with_adapter, base, found.adapter, self.adapters,
+                                           verify=self.settings.verify_digests)
+
+    async def _base(self, found: Resolved) -> OpenModel:
+        key = found.model
         if key in self._loaded:
             self._loaded.move_to_end(key)
             return self._loaded[key]
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             if key not in self._loaded:
-                self._make_room(manifest.size)
+                self._make_room(found.manifest.size if found.manifest is not None else 0)
                 model = await asyncio.to_thread(
-                    open_model, key, settings=self.settings, store=self.store, show_progress=False
+                    open_model, found.base, settings=self.settings, store=self.store, show_progress=False
                 )
                 model.engine.max_waiting = self.settings.max_queue
                 self._loaded[key] = model

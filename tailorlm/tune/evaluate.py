@@ -24,6 +24,8 @@ from tailorlm.chat import TextTokenizer, load_tokenizer
 from tailorlm.config import Settings, get_settings
 from tailorlm.errors import InvalidRequestError
 from tailorlm.hf_load import pretrained
+from tailorlm.presets import Preset
+from tailorlm.runtime.resolve import resolve
 from tailorlm.store import AdapterStore, Manifest, ModelStore
 
 MIN_NEW_TOKENS = 64  # the default answer budget: twice the longest reference, at least this
@@ -168,27 +170,47 @@ def load_heldout(path: Path, tokenizer: TextTokenizer, context_length: int | Non
 # -- models ----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class EvalTarget:
-    """A model to evaluate: its base in the store and, for an adapter, the adapter's PEFT folder."""
+    """A model to evaluate: its base in the store and, for an adapter, the adapter's PEFT folder; for a
+    preset, the preset too (its instructions and knowledge go into every example, as when it serves)."""
 
     name: str
     base: Manifest
     base_path: Path
     adapter_path: Path | None = None
     job: str | None = None  # the fine-tuning job that made it, when known
+    preset: Preset | None = None
 
 
 def resolve_target(name: str, settings: Settings) -> EvalTarget:
-    """`name` as a stored model (the embedded default is pulled on first use) or an adapter over one."""
+    """`name` resolved as everywhere (runtime/resolve.py); the embedded default is pulled on first use."""
+    found = resolve(name, settings)
     models = ModelStore(settings.home)
-    adapters = AdapterStore(settings.home)
-    adapter = None if models.find(name) is not None else adapters.resolve(name)
-    if adapter is None:
-        manifest = models.ensure(name, show_progress=False)  # ModelNotFoundError when it is neither
-        return EvalTarget(manifest.name, manifest, models.path(manifest.name), job=_job_of(manifest.name))
-    base = models.get(adapter.base)
-    job = adapter.extra.get("job")
-    return EvalTarget(adapter.name, base, models.path(base.name), adapters.path(adapter.name),
-                      job if isinstance(job, str) else _job_of(adapter.name))
+    base = found.manifest or models.ensure(found.model, show_progress=False)
+    adapter = found.adapter
+    job = adapter.extra.get("job") if adapter is not None else None
+    return EvalTarget(found.name, base, models.path(base.name),
+                      AdapterStore(settings.home).path(adapter.name) if adapter is not None else None,
+                      job if isinstance(job, str) else _job_of(found.target), found.preset)
+
+
+def under_preset(target: EvalTarget, examples: Sequence[HeldOut], settings: Settings) -> list[HeldOut]:
+    """The examples as `target`'s preset runs them: its system prompt, and the sources it retrieves for each
+    question (the reference answer stays the same); unchanged for a model or an adapter."""
+    if target.preset is None:
+        return list(examples)
+    from tailorlm.presets.grounding import ground
+
+    kbs = None
+    if target.preset.knowledge:
+        from tailorlm.kb import KnowledgeBases
+
+        kbs = KnowledgeBases(settings)
+    out = []
+    for e in examples:
+        prompt, _ = ground(kbs, target.preset, e.prompt)
+        answer = e.data["messages"][len(e.prompt):]
+        out.append(HeldOut(e.line, {**e.data, "messages": prompt + answer}, prompt, e.reference))
+    return out
 
 
 def _job_of(name: str) -> str | None:
@@ -269,6 +291,7 @@ def generation_pass(target: EvalTarget, examples: Sequence[HeldOut], max_new_tok
 def evaluate_model(target: EvalTarget, examples: Sequence[HeldOut], max_new_tokens: int | None,
                    settings: Settings, start: StartPhase = _no_progress) -> ModelResult:
     tokenizer = load_tokenizer(target.base_path, name=target.base.name)
+    examples = under_preset(target, examples, settings)
     loss, accuracy = loss_pass(target, examples, tokenizer, start)
     predictions, budget, truncated = generation_pass(target, examples, max_new_tokens, settings, start)
     return ModelResult(target.name, target.base.name, target.job, loss, accuracy,

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from tailorlm.errors import InvalidRequestError, NotFoundError, TailorError
 from tailorlm.files import FileStore
+from tailorlm.runtime.resolve import base_model
 from tailorlm.server.protocol.fine_tuning import (
     CreateFineTuningJobRequest,
     FineTuningJob,
@@ -41,7 +42,7 @@ def _training_file(files: FileStore, file_id: str, param: str) -> str:
 def create_job(body: CreateFineTuningJobRequest, state: ServerState = Depends(get_state)) -> dict:
     hyperparameters = body.resolved_hyperparameters()
     try:
-        model = state.registry.manifest(body.model).name
+        model = base_model(body.model, state.settings, "fine-tuning").name
     except TailorError as exc:  # not in the store (404 model_not_found), or not a possible name (400)
         exc.param = "model"
         raise

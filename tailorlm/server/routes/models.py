@@ -42,7 +42,11 @@ def list_models(state: ServerState = Depends(get_state)) -> dict:
 def get_model(model_id: str, state: ServerState = Depends(get_state)) -> dict:
     if model_id == state.settings.embedding_model:
         return _embedding_card(state).model_dump(mode="json")
-    preset = state.registry.presets.find(model_id)
-    if preset is not None:
-        return _preset_card(preset, model_id).model_dump(mode="json")
-    return _card(state.registry.manifest(model_id)).model_dump(mode="json")
+    found = state.registry.resolve(model_id)
+    if found.preset is not None:
+        return _preset_card(found.preset, model_id).model_dump(mode="json")
+    if found.adapter is not None:
+        return _card(found.adapter).model_dump(mode="json")
+    if found.manifest is None:  # the embedded default, not pulled yet: not a model of this server until it is
+        state.registry.store.get(found.model)
+    return _card(found.manifest).model_dump(mode="json")

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from tailorlm.chat import render_chat
-from tailorlm.chat.output import MessageDelta, OutputParser, PlainParser
+from tailorlm.chat.output import MessageDelta, OutputParser
+from tailorlm.chat.plan import ChatOptions, ChatPlan
 from tailorlm.engine import SamplingParams, TokenEvent
-from tailorlm.engine.types import TokenConstraint
 from tailorlm.errors import InvalidRequestError
 from tailorlm.runtime import OpenModel
+from tailorlm.runtime.textgen import chat_plan
 from tailorlm.server.protocol.chat import (
     ChatChoice,
     ChatChunkChoice,
@@ -36,35 +35,11 @@ from tailorlm.server.serving import presets
 from tailorlm.server.state import ServerState
 
 
-@dataclass
-class ChatPlan:
-    """How one chat request is rendered, constrained and parsed (per model family and features)."""
-
-    prompt: list[int]
-    parser: Callable[[], OutputParser] = PlainParser
-    constraint: Callable[[], TokenConstraint | None] = lambda: None
-    stop_token_ids: list[int] = field(default_factory=list)
-
-
-def plan_chat(model: OpenModel, req: ChatCompletionRequest) -> ChatPlan:
-    """Choose rendering and parsing: harmony for gpt-oss, tool conventions, structured output."""
-    if model.engine.loaded.model_type == "gpt_oss":
-        from tailorlm.chat import harmony
-
-        return ChatPlan(**harmony.plan(model.tokenizer, req.messages, req.tools, req.tool_choice,
-                                       req.reasoning_effort, req.response_format))
-    if req.tools and req.tool_choice != "none":
-        from tailorlm.chat import tools
-
-        plan = ChatPlan(**tools.plan(model.tokenizer, req.messages, req.tools, req.tool_choice,
-                                     parallel_tool_calls=req.parallel_tool_calls))
-    else:
-        plan = ChatPlan(prompt=render_chat(model.tokenizer, req.messages, add_generation_prompt=True))
-    if req.response_format and req.response_format.get("type") != "text":
-        from tailorlm.chat import structured
-
-        plan.constraint = structured.constraint_factory(model.tokenizer, req.response_format)
-    return plan
+def plan_for(model: OpenModel, req: ChatCompletionRequest) -> ChatPlan:
+    """The request's plan (tailorlm/chat/plan.py), as the CLI makes it for the same conversation."""
+    return chat_plan(model, req.messages, ChatOptions(
+        tools=req.tools, tool_choice=req.tool_choice, parallel_tool_calls=req.parallel_tool_calls,
+        reasoning_effort=req.reasoning_effort, response_format=req.response_format))
 
 
 def _logprobs(model: OpenModel, events: list[TokenEvent]) -> ChoiceLogprobs:
@@ -110,9 +85,10 @@ def _chat_delta(d: MessageDelta) -> ChatDelta:
 async def create(req: ChatCompletionRequest, http: Request, state: ServerState):
     if req.n > state.settings.max_n:
         raise InvalidRequestError(f"n must be at most {state.settings.max_n}.", param="n")
-    req, target, sources = await presets.prepare(req, state)
-    model = await state.registry.get(target)
-    plan = plan_chat(model, req)
+    found = state.registry.resolve(req.model)
+    req, sources = await presets.prepare(req, found, state)
+    model = await state.registry.get(found)
+    plan = plan_for(model, req)
     gen.check_prompt(model, plan.prompt, state.settings.max_prompt_tokens)
     runs = gen.start_choices(model, plan.prompt, _params(req, plan), stop_list(req.stop))
     parsers = [plan.parser() for _ in runs]

@@ -59,7 +59,12 @@ async def create(req: CompletionRequest, http: Request, state: ServerState):
         raise InvalidRequestError("suffix is not supported by this server.", param="suffix")
     if req.best_of not in (None, req.n):
         raise InvalidRequestError("best_of is not supported; use n.", param="best_of")
-    model = await state.registry.get(req.model)
+    found = state.registry.resolve(req.model)
+    if found.preset is not None:  # its defaults apply; its instructions and knowledge are for chats
+        defaults = {k: v for k, v in found.preset.defaults_for(req.model_fields_set).items()
+                    if k in CompletionRequest.model_fields}
+        req = CompletionRequest.model_validate({**req.model_dump(exclude_unset=True), **defaults})
+    model = await state.registry.get(found)
     prompts = _prompts(model, req.prompt)
     if req.n * len(prompts) > state.settings.max_n:
         raise InvalidRequestError(f"n × prompts must be at most {state.settings.max_n}.", param="n")

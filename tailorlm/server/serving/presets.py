@@ -6,26 +6,19 @@ import asyncio
 from typing import Any
 
 from tailorlm.presets import grounding
+from tailorlm.runtime.resolve import Resolved
 from tailorlm.server.protocol.chat import ChatCompletionRequest
 from tailorlm.server.state import ServerState
 
-_MAX_TOKENS = ("max_tokens", "max_completion_tokens")
 
-
-async def prepare(req: ChatCompletionRequest,
-                  state: ServerState) -> tuple[ChatCompletionRequest, str, list[dict[str, Any]] | None]:
-    """(request to run, model to run it on, sources to return). A request for no preset passes unchanged;
-    the response still names the preset (`req.model`), as OpenAI names the model asked for."""
-    preset = state.registry.presets.find(req.model)
+async def prepare(req: ChatCompletionRequest, found: Resolved,
+                  state: ServerState) -> tuple[ChatCompletionRequest, list[dict[str, Any]] | None]:
+    """(request to run, sources to return). A request for no preset passes unchanged; the response still
+    names the preset (`req.model`), as OpenAI names the model asked for."""
+    preset = found.preset
     if preset is None:
-        return req, req.model, None
-    sources: list[grounding.Source] = []
-    if preset.knowledge:
-        query = grounding.last_user_text(req.messages)
-        sources = await asyncio.to_thread(grounding.retrieve, state.knowledge.kbs, preset, query)
-    given = req.model_fields_set
-    defaults = {k: v for k, v in preset.parameters.items()
-                if k not in given and not (k in _MAX_TOKENS and given & set(_MAX_TOKENS))}
-    body = {**req.model_dump(exclude_unset=True), **defaults,
-            "messages": grounding.apply(preset, req.messages, sources)}
-    return ChatCompletionRequest.model_validate(body), preset.target, [s.model_dump() for s in sources]
+        return req, None
+    messages, sources = await asyncio.to_thread(  # the knowledge bases open (embedding model) off the loop
+        lambda: grounding.ground(state.knowledge.kbs if preset.knowledge else None, preset, req.messages))
+    body = {**req.model_dump(exclude_unset=True), **preset.defaults_for(req.model_fields_set), "messages": messages}
+    return ChatCompletionRequest.model_validate(body), [s.model_dump() for s in sources]
