@@ -19,7 +19,8 @@ import torch
 
 from tailorlm.backends import require
 from tailorlm.engine.backend import NoAdapters
-from tailorlm.engine.loader import LoadedModel, eos_ids, context_length_of
+from tailorlm.engine.loader import LoadedModel, eos_ids
+from tailorlm.engine.shape import ModelShape
 from tailorlm.errors import InvalidRequestError, UnsupportedModelError
 
 if TYPE_CHECKING:
@@ -154,7 +155,8 @@ def load(path: Path, manifest: Manifest | None, settings: Settings | None) -> Lo
     except (OSError, ValueError) as exc:
         raise UnsupportedModelError(f"cannot read the model config in {path}: {exc}") from None
     session = session_for(path / MODEL_FILE, getattr(settings, "threads", 0) or 0)
-    vocab = config.get_text_config().vocab_size
+    shape = ModelShape.of(config)
+    vocab = shape.vocab
     width = session.get_outputs()[0].shape[-1]
     if isinstance(width, int) and width != vocab:
         raise UnsupportedModelError(f"the ONNX graph's logits have {width} columns but config.json says "
@@ -162,7 +164,7 @@ def load(path: Path, manifest: Manifest | None, settings: Settings | None) -> Lo
     OnnxRunner(session, max_slots=1, context_length=1)  # checks the graph's inputs now, not in the engine thread
     return LoadedModel(
         name=manifest.name if manifest is not None else path.name, path=path, model=None,
-        context_length=context_length_of(config), vocab_size=vocab,
+        context_length=shape.max_context, vocab_size=vocab,
         eos_token_ids=eos_ids(path, config),
         load_seconds=time.perf_counter() - start, model_type=config.model_type, backend="onnxruntime",
         runner_factory=lambda max_slots, ctx: OnnxRunner(session, max_slots=max_slots, context_length=ctx),

@@ -12,6 +12,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, Pre
 
 from tailorlm.engine import decoder
 from tailorlm.engine.cpu import int8_activation_dtype
+from tailorlm.engine.shape import ModelShape
 from tailorlm.errors import InvalidRequestError, UnsupportedModelError
 from tailorlm.hf_load import pretrained
 
@@ -61,15 +62,6 @@ def eos_ids(path: Path, *configs) -> list[int]:
     return ids
 
 
-def context_length_of(config) -> int:
-    cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
-    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx"):
-        value = getattr(cfg, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return 2048
-
-
 def load_model(path: Path, *, name: str | None = None, dtype: str = "auto", compile: bool = False,
                kernels: str = "native") -> LoadedModel:
     """Load an HF-format folder (safetensors only) as a causal LM for the engine.
@@ -106,10 +98,10 @@ def load_model(path: Path, *, name: str | None = None, dtype: str = "auto", comp
             "it needs dtype int8 (oneDNN-packed float weights cannot be traced)"
         if why:
             raise InvalidRequestError(f"cannot compile the decode step of {name or path.name}: {why}", param="compile")
-    vocab = model.config.get_text_config().vocab_size
+    shape = ModelShape.of(config)
     return LoadedModel(
-        name=name or path.name, path=path, model=model, context_length=context_length_of(config),
-        vocab_size=vocab, eos_token_ids=eos_ids(path, getattr(model, "generation_config", None), model.config),
+        name=name or path.name, path=path, model=model, context_length=shape.max_context,
+        vocab_size=shape.vocab, eos_token_ids=eos_ids(path, getattr(model, "generation_config", None), model.config),
         load_seconds=time.perf_counter() - start,
         model_type=model.config.model_type, int8=int8, compile=compile, kernels=kernels,
     )
