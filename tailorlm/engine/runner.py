@@ -12,6 +12,7 @@ import torch
 from transformers import PreTrainedModel
 
 from tailorlm.engine import attention, decoder, native_step
+from tailorlm.engine.backend import RunnerCapabilities
 from tailorlm.engine.kv_cache import SlotKVCache
 from tailorlm.engine.layout import to_inference_layout
 from tailorlm.engine.lora import LoraBank
@@ -22,6 +23,8 @@ log = logging.getLogger(__name__)
 
 class ModelRunner:
     """Owns the model and its KV cache; every method is a pure forward with no scheduling."""
+
+    capabilities = RunnerCapabilities(lora=True, prefix_cache=True, kv_budget=True)
 
     def __init__(self, model: PreTrainedModel, *, max_slots: int, context_length: int, int8: bool = False,
                  compile: bool = False, kernels: str = "native") -> None:
