@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM
 
 from tailorlm.config import DEFAULT_MODEL
 from tailorlm.engine import load_model
@@ -14,28 +13,14 @@ from tailorlm.engine.layout import Int8Linear
 from tailorlm.engine.runner import ModelRunner
 from tailorlm.errors import InvalidRequestError
 from tailorlm.store import ModelStore
-from tests.tiny import VOCAB, make_tiny_adapter, make_tiny_model
+from tests.tiny import make_tiny_adapter, make_tiny_model
 
 PROMPTS = [[5, 6, 7, 8], [9, 10, 11], list(range(20, 40))]
 
 
-def make_mistral(path: Path, sliding_window: int) -> Path:
-    config = AutoConfig.for_model(
-        "mistral", vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, sliding_window=sliding_window,
-        initializer_range=0.2, bos_token_id=1, eos_token_id=2, pad_token_id=0,
-    )
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(path)
-    return path
-
-
 @pytest.fixture(scope="module", params=["llama", "qwen2", "mistral"])
 def model_path(request, tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp(request.param)
-    if request.param == "mistral":
-        return make_mistral(folder, sliding_window=4096)  # beyond the context: never applies
-    return make_tiny_model(request.param, folder)
+    return make_tiny_model(request.param, tmp_path_factory.mktemp(request.param))  # mistral: its window never applies
 
 
 def runner(path: Path, dtype: str = "float32", kernels: str = "torch", **kw) -> ModelRunner:
@@ -82,7 +67,7 @@ def test_bf16_step_over_the_whole_cache_capacity_matches(model_path):
 
 def test_unmodelled_architectures_keep_the_transformers_forward(tmp_path):
     assert runner(make_tiny_model("gpt2", tmp_path / "gpt2")).lean is None
-    assert runner(make_mistral(tmp_path / "mistral", sliding_window=16)).lean is None  # the window applies
+    assert runner(make_tiny_model("mistral", tmp_path / "mistral", sliding_window=16)).lean is None  # it applies
 
 
 def test_int8_linear_stays_within_half_a_step_of_its_weights():

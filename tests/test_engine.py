@@ -1,4 +1,7 @@
-"""Engine: parity with transformers `generate`, continuous batching, limits and cancellation."""
+"""Engine: parity with transformers `generate` per architecture, continuous batching, limits and cancellation.
+
+Stops, EOS and logprobs, the same for every backend, are in tests/test_runner_contract.py.
+"""
 
 from __future__ import annotations
 
@@ -121,27 +124,6 @@ def test_float32_batched_equals_alone(tiny):
     eng.shutdown()
 
 
-def test_stop_token_and_length(engine64):
-    full = engine64.submit(PROMPTS[0], greedy(10)).tokens()
-    stop_at = full[4]
-    first = full.index(stop_at)
-    events = engine64.generate(PROMPTS[0], greedy(10, stop_token_ids=[stop_at]))
-    assert [e.token_id for e in events] == full[: first + 1]
-    assert events[-1].finish_reason == "stop"
-    assert engine64.generate(PROMPTS[0], greedy(3))[-1].finish_reason == "length"
-
-
-def test_eos_stops_unless_ignored(tiny):
-    loaded = load_model(tiny[1], dtype="float64")
-    full = Engine(loaded).submit(PROMPTS[0], greedy(10)).tokens()
-    loaded.eos_token_ids = [full[2]]
-    eng = Engine(loaded)
-    events = eng.generate(PROMPTS[0], SamplingParams(temperature=0, max_tokens=10))
-    assert [e.token_id for e in events] == full[: full.index(full[2]) + 1]
-    assert events[-1].finish_reason == "stop"
-    eng.shutdown()
-
-
 def test_context_overflow_is_an_error(engine64):
     ctx = engine64.context_length
     with pytest.raises(ContextOverflowError) as info:
@@ -196,20 +178,3 @@ def test_cancel_frees_slot_at_once(tiny):
         time.sleep(0.01)
     assert "req" not in {r.id[:3] for r in core.running}
     eng.shutdown()
-
-
-def test_logprobs_match_reference(tiny, engine64):
-    _, path = tiny
-    prompt = PROMPTS[0]
-    events = engine64.generate(prompt, greedy(4, logprobs=3))
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float64)
-    ids = prompt + [e.token_id for e in events]
-    with torch.no_grad():
-        logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), dim=-1)
-    for i, e in enumerate(events):
-        row = logp[len(prompt) - 1 + i]
-        assert e.logprob == pytest.approx(float(row[e.token_id]), abs=1e-4)
-        assert len(e.top_logprobs) == 3
-        assert e.top_logprobs[0][0] == e.token_id  # greedy picks the top alternative
-        values = [lp for _, lp in e.top_logprobs]
-        assert values == sorted(values, reverse=True)

@@ -1,4 +1,8 @@
-"""GGUF export and the llama.cpp backend: metadata read back, logits and greedy parity with the native engine."""
+"""GGUF export and the llama.cpp backend: metadata read back, logits parity with the native runner.
+
+The cases every runner shares (greedy parity with transformers, stops, logprobs, adapters, chunked prefill) are
+in tests/test_runner_contract.py.
+"""
 
 from __future__ import annotations
 
@@ -40,8 +44,7 @@ def exports(tmp_path_factory: pytest.TempPathFactory):
     def export(arch: str, quant: str) -> tuple[Path, Path]:
         if arch not in sources:
             src = tmp_path_factory.mktemp(arch)
-            make_tiny_mistral(src) if arch == "mistral" else make_tiny_model(arch, src)
-            sources[arch] = save_tiny_tokenizer(src)
+            sources[arch] = save_tiny_tokenizer(make_tiny_model(arch, src))  # mistral runs as llama in llama.cpp
         if (arch, quant) not in made:
             store = tmp_path_factory.mktemp(f"{arch}-{quant}")
             write_gguf(sources[arch], store / llamacpp.GGUF_FILE, quant)
@@ -49,19 +52,6 @@ def exports(tmp_path_factory: pytest.TempPathFactory):
         return sources[arch], made[arch, quant]
 
     return export
-
-
-def make_tiny_mistral(path: Path) -> Path:
-    """tests/tiny.py's llama shape as a Mistral (which llama.cpp runs as llama)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.for_model("mistral", vocab_size=VOCAB, hidden_size=64, intermediate_size=128,
-                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                  max_position_embeddings=256, bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    config.initializer_range = 0.2
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(path)
-    return path
 
 
 def open_gguf(store: Path, context_length: int | None = None) -> LoadedModel:
@@ -101,12 +91,8 @@ def test_metadata_and_tensors_read_back(exports, arch: str, quant: str):
 
 
 def test_rows_that_are_not_whole_blocks_fall_back_to_f16(tmp_path: Path):
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.for_model("llama", vocab_size=VOCAB, hidden_size=48, intermediate_size=128, num_hidden_layers=1,
-                                  num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
-    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "src")
-    save_tiny_tokenizer(tmp_path / "src")
+    save_tiny_tokenizer(make_tiny_model("llama", tmp_path / "src", hidden_size=48, num_hidden_layers=1,
+                                        tie_word_embeddings=True))
     seen: list[tuple[int, int]] = []
     write_gguf(tmp_path / "src", tmp_path / "m.gguf", "q8_0", progress=lambda done, total: seen.append((done, total)))
     types = {t.name: t.tensor_type for t in gguf.GGUFReader(tmp_path / "m.gguf").tensors}
@@ -164,21 +150,6 @@ def test_f32_prefill_logits_match_the_native_runner(exports, arch: str):
         b = native.prefill(slot, prompt[start:], start, all_logits=all_logits)
         assert a.dtype == torch.float32 and a.shape == b.shape
         assert (a - b).abs().max() <= 1e-3 * b.abs().max()
-
-
-@needs_llama_cpp
-@pytest.mark.parametrize("arch", ARCHS)
-def test_f32_greedy_tokens_match_the_native_engine(exports, arch: str):
-    src, store = exports(arch, "f32")
-    native, ours = Engine(load_model(src, dtype="float32"), max_batch=4), Engine(open_gguf(store), max_batch=4)
-    try:
-        expected = [native.submit(p, greedy()).tokens() for p in PROMPTS]
-        assert [ours.submit(p, greedy()).tokens() for p in PROMPTS] == expected
-        handles = [ours.submit(p, greedy(4 + 3 * i)) for i, p in enumerate(PROMPTS)]  # batched, slots move
-        assert [h.tokens() for h in handles] == [e[: 4 + 3 * i] for i, e in enumerate(expected)]
-    finally:
-        native.shutdown()
-        ours.shutdown()
 
 
 def run_greedy(runner, slots: list[int], prompts: list[list[int]], steps: int) -> list[list[int]]:
@@ -242,15 +213,7 @@ def test_quantized_exports_keep_most_greedy_choices(exports, arch: str):
     {"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0},
 ], ids=["llama3", "linear"])
 def test_scaled_rope_matches_the_native_runner(tmp_path: Path, rope: dict):
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.for_model("llama", vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                                  rope_parameters=rope)
-    config.initializer_range = 0.2
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "src")
-    save_tiny_tokenizer(tmp_path / "src")
+    save_tiny_tokenizer(make_tiny_model("llama", tmp_path / "src", rope_parameters=rope))
     write_gguf(tmp_path / "src", tmp_path / llamacpp.GGUF_FILE, "f32")
     prompt = list(range(4, 120))
     a = open_gguf(tmp_path).runner_factory(1, 256).prefill(0, prompt, 0, all_logits=True)
@@ -295,13 +258,9 @@ def test_a_full_shared_kv_pool_fails_the_batch_with_a_clear_error(exports):
 
 
 @needs_llama_cpp
-def test_runner_refuses_adapters_and_a_missing_file(exports, tmp_path: Path):
+def test_a_missing_file_is_refused(tmp_path: Path):  # adapters: tests/test_runner_contract.py
     with pytest.raises(UnsupportedModelError, match="holds no model.gguf"):
         open_gguf(tmp_path)
-    runner = open_gguf(exports("llama", "f32")[1]).runner_factory(1, 256)
-    assert "x" not in runner.lora
-    with pytest.raises(UnsupportedModelError, match="merged"):
-        runner.prefill(0, [5, 6], 0, adapter="x")
 
 
 # -- the real default model ----------------------------------------------------------------------------

@@ -1,4 +1,8 @@
-"""ONNX export and the onnxruntime backend: parity with the native runner and engine on tiny models."""
+"""ONNX export and the onnxruntime backend: the graph, and logits parity with the native runner on tiny models.
+
+The cases every runner shares (greedy parity with transformers, stops, logprobs, adapters, chunked prefill) are
+in tests/test_runner_contract.py.
+"""
 
 from __future__ import annotations
 
@@ -77,26 +81,7 @@ def test_prefill_logits_equal_native(exported, native):
     want = native.prefill(0, prompt, 0, all_logits=True)
     got = runner.prefill(0, prompt, 0, all_logits=True)
     assert got.dtype == torch.float32 and got.shape == want.shape
-    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
-    # a prompt prefilled in two chunks ends on the same logits as in one
-    runner.prefill(1, prompt[:25], 0)
-    last = runner.prefill(1, prompt[25:], 25)
-    torch.testing.assert_close(last, want[-1:], atol=1e-4, rtol=1e-4)
-
-
-def test_greedy_tokens_through_engine_equal_native(exported):
-    engines = [Engine(load_model(exported["src"], dtype="float32"), max_batch=4),
-               Engine(load(exported["f32"], None, None), max_batch=4)]
-    try:
-        results = []
-        for engine in engines:  # all prompts at once: batched decode over rows of different lengths
-            handles = [engine.submit(p, greedy()) for p in PROMPTS]
-            results.append([h.tokens() for h in handles])
-        assert results[1] == results[0]
-        assert all(len(r) == 16 or r[-1] in engines[0].eos_token_ids for r in results[0])
-    finally:
-        for engine in engines:
-            engine.shutdown()
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)  # in chunks: tests/test_runner_contract.py
 
 
 @pytest.mark.parametrize("quant", ["f32", "int8"])
@@ -183,13 +168,7 @@ def test_not_a_model_folder_is_refused(tmp_path):
 
 def test_sliding_window_model_matches_native(tmp_path):
     """Mistral slides every layer's window: the graph's mask must hide keys older than the window."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.for_model("mistral", vocab_size=320, hidden_size=64, intermediate_size=128,
-                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                  max_position_embeddings=CTX, sliding_window=8, initializer_range=0.2)
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "hf")
+    make_tiny_model("mistral", tmp_path / "hf", max_position_embeddings=CTX, sliding_window=8)
     write_onnx(tmp_path / "hf", tmp_path / "onnx")
     prompt = list(range(30, 60))  # longer than the window
     native = ModelRunner(load_model(tmp_path / "hf", dtype="float32").model, max_slots=2, context_length=CTX)

@@ -12,30 +12,27 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 VOCAB = 320
+_LLAMA_SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2, max_position_embeddings=256)
 
 _CONFIGS: dict[str, dict] = {
-    "llama": dict(
-        model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-    ),
-    "qwen2": dict(
-        model_type="qwen2", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-    ),
+    "llama": dict(model_type="llama", **_LLAMA_SHAPE),
+    "qwen2": dict(model_type="qwen2", **_LLAMA_SHAPE),
+    "mistral": dict(model_type="mistral", **_LLAMA_SHAPE),  # its default sliding window (4096) never applies here
     "gpt2": dict(model_type="gpt2", n_embd=64, n_layer=2, n_head=4, n_positions=256),
 }
 
-ARCHS = tuple(_CONFIGS)
+ARCHS = ("llama", "qwen2", "gpt2")  # the families tests run over; mistral is llama's shape with a sliding window
 
 
-def make_tiny_model(arch: str, path: Path, *, seed: int = 0, dtype: torch.dtype = torch.float32) -> Path:
-    """Build a random model of `arch` and save it (safetensors) under `path`."""
-    spec = dict(_CONFIGS[arch])
-    model_type = spec.pop("model_type")
-    config = AutoConfig.for_model(
-        model_type, vocab_size=VOCAB, bos_token_id=1, eos_token_id=2, pad_token_id=0, **spec
-    )
-    config.initializer_range = 0.2
+def make_tiny_model(arch: str, path: Path, *, seed: int = 0, dtype: torch.dtype = torch.float32,
+                    **fields: object) -> Path:
+    """Build a random model of `arch` and save it (safetensors) under `path`; `fields` change config fields
+    (e.g. sliding_window=16, head_dim=64, rope_parameters=...)."""
+    spec = dict(vocab_size=VOCAB, bos_token_id=1, eos_token_id=2, pad_token_id=0, initializer_range=0.2,
+                **_CONFIGS[arch])
+    spec.update(fields)
+    config = AutoConfig.for_model(spec.pop("model_type"), **spec)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     model.save_pretrained(path)

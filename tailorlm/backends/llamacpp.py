@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from tailorlm.backends import require
-from tailorlm.engine.backend import NoAdapters
+from tailorlm.engine.backend import NoAdapters, RunnerCapabilities, RunnerFactory
 from tailorlm.engine.loader import LoadedModel
 from tailorlm.errors import TailorError, UnsupportedModelError
 
@@ -85,19 +85,18 @@ def load(path: Path, manifest: Manifest, settings: Settings) -> LoadedModel:
     if manifest.context_length:
         context = min(context, manifest.context_length)
     threads = settings.threads or torch.get_num_threads()
-
-    def factory(max_slots: int, context_length: int) -> LlamaCppRunner:
-        return LlamaCppRunner(model, max_slots=max_slots, context_length=context_length, threads=threads)
-
     return LoadedModel(
         name=manifest.name, path=path, model=None, context_length=context, vocab_size=model.n_vocab,
         eos_token_ids=model.eos_token_ids(), load_seconds=time.perf_counter() - start,
-        model_type=model.meta("general.architecture") or "", backend="llama.cpp", runner_factory=factory,
+        runner_factory=RunnerFactory(LlamaCppRunner, model, {"threads": threads}),
+        model_type=model.meta("general.architecture") or "", backend="llama.cpp",
     )
 
 
 class LlamaCppRunner:
     """The engine's `Runner` over one llama.cpp context: slot b is sequence id b."""
+
+    capabilities = RunnerCapabilities()  # adapters are merged at export; no prefix cache, no KV budget
 
     def __init__(self, model: GGUFModel, *, max_slots: int, context_length: int, threads: int,
                  pool_tokens: int = POOL_TOKENS) -> None:
@@ -133,7 +132,7 @@ class LlamaCppRunner:
     def prefill(self, slot: int, token_ids: list[int], start: int, all_logits: bool = False,
                 adapter: str | None = None) -> torch.Tensor:
         """Write `token_ids` at positions start.. of sequence `slot`; logits [len(token_ids) or 1, vocab]."""
-        self._no_adapter(adapter)
+        self.lora.refuse([adapter])
         self.lib.llama_memory_seq_rm(self.memory, slot, start, -1)
         rows = []
         for at in range(0, len(token_ids), self.n_batch):
@@ -147,8 +146,7 @@ class LlamaCppRunner:
     def decode(self, token_ids: list[int], positions: list[int],
                adapters: Sequence[str | None] | None = None) -> torch.Tensor:
         """Row b feeds token_ids[b] at positions[b] into sequence b, all rows in one batch; logits [B, vocab]."""
-        for name in adapters or []:
-            self._no_adapter(name)
+        self.lora.refuse(adapters)
         b = len(token_ids)
         self._fill(token_ids, positions, list(range(b)), [True] * b)
         return torch.from_numpy(self._run(b))
@@ -181,11 +179,6 @@ class LlamaCppRunner:
             return np.empty((0, self.vocab), dtype=np.float32)
         logits = np.ctypeslib.as_array(self.lib.llama_get_logits(self.ctx), shape=(n_out, self.vocab))
         return logits.copy()  # the buffer is overwritten by the next call
-
-    @staticmethod
-    def _no_adapter(name: str | None) -> None:
-        if name is not None:
-            NoAdapters("llama.cpp").add(name, {})  # raises the backend's one clear message
 
     def close(self) -> None:
         """Free the batch and the context (idempotent); the model is freed when no runner holds it."""

@@ -18,8 +18,9 @@ import numpy as np
 import torch
 
 from tailorlm.backends import require
-from tailorlm.engine.backend import NoAdapters
-from tailorlm.engine.loader import LoadedModel, eos_ids, context_length_of
+from tailorlm.engine.backend import NoAdapters, RunnerCapabilities, RunnerFactory
+from tailorlm.engine.loader import LoadedModel, eos_ids
+from tailorlm.engine.shape import ModelShape
 from tailorlm.errors import InvalidRequestError, UnsupportedModelError
 
 if TYPE_CHECKING:
@@ -32,13 +33,10 @@ _PAST = re.compile(r"past_key_values\.(\d+)\.(key|value)$")
 _MIN_CAPACITY = 64
 
 
-def _adapter_check(adapters: Sequence[str | None] | None) -> None:
-    if adapters and any(a is not None for a in adapters):
-        raise InvalidRequestError("the onnxruntime backend serves no LoRA adapters at runtime", param="model")
-
-
 class OnnxRunner:
     """The `Runner` for one onnxruntime session; slot b's cache lives in `self.slots[b]`."""
+
+    capabilities = RunnerCapabilities()  # adapters are merged at export; no prefix cache, no KV budget
 
     def __init__(self, session: Any, *, max_slots: int, context_length: int) -> None:
         self.session = session
@@ -86,7 +84,7 @@ class OnnxRunner:
     def prefill(self, slot: int, token_ids: list[int], start: int, all_logits: bool = False,
                 adapter: str | None = None) -> torch.Tensor:
         """Write `token_ids` at positions start.. of `slot`; logits [len(token_ids) or 1, vocab]."""
-        _adapter_check([adapter])
+        self.lora.refuse([adapter])
         n = len(token_ids)
         cache = self._reserve(slot, start + n)
         past = np.ascontiguousarray(cache[:, None, :, :start])  # [2L, 1, kv, start, hd]
@@ -101,7 +99,7 @@ class OnnxRunner:
     def decode(self, token_ids: list[int], positions: list[int],
                adapters: Sequence[str | None] | None = None) -> torch.Tensor:
         """Row b feeds token_ids[b] at positions[b] into slot b; logits [B, vocab]."""
-        _adapter_check(adapters)
+        self.lora.refuse(adapters)
         b, longest = len(token_ids), max(positions)
         caches = [self._reserve(row, p + 1) for row, p in enumerate(positions)]
         past = np.zeros((2 * self.layers, b, self.kv_heads, longest, self.head_dim), dtype=np.float32)
@@ -154,16 +152,17 @@ def load(path: Path, manifest: Manifest | None, settings: Settings | None) -> Lo
     except (OSError, ValueError) as exc:
         raise UnsupportedModelError(f"cannot read the model config in {path}: {exc}") from None
     session = session_for(path / MODEL_FILE, getattr(settings, "threads", 0) or 0)
-    vocab = config.get_text_config().vocab_size
+    shape = ModelShape.of(config)
     width = session.get_outputs()[0].shape[-1]
-    if isinstance(width, int) and width != vocab:
+    if isinstance(width, int) and width != shape.vocab:
         raise UnsupportedModelError(f"the ONNX graph's logits have {width} columns but config.json says "
-                                    f"vocab_size {vocab}")
-    OnnxRunner(session, max_slots=1, context_length=1)  # checks the graph's inputs now, not in the engine thread
+                                    f"vocab_size {shape.vocab}")
+    factory = RunnerFactory(OnnxRunner, session)
+    factory(1, 1)  # checks the graph's inputs now, not in the engine thread
     return LoadedModel(
         name=manifest.name if manifest is not None else path.name, path=path, model=None,
-        context_length=context_length_of(config), vocab_size=vocab,
+        context_length=shape.max_context, vocab_size=shape.vocab,
         eos_token_ids=eos_ids(path, config),
-        load_seconds=time.perf_counter() - start, model_type=config.model_type, backend="onnxruntime",
-        runner_factory=lambda max_slots, ctx: OnnxRunner(session, max_slots=max_slots, context_length=ctx),
+        load_seconds=time.perf_counter() - start, runner_factory=factory, model_type=config.model_type,
+        backend="onnxruntime",
     )

@@ -53,13 +53,12 @@ class Request:
 class EngineCore:
     """Token-level continuous-batching scheduler. Not thread-safe: one caller drives `step()`."""
 
-    def __init__(self, runner: Runner | Callable[[], Runner], *, vocab_size: int, context_length: int,
+    def __init__(self, make_runner: Callable[[], Runner], *, vocab_size: int, context_length: int,
                  eos_token_ids: list[int], max_batch: int, prefill_budget: int = 512,
                  prefix_cache_bytes: int = 0, kv_budget_bytes: int = 0) -> None:
-        # A factory defers building the runner to the first step, i.e. to the thread that will run it:
-        # oneDNN-packed weights run ~1.4x faster in the thread that packed them (docs/decisions.md).
-        self._runner = runner if hasattr(runner, "prefill") else None
-        self._runner_factory = None if self._runner is not None else runner
+        # The runner is built on first use, i.e. in the thread that will run it (see RunnerFactory).
+        self._runner: Runner | None = None
+        self._make_runner = make_runner
         self.vocab_size = vocab_size
         self.context_length = context_length
         self.eos_token_ids = set(eos_token_ids)
@@ -68,7 +67,7 @@ class EngineCore:
         # most KV-cache memory (0: no limit): a request starts only while every running request could reach
         # its full length (prompt + max_tokens) within it; until then it waits (see `_kv_admits`)
         self.kv_budget_bytes = kv_budget_bytes
-        # prompt prefixes' keys/values, reused by later requests (native runner only: see prefix_cache.py)
+        # prompt prefixes' keys/values, reused by later requests (where the runner's capabilities say so)
         self.prefix_cache = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []  # running[i].slot == i
@@ -80,7 +79,7 @@ class EngineCore:
     @property
     def runner(self) -> Runner:
         if self._runner is None:
-            self._runner = self._runner_factory()
+            self._runner = self._make_runner()
         return self._runner
 
     # -- admission ---------------------------------------------------------------------
@@ -160,7 +159,7 @@ class EngineCore:
     def _kv_admits(self) -> bool:
         """Whether the next waiting request may start: the cache, grown so that it and every running request
         reach their full lengths, stays within the KV budget. One that cannot fit even alone fails now."""
-        peak = getattr(self.runner, "kv_peak_bytes", None)
+        peak = self.runner.kv_peak_bytes if self.runner.capabilities.kv_budget else None
         while self.kv_budget_bytes and peak is not None and self.waiting:
             req = self.waiting[0]
             spans = [len(r.prompt) + r.max_tokens for r in (*self.running, req)]
@@ -182,7 +181,7 @@ class EngineCore:
         After its last chunk the request samples its first token and joins `running`, from the slot it holds.
         """
         req, start = self.prefilling, self.prefilled
-        cache = self.prefix_cache if hasattr(self.runner, "write_kv") else None
+        cache = self.prefix_cache if self.runner.capabilities.prefix_cache else None
         try:
             if start == 0 and cache is not None:
                 start = self.runner.write_kv(req.slot, 0, cache.match(req.prompt, req.adapter))

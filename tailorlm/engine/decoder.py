@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tailorlm.engine.shape import ModelShape
+
 ARCHITECTURES = ("llama", "mistral", "qwen2")
 STATIC_ROPE = ("default", "linear", "llama3", "yarn")  # inv_freq does not depend on the sequence length
 PROJECTIONS = (("self_attn", ("q_proj", "k_proj", "v_proj", "o_proj")), ("mlp", ("gate_proj", "up_proj", "down_proj")))
@@ -47,9 +49,8 @@ class LeanDecoder:
         cfg = model.config
         base = model.model
         self.model = model
-        self.heads = cfg.num_attention_heads
-        self.kv_heads = getattr(cfg, "num_key_value_heads", None) or self.heads
-        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.heads
+        shape = ModelShape.of(cfg)
+        self.heads, self.kv_heads, self.head_dim = shape.heads, shape.kv_heads, shape.head_dim
         self.scaling = float(base.layers[0].self_attn.scaling)
         self.eps = cfg.rms_norm_eps
         self.inv_freq = base.rotary_emb.inv_freq.float()

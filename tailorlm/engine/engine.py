@@ -17,11 +17,9 @@ from typing import Callable
 
 import torch
 
-from tailorlm.engine.backend import Runner
 from tailorlm.engine.core import EngineCore
 from tailorlm.engine.loader import LoadedModel
 from tailorlm.engine.lora import linear_features, lora_from_peft
-from tailorlm.engine.runner import ModelRunner
 from tailorlm.engine.types import SamplingParams, TokenEvent
 from tailorlm.errors import ModelNotFoundError, QueueFullError, UnsupportedModelError
 
@@ -65,14 +63,9 @@ class Engine:
         self.max_waiting = max_waiting
         self.loaded = loaded
         self.name = loaded.name
-        def runner() -> Runner:
-            if loaded.runner_factory is not None:
-                return loaded.runner_factory(max_batch, loaded.context_length)
-            return ModelRunner(loaded.model, max_slots=max_batch, context_length=loaded.context_length,
-                               int8=loaded.int8, compile=loaded.compile, kernels=loaded.kernels)
-
+        self.capabilities = loaded.runner_factory.capabilities
         self.core = EngineCore(
-            runner, vocab_size=loaded.vocab_size, context_length=loaded.context_length,
+            lambda: loaded.runner_factory(max_batch, loaded.context_length), vocab_size=loaded.vocab_size, context_length=loaded.context_length,
             eos_token_ids=loaded.eos_token_ids, max_batch=max_batch, prefill_budget=prefill_budget,
             prefix_cache_bytes=prefix_cache_bytes, kv_budget_bytes=kv_budget_bytes,
         )
@@ -82,8 +75,8 @@ class Engine:
         self._lock = threading.Lock()
         self._pending = 0  # submitted and not yet finished (waiting or running)
         self._adapters: dict[str, str] = {}  # LoRA adapter name -> version, as submit sees them
-        # read now, before the engine thread swaps layers; other backends serve no runtime adapters
-        self._linear_features = linear_features(loaded.model) if loaded.model is not None else None
+        # read now, before the engine thread swaps layers (a runner that serves adapters runs a transformers model)
+        self._linear_features = linear_features(loaded.model) if self.capabilities.lora else None
 
     @property
     def context_length(self) -> int:
@@ -130,7 +123,7 @@ class Engine:
         Checked here, against this model's layers; installed by the engine thread between steps, before any
         request submitted afterwards. Loading a name again replaces its weights. `version` is the caller's tag.
         """
-        if self.loaded.model is None:
+        if not self.capabilities.lora:
             raise UnsupportedModelError(
                 f"{self.name} runs on the {self.loaded.backend} backend, which serves no LoRA adapters at runtime; "
                 f"export the adapter merged into its base instead (`tailor export {name}`)")

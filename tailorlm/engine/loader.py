@@ -5,18 +5,17 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, PreTrainedModel
 
 from tailorlm.engine import decoder
+from tailorlm.engine.backend import RunnerFactory
 from tailorlm.engine.cpu import int8_activation_dtype
+from tailorlm.engine.runner import ModelRunner
+from tailorlm.engine.shape import ModelShape
 from tailorlm.errors import InvalidRequestError, UnsupportedModelError
 from tailorlm.hf_load import pretrained
-
-if TYPE_CHECKING:
-    from tailorlm.engine.backend import RunnerFactory
 
 KERNELS = ("native", "torch")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
@@ -24,10 +23,10 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 @dataclass
 class LoadedModel:
-    """A model ready for the engine, with the token-level facts it needs.
+    """A model ready for the engine, with the token-level facts it needs and the factory of its runners.
 
-    The native backend holds the transformers `model`; another backend (llama.cpp, onnxruntime) holds
-    `runner_factory` instead, and `model` is None.
+    The native backend also holds the transformers `model`; for another backend (llama.cpp, onnxruntime)
+    `model` is None and only its `runner_factory` holds what it loaded.
     """
 
     name: str
@@ -37,9 +36,9 @@ class LoadedModel:
     vocab_size: int
     eos_token_ids: list[int]
     load_seconds: float
+    runner_factory: RunnerFactory
     model_type: str = ""
     backend: str = "native"
-    runner_factory: RunnerFactory | None = None
     int8: bool = False  # weight-only int8 linear layers (the runner quantizes them; activations: engine/cpu.py)
     compile: bool = False  # torch.compile the torch decode step
     kernels: str = "native"  # decode step of Llama-family models: native (C++) or torch
@@ -59,15 +58,6 @@ def eos_ids(path: Path, *configs) -> list[int]:
             if tok is not None and tok not in ids:
                 ids.append(int(tok))
     return ids
-
-
-def context_length_of(config) -> int:
-    cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
-    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx"):
-        value = getattr(cfg, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return 2048
 
 
 def load_model(path: Path, *, name: str | None = None, dtype: str = "auto", compile: bool = False,
@@ -106,10 +96,11 @@ def load_model(path: Path, *, name: str | None = None, dtype: str = "auto", comp
             "it needs dtype int8 (oneDNN-packed float weights cannot be traced)"
         if why:
             raise InvalidRequestError(f"cannot compile the decode step of {name or path.name}: {why}", param="compile")
-    vocab = model.config.get_text_config().vocab_size
+    shape = ModelShape.of(config)
     return LoadedModel(
-        name=name or path.name, path=path, model=model, context_length=context_length_of(config),
-        vocab_size=vocab, eos_token_ids=eos_ids(path, getattr(model, "generation_config", None), model.config),
+        name=name or path.name, path=path, model=model, context_length=shape.max_context,
+        vocab_size=shape.vocab, eos_token_ids=eos_ids(path, getattr(model, "generation_config", None), model.config),
         load_seconds=time.perf_counter() - start,
+        runner_factory=RunnerFactory(ModelRunner, model, dict(int8=int8, compile=compile, kernels=kernels)),
         model_type=model.config.model_type, int8=int8, compile=compile, kernels=kernels,
     )

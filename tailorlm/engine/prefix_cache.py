@@ -7,8 +7,8 @@ are copied out of the slot cache into a store bounded in bytes (least recently u
 copies its longest run of cached leading blocks into its own slot and prefills only the rest. At least one prompt
 token is always prefilled, since its logits give the first output token.
 
-The runner must offer `read_kv(slot, start, end)` and `write_kv(slot, start, blocks)`; the native runner does,
-other backends do not, and for them the cache stays off.
+It runs over a runner whose capabilities declare `prefix_cache` (its `read_kv(slot, start, end)` and
+`write_kv(slot, start, blocks)`): the native runner does, other backends do not, and for them the cache stays off.
 """
 
 from __future__ import annotations

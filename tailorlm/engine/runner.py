@@ -12,34 +12,27 @@ import torch
 from transformers import PreTrainedModel
 
 from tailorlm.engine import attention, decoder, native_step
+from tailorlm.engine.backend import RunnerCapabilities
 from tailorlm.engine.kv_cache import SlotKVCache
 from tailorlm.engine.layout import to_inference_layout
 from tailorlm.engine.lora import LoraBank
+from tailorlm.engine.shape import ModelShape
 
 log = logging.getLogger(__name__)
-
-
-def _text_config(config):
-    return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
 class ModelRunner:
     """Owns the model and its KV cache; every method is a pure forward with no scheduling."""
 
+    capabilities = RunnerCapabilities(lora=True, prefix_cache=True, kv_budget=True)
+
     def __init__(self, model: PreTrainedModel, *, max_slots: int, context_length: int, int8: bool = False,
                  compile: bool = False, kernels: str = "native") -> None:
         self.model = model.eval()
-        cfg = _text_config(model.config)
-        self.config = cfg
-        layer_types = getattr(cfg, "layer_types", None) or []
-        self.window = getattr(cfg, "sliding_window", None)
-        self.mask_kinds = sorted(set(layer_types)) if "sliding_attention" in layer_types else None
-        if self.mask_kinds is None and getattr(cfg, "use_sliding_window", True) is False:
-            self.window = None
-        if layer_types and "sliding_attention" not in layer_types:
-            self.window = None
+        shape = ModelShape.of(model.config)
+        self.window, self.per_layer_masks = shape.window, shape.per_layer_masks
         if self.window is not None and self.window >= context_length:  # never reached: plain causal attention
-            self.window, self.mask_kinds = None, None
+            self.window, self.per_layer_masks = None, False
         eager = model.config._attn_implementation == "eager"
         # decode through the lean step where it models the architecture exactly (tailorlm/engine/decoder.py),
         # and through the native C++ step (native_step.py) where it can also read the weights in place
@@ -55,11 +48,8 @@ class ModelRunner:
         to_inference_layout(model, int8=int8, plain=native)
         self.lora = LoraBank(model)  # adapters wrap their layers after the layout change, never before
         self.dtype = next(model.parameters()).dtype
-        heads = cfg.num_attention_heads
-        kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
         self.cache = SlotKVCache(
-            cfg.num_hidden_layers, kv_heads, head_dim, dtype=self.dtype,
+            shape.layers, shape.kv_heads, shape.head_dim, dtype=self.dtype,
             max_slots=max_slots, max_len=context_length,
         )
         if model.config._attn_implementation == "sdpa":
@@ -93,7 +83,7 @@ class ModelRunner:
         if self.window is None:
             return convert(allowed)
         sliding = allowed & (k_pos > q_pos - self.window)
-        if self.mask_kinds is None:  # every layer slides (e.g. Mistral)
+        if not self.per_layer_masks:  # every layer slides (e.g. Mistral)
             return convert(sliding)
         return {"full_attention": convert(allowed), "sliding_attention": convert(sliding)}
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from tailorlm.engine.shape import ModelShape, text_config
 from tailorlm.errors import InvalidRequestError, UnsupportedModelError
 
 # HF model_type -> llama.cpp architecture. Mistral runs as llama in llama.cpp, as its converter writes it.
@@ -69,30 +70,24 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise UnsupportedModelError(f"cannot read {path.name} in {path.parent}: {exc}") from None
 
 
-def _text_config(cfg: dict[str, Any]) -> dict[str, Any]:
-    return cfg.get("text_config") or cfg
-
-
 # -- hyperparameters -----------------------------------------------------------------------------------
 def _add_hparams(writer: Any, cfg: dict[str, Any], src: Path, quant: str) -> None:
     import gguf
 
-    c = _text_config(cfg)
-    heads = c["num_attention_heads"]
-    head_dim = c.get("head_dim") or c["hidden_size"] // heads
+    c, shape = text_config(cfg), ModelShape.of(cfg)
     writer.add_name(src.name)
-    writer.add_block_count(c["num_hidden_layers"])
+    writer.add_block_count(shape.layers)
     writer.add_context_length(c.get("max_position_embeddings", 2048))
-    writer.add_embedding_length(c["hidden_size"])
+    writer.add_embedding_length(shape.hidden)
     writer.add_feed_forward_length(c["intermediate_size"])
-    writer.add_head_count(heads)
-    writer.add_head_count_kv(c.get("num_key_value_heads") or heads)
+    writer.add_head_count(shape.heads)
+    writer.add_head_count_kv(shape.kv_heads)
     writer.add_layer_norm_rms_eps(c.get("rms_norm_eps", 1e-6))
-    writer.add_vocab_size(c["vocab_size"])
-    if head_dim != c["hidden_size"] // heads:
-        writer.add_key_length(head_dim)
-        writer.add_value_length(head_dim)
-    writer.add_rope_dimension_count(head_dim)
+    writer.add_vocab_size(shape.vocab)
+    if shape.head_dim != shape.hidden // shape.heads:
+        writer.add_key_length(shape.head_dim)
+        writer.add_value_length(shape.head_dim)
+    writer.add_rope_dimension_count(shape.head_dim)
     rope = {**(c.get("rope_parameters") or {}), **(c.get("rope_scaling") or {})}
     writer.add_rope_freq_base(float(rope.get("rope_theta", c.get("rope_theta", 10000.0))))
     kind = rope.get("rope_type", rope.get("type", "default"))
@@ -129,7 +124,7 @@ def _add_vocab(writer: Any, src: Path, cfg: dict[str, Any]) -> None:
     if kind != "BPE" or "ByteLevel" not in json.dumps(tok.get("pre_tokenizer")):
         raise UnsupportedModelError("GGUF export supports byte-level BPE tokenizers (GPT-2 style) only; "
                                     f"{src.name} has a {kind} tokenizer of another kind")
-    n_vocab = _text_config(cfg)["vocab_size"]
+    n_vocab = ModelShape.of(cfg).vocab
     tokens = {i: t for t, i in hf.get_vocab().items()}
     if max(tokens) >= n_vocab:
         raise UnsupportedModelError(f"the tokenizer of {src.name} has ids beyond the model's {n_vocab} embeddings")
@@ -183,10 +178,10 @@ class _Tensors:
         import gguf
         from safetensors import safe_open
 
-        c = _text_config(cfg)
-        self.cfg, self.arch, self.quant = c, arch, quant
-        self.tied = bool(cfg.get("tie_word_embeddings", c.get("tie_word_embeddings", False)))
-        names = gguf.get_tensor_name_map(arch, c["num_hidden_layers"])
+        c = text_config(cfg)
+        self.cfg, self.shape, self.arch, self.quant = c, ModelShape.of(cfg), arch, quant
+        self.tied = self.shape.tied
+        names = gguf.get_tensor_name_map(arch, self.shape.layers)
         allowed = set(gguf.MODEL_TENSORS[arch])
         files = sorted(src.glob("*.safetensors"))
         if not files:
@@ -196,8 +191,7 @@ class _Tensors:
         self.plan: list[tuple[str, tuple[int, ...], Any, int]] = []
         self.sources: list[tuple[Any, str, Any]] = []  # (safetensors handle, key, MODEL_TENSOR) per plan entry
         if self.llama3_rope is not None:
-            dim = (c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]) // 2
-            self._add("rope_freqs.weight", (dim,), None, "", None)
+            self._add("rope_freqs.weight", (self.shape.head_dim // 2,), None, "", None)
         for handle in (safe_open(str(f), framework="pt") for f in files):
             for key in handle.keys():
                 if key.endswith("rotary_emb.inv_freq") or (self.tied and key == "lm_head.weight"):
@@ -233,8 +227,7 @@ class _Tensors:
         import gguf
 
         llama = gguf.MODEL_ARCH_NAMES[self.arch] == "llama"
-        q_k = {gguf.MODEL_TENSOR.ATTN_Q: self.cfg["num_attention_heads"],
-               gguf.MODEL_TENSOR.ATTN_K: self.cfg.get("num_key_value_heads") or self.cfg["num_attention_heads"]}
+        q_k = {gguf.MODEL_TENSOR.ATTN_Q: self.shape.heads, gguf.MODEL_TENSOR.ATTN_K: self.shape.kv_heads}
         for (_, _, qtype, _), (handle, key, kind) in zip(self.plan, self.sources):
             if handle is None:
                 yield self._llama3_factors()
@@ -246,8 +239,7 @@ class _Tensors:
 
     def _llama3_factors(self) -> np.ndarray:
         """Llama 3.1's per-frequency rope scaling, precomputed as llama.cpp's `rope_freqs` tensor."""
-        r, c = self.llama3_rope, self.cfg
-        dim = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
+        r, c, dim = self.llama3_rope, self.cfg, self.shape.head_dim
         base = float(r.get("rope_theta", c.get("rope_theta", 10000.0)))
         factor, old = r.get("factor", 8.0), r.get("original_max_position_embeddings", 8192)
         lo, hi = r.get("low_freq_factor", 1.0), r.get("high_freq_factor", 4.0)

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+from tailorlm.engine.shape import ModelShape
 from tailorlm.errors import AlreadyExistsError, InvalidRequestError, UnsupportedModelError
 from tailorlm.hf_load import pretrained
 
@@ -62,15 +63,9 @@ class _Decoder(torch.nn.Module):
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
         self.model = model
-        cfg = model.config.get_text_config()
-        self.layers = cfg.num_hidden_layers
-        layer_types = getattr(cfg, "layer_types", None) or []
-        window = getattr(cfg, "sliding_window", None)
-        if getattr(cfg, "use_sliding_window", True) is False or (layer_types and
-                                                                 "sliding_attention" not in layer_types):
-            window = None  # the same rule as the native runner's: qwen2 turns its window off, others list it
-        self.window = window
-        self.mixed = "sliding_attention" in layer_types  # per-layer-type masks (e.g. gemma2/3)
+        shape = ModelShape.of(model.config)  # the native runner's window rule, so the graph masks as it does
+        self.layers, self.window = shape.layers, shape.window
+        self.mixed = shape.per_layer_masks  # per-layer-type masks (e.g. gemma2/3)
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor,
                 *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -103,14 +98,11 @@ def _conv1d_as_matmul(model: torch.nn.Module) -> None:
             module.forward = types.MethodType(lambda self, x: torch.matmul(x, self.weight) + self.bias, module)
 
 
-def _sample_inputs(cfg) -> tuple[torch.Tensor, ...]:
+def _sample_inputs(shape: ModelShape) -> tuple[torch.Tensor, ...]:
     b, s, p = _SAMPLE["batch"], _SAMPLE["seq"], _SAMPLE["past"]
-    heads = cfg.num_attention_heads
-    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
-    ids = torch.randint(0, cfg.vocab_size, (b, s))
+    ids = torch.randint(0, shape.vocab, (b, s))
     pos = torch.arange(p, p + s).expand(b, s).contiguous()
-    past = [torch.zeros(b, kv_heads, p, head_dim) for _ in range(2 * cfg.num_hidden_layers)]
+    past = [torch.zeros(b, shape.kv_heads, p, shape.head_dim) for _ in range(2 * shape.layers)]
     return (ids, pos, torch.ones(b, p + s, dtype=torch.long), *past)
 
 
@@ -171,7 +163,7 @@ def _export_graph(src: Path, path: Path, progress: Callable[[str], None]) -> Non
         raise UnsupportedModelError(f"transformers cannot load {src} as a causal LM: {_reason(exc)}") from exc
     _conv1d_as_matmul(model)
     wrapper = _Decoder(model).eval()
-    args = _sample_inputs(model.config.get_text_config())
+    args = _sample_inputs(ModelShape.of(model.config))
     progress("exporting the decoder graph (torch.onnx, dynamo)")
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")

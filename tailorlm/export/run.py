@@ -136,12 +136,11 @@ def source_runner(source: Source) -> tuple[Runner, str | None]:
 
     from tailorlm.engine import load_model
     from tailorlm.engine.lora import linear_features, lora_from_peft
-    from tailorlm.engine.runner import ModelRunner
     from tailorlm.store.peft import WEIGHTS_FILE, read_config
 
     loaded = load_model(source.base_path, dtype="float32")
     features = linear_features(loaded.model)
-    runner = ModelRunner(loaded.model, max_slots=1, context_length=loaded.context_length)
+    runner = loaded.runner_factory(1, loaded.context_length)
     if source.adapter_path is None:
         return runner, None
     weights = lora_from_peft(read_config(source.adapter_path), load_file(source.adapter_path / WEIGHTS_FILE),
@@ -154,12 +153,10 @@ def artifact_runner(folder: Path, tgt: Target, manifest: Manifest, settings: Set
     """The artifact as its backend runs it, with one slot."""
     if tgt.format == "safetensors":
         from tailorlm.engine import load_model
-        from tailorlm.engine.runner import ModelRunner
 
         loaded = load_model(folder, dtype="auto")
-        return ModelRunner(loaded.model, max_slots=1, context_length=loaded.context_length)
+        return loaded.runner_factory(1, loaded.context_length)
     loaded = load_backend(BACKEND_FOR_FORMAT[tgt.format], folder, manifest, settings)
-    assert loaded.runner_factory is not None
     return loaded.runner_factory(1, min(loaded.context_length, 4096))
 
 

@@ -63,7 +63,8 @@ TIGHT = 0.10  # under 10% headroom is reported as tight
 
 @dataclass(frozen=True)
 class ModelShape:
-    """What memory depends on, read from the model's config.json exactly as the engine reads it."""
+    """What memory depends on: the engine's shape of the model's config.json (tailorlm/engine/shape.py), with
+    its parameter count."""
 
     parameters: int
     layers: int
@@ -98,22 +99,18 @@ def read_shape(folder: Path, parameters: int) -> ModelShape:
     """The shape of the stored model in `folder` (its config.json), with the runner's own defaults."""
     from transformers import AutoConfig
 
+    from tailorlm.engine import shape as engine_shape
     from tailorlm.engine.decoder import ARCHITECTURES
-    from tailorlm.engine.loader import context_length_of
 
     try:
         config = AutoConfig.from_pretrained(folder)
     except (OSError, ValueError) as exc:
         raise UnsupportedModelError(f"cannot read the model config in {folder}: {exc}") from None
-    cfg = config.get_text_config()
-    heads = cfg.num_attention_heads
+    s = engine_shape.ModelShape.of(config)
     return ModelShape(
-        parameters=parameters, layers=cfg.num_hidden_layers,
-        kv_heads=getattr(cfg, "num_key_value_heads", None) or heads,
-        head_dim=getattr(cfg, "head_dim", None) or cfg.hidden_size // heads,
-        hidden=cfg.hidden_size, vocab=cfg.vocab_size,
-        tied=bool(getattr(cfg, "tie_word_embeddings", False)), max_context=context_length_of(config),
-        in_place=cfg.model_type in ARCHITECTURES,
+        parameters=parameters, layers=s.layers, kv_heads=s.kv_heads, head_dim=s.head_dim, hidden=s.hidden,
+        vocab=s.vocab, tied=s.tied, max_context=s.max_context,
+        in_place=engine_shape.text_config(config).model_type in ARCHITECTURES,
     )
 
 

@@ -55,7 +55,6 @@ def fast_dtype(path: Path, manifest: Manifest, settings: Settings) -> tuple[str,
 
 def _gate(path: Path, manifest: Manifest) -> tuple[str, str]:
     from tailorlm.engine import load_model
-    from tailorlm.engine.runner import ModelRunner
     from tailorlm.export.parity import compare, golden_prompts
     from tailorlm.export.run import src_eos
     from transformers import AutoTokenizer
@@ -63,11 +62,10 @@ def _gate(path: Path, manifest: Manifest) -> tuple[str, str]:
     log.info("dtype fast: checking %s in int8 against its stored weights (once per model)", manifest.name)
     context = 512  # the golden prompts and their continuations are short
     int8 = load_model(path, name=manifest.name, dtype="int8")
-    artifact = ModelRunner(int8.model, max_slots=1, context_length=context, int8=True)
+    artifact = int8.runner_factory(1, context)
     if artifact.native is None:
         return "auto", "stored dtype (the C++ step does not run this architecture, so int8 would not be faster)"
-    source = ModelRunner(load_model(path, name=manifest.name, dtype="auto").model, max_slots=1,
-                         context_length=context)
+    source = load_model(path, name=manifest.name, dtype="auto").runner_factory(1, context)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     report = compare(source, artifact, golden_prompts(tokenizer), set(src_eos(path, tokenizer)), "int8")
     if report.passed:

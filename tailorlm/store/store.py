@@ -153,8 +153,9 @@ class ModelStore(Catalogue[Manifest]):
             copy_model_files(src, staged, move=move)
             if pickles:
                 stages.stage("converting pickle to safetensors")
-                tied = bool(getattr(config.get_text_config(), "tie_word_embeddings", False))
-                convert_pickle(pickles, staged, tied)
+                from tailorlm.engine.shape import ModelShape  # torch is loaded for the conversion anyway
+
+                convert_pickle(pickles, staged, ModelShape.of(config).tied)
             return {}
 
         return fill
