@@ -94,6 +94,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest accepted request body (413 beyond).")
     max_prompt_tokens: int = Field(0, ge=0, description="Largest accepted prompt in tokens; 0: the model's context length.")
     max_n: int = Field(8, ge=1, description="Largest `n` (choices per request).")
+    preload: bool = Field(True, description="`tailor serve` loads the default model at startup (importing it into the store if need be), "
+                          "so the first request does not wait for it.")
     graceful_timeout: float = Field(10.0, ge=0, description="Seconds in-flight requests get to finish on shutdown.")
     train_dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="LoRA training: dtype of the frozen base matmuls; auto is bfloat16 on CPUs with native bf16."

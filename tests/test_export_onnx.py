@@ -182,20 +182,23 @@ def test_sliding_window_model_matches_native(tmp_path):
 
 
 @pytest.mark.slow
-def test_default_model_int8_export_agrees_with_native(default_store_home, tmp_path):
+def test_default_model_int8_export_agrees_with_native(default_store_home):
     """SmolLM2-135M to int8: greedy tokens match native fp32 wherever native's choice is not a near-tie."""
     from transformers import AutoTokenizer
 
     from tailorlm.config import DEFAULT_MODEL
     from tailorlm.store import ModelStore
 
-    src = ModelStore(default_store_home).path(DEFAULT_MODEL)
-    write_onnx(src, tmp_path / "int8", "int8")  # its time is measured in benchmarks/bench_export.py, not here
+    from tests.fixtures_default import exported_default
+
+    store = ModelStore(default_store_home)
+    src = store.path(DEFAULT_MODEL)
+    exported = store.path(exported_default(default_store_home, "onnx", "int8"))  # the one test_server serves
     tok = AutoTokenizer.from_pretrained(src)
     prompts = [tok("The history of the Roman Empire spans many centuries. It began when Augustus")["input_ids"],
                tok("def fibonacci(n):\n    if n < 2:\n        return n\n    return")["input_ids"]]
     native = ModelRunner(load_model(src, dtype="float32").model, max_slots=1, context_length=CTX)
-    engine = Engine(load(tmp_path / "int8", None, None), max_batch=2)
+    engine = Engine(load(exported, None, None), max_batch=2)
     try:
         handles = [engine.submit(p, greedy(12)) for p in prompts]
         onnx_tokens = [h.tokens() for h in handles]

@@ -21,7 +21,7 @@ TRAIN = b"".join(json.dumps({"messages": [{"role": "user", "content": f"hi {i}"}
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     home = tmp_path_factory.mktemp("files-home")
-    with live_server(Settings(home=home, max_upload_bytes=UPLOAD_LIMIT, max_body_bytes=BODY_LIMIT)) as live:
+    with live_server(Settings(home=home, preload=False, max_upload_bytes=UPLOAD_LIMIT, max_body_bytes=BODY_LIMIT)) as live:
         yield live
 
 

@@ -54,7 +54,7 @@ def error(res, status: int, param: str | None = None) -> dict:
 # -- the protocol, with the supervisor paused ----------------------------------------------------
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    with live_server(Settings(home=make_home(tmp_path_factory.mktemp("ft-api")))) as live:
+    with live_server(Settings(home=make_home(tmp_path_factory.mktemp("ft-api")), preload=False)) as live:
         live.app.state.tailor.supervisor.stop()  # nothing runs: jobs stay validating_files
         yield live
 
@@ -212,7 +212,7 @@ def events_of(live: LiveServer, job_id: str) -> list[dict]:
 
 @needs_worker
 def test_training_end_to_end(tmp_path):
-    with live_server(Settings(home=make_home(tmp_path), threads=2)) as live:
+    with live_server(Settings(home=make_home(tmp_path), threads=2, preload=False)) as live:
         client = live.client()
         job_id = upload_and_create(client, 12, n_epochs=2)
         job = wait_for(live, job_id, lambda j: False)
@@ -237,9 +237,9 @@ def test_training_end_to_end(tmp_path):
 
 @needs_worker
 def test_a_job_survives_a_server_restart(tmp_path):
-    settings = Settings(home=make_home(tmp_path), threads=2)
+    settings = Settings(home=make_home(tmp_path), threads=2, preload=False)
     with live_server(settings) as live:
-        job_id = upload_and_create(live.client(), 200, n_epochs=5, batch_size=1)  # long enough to stop mid-run
+        job_id = upload_and_create(live.client(), 40, n_epochs=5, batch_size=1)  # long enough to stop mid-run
         wait_for(live, job_id, lambda j: j["status"] == "running" and live.app.state.tailor.jobs.checkpoints(job_id)[0])
     # the server stopped mid-training: the worker checkpointed and put the job back in the queue
     stopped = live.app.state.tailor.jobs.get(job_id)
@@ -255,7 +255,7 @@ def test_a_job_survives_a_server_restart(tmp_path):
 
 @needs_worker
 def test_cancel_a_running_job(tmp_path):
-    with live_server(Settings(home=make_home(tmp_path), threads=2)) as live:
+    with live_server(Settings(home=make_home(tmp_path), threads=2, preload=False)) as live:
         client = live.client()
         job_id = upload_and_create(client, 40, n_epochs=10, batch_size=1)
         wait_for(live, job_id, lambda j: j["status"] == "running")

@@ -36,7 +36,7 @@ def client(server):
     return server.client()
 
 
-@pytest.fixture(scope="module", params=["native", "gguf-f16", "onnx-f32"])
+@pytest.fixture(scope="module", params=["native", "gguf-f16", "onnx-int8"])
 def model(request, default_store_home) -> str:
     """The default model as each backend serves it (exported once per session, parity-gated)."""
     if request.param == "native":

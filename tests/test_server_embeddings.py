@@ -45,7 +45,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, reference: EmbeddingModel) 
     home: Path = tmp_path_factory.mktemp("embeddings-home")
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(server_harness, "build_app", _app_with_embeddings)
-        with live_server(Settings(home=home)) as live:
+        with live_server(Settings(home=home, preload=False)) as live:
             yield live
 
 

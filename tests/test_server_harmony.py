@@ -57,7 +57,7 @@ def home(folder, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(home):
-    with live_server(Settings(home=home, threads=2)) as live:
+    with live_server(Settings(home=home, threads=2, preload=False)) as live:
         yield live
 
 

@@ -25,7 +25,7 @@ Lost cards are replaced at the front desk for two euros.
 
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory):
-    return Settings(home=tmp_path_factory.mktemp("vs-home"), threads=2)
+    return Settings(home=tmp_path_factory.mktemp("vs-home"), threads=2, preload=False)
 
 
 @pytest.fixture(scope="module")

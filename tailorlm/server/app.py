@@ -51,10 +51,11 @@ def build_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
-        warm = asyncio.create_task(_preload(state))
+        warm = asyncio.create_task(_preload(state)) if settings.preload else None
         state.supervisor.start()
         yield
-        warm.cancel()
+        if warm is not None:
+            warm.cancel()
         await asyncio.to_thread(state.supervisor.stop)  # a running job checkpoints and is requeued
         state.registry.close_all()  # cancels whatever is still in flight
         await asyncio.to_thread(state.knowledge.close)  # lets a running ingestion finish its transaction
