@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -12,11 +12,12 @@ from rich.console import Console
 from tailorlm.backends import BACKENDS
 from tailorlm.cli import app
 from tailorlm.config import get_settings
-from tailorlm.engine import SamplingParams
 from tailorlm.errors import InvalidRequestError
-from tailorlm.presets.grounding import Source
-from tailorlm.runtime import ChatSession, Completion, OpenModel, chat_plan, open_model, stream_text
-from tailorlm.runtime.session import preset_params
+
+if TYPE_CHECKING:  # the runtime (torch) is imported when a command runs, not for `tailor --help`
+    from tailorlm.engine import SamplingParams
+    from tailorlm.presets.grounding import Source
+    from tailorlm.runtime import OpenModel
 
 MaxTokens = Annotated[Optional[int], typer.Option("--max-tokens", "-n", help="Most tokens to generate.")]
 Temperature = Annotated[Optional[float], typer.Option("--temperature", "-t", help="0 is greedy.")]
@@ -37,6 +38,9 @@ Kernels = Annotated[Optional[str], typer.Option(
 
 
 def _params(model: OpenModel, defaults: dict[str, Any], **flags: Any) -> tuple[SamplingParams, list[str]]:
+    from tailorlm.engine import SamplingParams
+    from tailorlm.runtime.session import preset_params
+
     """Sampling from the flags given, then a preset's defaults, then the command's `defaults`; the preset's stops."""
     given = {k: v for k, v in flags.items() if v is not None}
     return preset_params(model, SamplingParams(**{**defaults, **given}), set(given))
@@ -52,6 +56,8 @@ def _split_model_and_prompt(args: list[str]) -> tuple[str | None, str]:
 
 def _open(name: str | None, backend: str | None = None, dtype: str | None = None, compile: bool = False,
           kernels: str | None = None) -> OpenModel:
+    from tailorlm.runtime import open_model
+
     settings = get_settings()
     if backend is not None:
         if backend not in BACKENDS:
@@ -85,6 +91,8 @@ def generate(
     kernels: Kernels = None,
 ) -> None:
     """Answer one prompt and exit (scriptable); a chat rendered exactly as the API renders it."""
+    from tailorlm.runtime import ChatSession, Completion, stream_text
+
     name, prompt = _split_model_and_prompt(args)
     model = _open(name, backend, dtype, compile, kernels)
     try:
@@ -156,6 +164,8 @@ def chat(
     kernels: Kernels = None,
 ) -> None:
     """Chat interactively, with streamed answers and history."""
+    from tailorlm.runtime import ChatSession, chat_plan
+
     console = Console(highlight=False)
     model = _open(model_name, backend, dtype, compile, kernels)
     params, stops = _params(model, {"max_tokens": 512, "temperature": 0.7, "top_p": 0.95},

@@ -1,7 +1,13 @@
-"""Token-level inference: load weights, schedule requests, batch, sample. No text, no HTTP."""
+"""Token-level inference: load weights, schedule requests, batch, sample. No text, no HTTP.
 
-from tailorlm.engine.engine import Engine, RequestHandle
-from tailorlm.engine.loader import LoadedModel, load_model
-from tailorlm.engine.types import SamplingParams, TokenEvent
+Names are exported lazily (tailorlm/lazy.py), so `tailorlm.engine.cpu` and `tailorlm.engine.shape` import without torch.
+"""
 
-__all__ = ["Engine", "RequestHandle", "LoadedModel", "load_model", "SamplingParams", "TokenEvent"]
+from __future__ import annotations
+
+from tailorlm.lazy import exports
+
+_EXPORTS = {"Engine": "engine", "RequestHandle": "engine", "LoadedModel": "loader", "load_model": "loader",
+            "SamplingParams": "types", "TokenEvent": "types"}
+__all__ = list(_EXPORTS)
+__getattr__ = exports(__name__, _EXPORTS)

@@ -6,8 +6,7 @@ Names are exported lazily, so `tailorlm.runtime.resolve` (manifests only) import
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from tailorlm.lazy import exports
 
 _EXPORTS = {
     "OpenModel": "model", "open_model": "model", "ChatSession": "session", "Completion": "textgen",
@@ -16,8 +15,4 @@ _EXPORTS = {
 }
 __all__ = list(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+__getattr__ = exports(__name__, _EXPORTS)
