@@ -123,7 +123,7 @@ class Settings(BaseSettings):
 
     @property
     def db_path(self) -> Path:
-        """The embedded metadata store (SQLite): API keys, and later files and jobs."""
+        """The embedded metadata store (SQLite): API keys, files, fine-tuning jobs, vector stores."""
         return self.database or self.home / "tailor.db"
 
     def env(self, base: dict[str, str] | None = None) -> dict[str, str]:

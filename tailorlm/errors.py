@@ -1,8 +1,8 @@
 """One exception hierarchy for the whole package.
 
 Every error a user can cause is a `TailorError`; the CLI prints its message as one
-line and exits non-zero, and the API (later) maps `status` and `code` onto OpenAI's
-error object. Anything else escaping is a bug.
+line and exits non-zero, and the API maps `status` and `code` onto OpenAI's error object
+(tailorlm/server/errors.py). Anything else escaping is a bug.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Uploaded files (OpenAI's Files API), shared by fine-tuning and, later, knowledge bases."""
+"""Uploaded files (OpenAI's Files API), shared by fine-tuning jobs and knowledge bases (vector stores)."""
 
 from tailorlm.files.store import PURPOSES, UPLOAD_PURPOSES, FileStore, StoredFile, Upload, check_purpose
 
