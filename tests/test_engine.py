@@ -89,8 +89,8 @@ def test_kv_budget_holds_requests_until_they_fit(tiny):
     eng = Engine(load_model(tiny[1], dtype="float32"), max_batch=4)
     core: EngineCore = eng.core
     cache = core.runner.cache
-    # two requests of up to 256 positions (with the copy of one while the slots double), never three
-    core.kv_budget_bytes = cache.bytes_of(3, 256)
+    # two requests of up to 256 positions (their slots made at once for the burst), never three
+    core.kv_budget_bytes = cache.bytes_of(3, 256) - 1
     events: dict[str, list] = {k: [] for k in ("a", "b", "c", "huge")}
     for rid, prompt, n in [("a", PROMPTS[0], 40), ("b", PROMPTS[1], 20), ("c", PROMPTS[2], 10)]:
         core.add(core.make_request(rid, prompt, greedy(n), events[rid].append))
@@ -115,6 +115,33 @@ def test_kv_budget_holds_requests_until_they_fit(tiny):
     for rid, prompt, n in [("a", PROMPTS[0], 40), ("b", PROMPTS[1], 20), ("c", PROMPTS[2], 10)]:
         assert got[rid] == alone.submit(prompt, greedy(n)).tokens()
     alone.shutdown()
+
+
+def test_a_burst_of_requests_grows_the_cache_once(tiny):
+    """Requests waiting together get their slots in one growth of the cache (not one doubling per admission),
+    and what they generate is unchanged."""
+    eng = Engine(load_model(tiny[1], dtype="float32"), max_batch=8, prefill_budget=16)
+    core: EngineCore = eng.core
+    cache = core.runner.cache
+    shapes = []
+    grow = cache.reserve
+
+    def counting(slots: int, length: int) -> None:
+        before = (cache.slot_cap, cache.len_cap)
+        grow(slots, length)
+        if (cache.slot_cap, cache.len_cap) != before:
+            shapes.append((cache.slot_cap, cache.len_cap))
+
+    cache.reserve = counting
+    events: dict[int, list] = {i: [] for i in range(6)}
+    for i in range(6):
+        core.add(core.make_request(str(i), PROMPTS[i % len(PROMPTS)], greedy(12), events[i].append))
+    while core.has_work():
+        core.step()
+    assert shapes == [(6, 256)]
+    alone = [eng.submit(PROMPTS[i % len(PROMPTS)], greedy(12)).tokens() for i in range(6)]
+    assert [[e.token_id for e in events[i]] for i in range(6)] == alone
+    eng.shutdown()
 
 
 def test_float32_batched_equals_alone(tiny):

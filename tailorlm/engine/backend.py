@@ -28,7 +28,9 @@ class RunnerCapabilities:
 
     lora: bool = False  # serves LoRA adapters per row: `lora.add`/`remove`, and `adapter(s)` in prefill/decode
     prefix_cache: bool = False  # `read_kv`/`write_kv`: a prompt prefix's keys and values copied out of and into a slot
-    kv_budget: bool = False  # `kv_peak_bytes`: what its cache would hold, so requests are admitted within a budget
+    # `kv_peak_bytes`: what its cache would hold, so requests are admitted within a budget; `reserve`: room made
+    # at once for a burst of requests, so the cache grows (and copies) once instead of slot by doubling slot
+    kv_budget: bool = False
 
 
 class AdapterSlots(Protocol):
@@ -57,6 +59,9 @@ class Runner(Protocol):
     # -- only where `capabilities` says so --------------------------------------------------------------
     def kv_peak_bytes(self, slots: int, length: int) -> int:
         """kv_budget: the cache's most memory while it makes room for `slots` requests of `length` positions."""
+
+    def reserve(self, slots: int, length: int) -> None:
+        """kv_budget: make room now for `slots` requests of `length` positions (never shrinks)."""
 
     def read_kv(self, slot: int, start: int, end: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """prefix_cache: a copy of positions start..end-1 of `slot`, per layer (keys, values)."""

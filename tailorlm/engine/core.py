@@ -152,6 +152,7 @@ class EngineCore:
                     break
                 self.prefilling, self.prefilled = self.waiting.popleft(), 0
                 self.prefilling.slot = len(self.running)
+                self._reserve_burst()
             budget -= self._prefill(budget)
         if decoding:
             self._decode(decoding)
@@ -174,6 +175,24 @@ class EngineCore:
                 f"this request needs {alone:,.0f} MiB of KV cache at its full length ({spans[-1]} tokens), more than "
                 f"the {self.kv_budget_bytes / 2**20:,.0f} MiB budget (kv_cache_mb): lower max_tokens or the prompt"))
         return bool(self.waiting)
+
+    def _reserve_burst(self) -> None:
+        """Make the cache's slots once for everything about to run: the running requests, the one starting now
+        and those waiting behind it (up to max_batch), where the KV budget holds them.
+
+        Without it a burst of N requests grows the cache log2(N) times, each growth a copy of the whole cache
+        and fresh memory to fault in (seconds on some VMs), between the steps of the requests already running.
+        Positions are reserved only as far as the prompts reach: a generous max_tokens must not allocate the
+        whole context for every slot (the cache grows in blocks of positions as requests get longer).
+        """
+        if not self.runner.capabilities.kv_budget:
+            return
+        batch = [*self.running, self.prefilling, *self.waiting][: self.max_batch]
+        length = max(len(r.prompt) + len(r.output) for r in batch)
+        slots = len(batch)  # as many of them as the budget holds (the rest grow the cache when admitted)
+        while self.kv_budget_bytes and slots > 1 and self.runner.kv_peak_bytes(slots, length) > self.kv_budget_bytes:
+            slots -= 1
+        self.runner.reserve(slots, length)
 
     def _prefill(self, budget: int) -> int:
         """Prefill the next chunk (at most `budget` tokens) of `prefilling`; return the tokens spent.

@@ -162,6 +162,10 @@ class ModelRunner:
         """The KV cache's most memory while it makes room for `slots` requests of `length` positions."""
         return self.cache.peak_bytes(slots, min(length, self.cache.max_len))
 
+    def reserve(self, slots: int, length: int) -> None:
+        """Make room now for `slots` requests of `length` positions (the cache grows at most once for it)."""
+        self.cache.reserve(min(slots, self.cache.max_slots), min(length, self.cache.max_len))
+
     # -- prefix caching (tailorlm/engine/prefix_cache.py) --------------------------------
     def read_kv(self, slot: int, start: int, end: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """A copy of positions start..end-1 of `slot`, per layer."""

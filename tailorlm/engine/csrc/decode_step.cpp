@@ -660,11 +660,16 @@ struct Target {
 };
 
 // Every output row of a group of layers that read the same input, split over the team (call inside a
-// parallel region; ends with the worksharing loop's barrier).
+// parallel region; ends with the worksharing loop's barrier). Guided, not static: on a machine with as many
+// threads as cores, any other thread (the server's event loop, a tokenizer) preempts one of the team, and with a
+// static split the whole team then waits at the barrier for that thread's fixed share. Guided chunks start at
+// tiles / threads and shrink, so the threads still running take over what a preempted one has not begun, at
+// the cost of a few more claims of work per loop (tiles are independent: the result does not depend on who
+// computes which).
 void matvec(std::initializer_list<Target> group, const Input& x) {
   int64_t tiles = 0;
   for (auto& g : group) tiles += (g.linear->out + kTile - 1) / kTile;
-#pragma omp for schedule(static)
+#pragma omp for schedule(guided)
   for (int64_t t = 0; t < tiles; ++t) {
     int64_t local = t;
     for (auto& g : group) {
