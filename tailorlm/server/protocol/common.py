@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from typing import Any, ClassVar, Generic, Literal, Self, TypeVar
+from typing import Any, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict, model_serializer, model_validator
 
@@ -46,29 +46,6 @@ class OpenAIResponse(BaseModel):
     def of(cls, record: Any) -> Self:
         """From a store's record (StoredFile, Job, …) by its `to_openai()`, checked against this model."""
         return cls.model_validate(record.to_openai())
-
-
-T = TypeVar("T")
-
-
-class ListResponse(OpenAIResponse, Generic[T]):
-    """OpenAI's paginated list; `has_more`: asking again with `after` = the last id gets more."""
-
-    object: Literal["list"] = "list"
-    data: list[T]
-    has_more: bool
-
-
-class CursorListResponse(ListResponse[T], Generic[T]):
-    """A list that also names its first and last ids (null when it is empty, as OpenAI returns)."""
-
-    first_id: str | None
-    last_id: str | None
-
-    @classmethod
-    def build(cls, data: list[T], has_more: bool) -> Self:
-        first, last = (data[0].id, data[-1].id) if data else (None, None)  # type: ignore[attr-defined]
-        return cls(data=data, has_more=has_more, first_id=first, last_id=last)
 
 
 class Usage(OpenAIResponse):

@@ -1,10 +1,10 @@
-"""/v1/files: the file object, its list and its deletion receipt."""
+"""/v1/files: the file object and its deletion receipt (its list is a pagination.CursorPage)."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from tailorlm.server.protocol.common import CursorListResponse, OpenAIResponse
+from tailorlm.server.protocol.common import OpenAIResponse
 
 
 class OpenAIFile(OpenAIResponse):
@@ -19,10 +19,6 @@ class OpenAIFile(OpenAIResponse):
     status: Literal["uploaded", "processed", "error"] = "processed"
     expires_at: int | None = None
     status_details: str | None = None
-
-
-class ListFilesResponse(CursorListResponse[OpenAIFile]):
-    pass
 
 
 class DeleteFileResponse(OpenAIResponse):

@@ -1,4 +1,4 @@
-"""/v1/fine_tuning/jobs: the create request, the job, its events and checkpoints, and their lists.
+"""/v1/fine_tuning/jobs: the create request, the job, its events and checkpoints (their lists: pagination.py).
 
 Hyperparameters are `tailorlm.tune.jobs.Hyperparameters`: OpenAI's three knobs plus our
 `tuning` (lora|full) and `lora_rank`, accepted in either place OpenAI takes them.
@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from tailorlm.errors import InvalidRequestError
-from tailorlm.server.protocol.common import CursorListResponse, ListResponse, OpenAIRequest, OpenAIResponse
+from tailorlm.server.protocol.common import OpenAIRequest, OpenAIResponse
 from tailorlm.tune.jobs import Hyperparameters
 
 Auto = Literal["auto"]
@@ -108,10 +108,6 @@ class FineTuningJob(OpenAIResponse):
     user_provided_suffix: str | None
 
 
-class ListPaginatedFineTuningJobsResponse(ListResponse[FineTuningJob]):
-    pass
-
-
 # -- events and checkpoints -----------------------------------------------------------------------
 class FineTuningJobEvent(OpenAIResponse):
     omit_if_none = frozenset({"data"})
@@ -125,10 +121,6 @@ class FineTuningJobEvent(OpenAIResponse):
     data: dict[str, Any] | None = None
 
 
-class ListFineTuningJobEventsResponse(ListResponse[FineTuningJobEvent]):
-    pass
-
-
 class FineTuningJobCheckpoint(OpenAIResponse):
     id: str
     object: Literal["fine_tuning.job.checkpoint"] = "fine_tuning.job.checkpoint"
@@ -137,7 +129,3 @@ class FineTuningJobCheckpoint(OpenAIResponse):
     step_number: int
     metrics: dict[str, float]
     fine_tuned_model_checkpoint: str
-
-
-class ListFineTuningJobCheckpointsResponse(CursorListResponse[FineTuningJobCheckpoint]):
-    pass

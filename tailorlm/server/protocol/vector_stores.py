@@ -6,7 +6,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from tailorlm.server.protocol.common import CursorListResponse, OpenAIRequest, OpenAIResponse
+from tailorlm.server.protocol.common import OpenAIRequest, OpenAIResponse
 
 Attributes = dict[str, str | float | bool]
 
@@ -115,10 +115,6 @@ class VectorStoreObject(OpenAIResponse):
     expires_at: int | None = None
 
 
-class ListVectorStoresResponse(CursorListResponse[VectorStoreObject]):
-    pass
-
-
 class DeleteVectorStoreResponse(OpenAIResponse):
     id: str
     object: Literal["vector_store.deleted"] = "vector_store.deleted"
@@ -141,10 +137,6 @@ class VectorStoreFileObject(OpenAIResponse):
     last_error: LastError | None
     chunking_strategy: dict[str, Any]
     attributes: Attributes | None = None
-
-
-class ListVectorStoreFilesResponse(CursorListResponse[VectorStoreFileObject]):
-    pass
 
 
 class DeleteVectorStoreFileResponse(OpenAIResponse):

@@ -6,14 +6,15 @@ Files are found by id in SQLite only; no value of a request is ever used as a pa
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import BinaryIO, Literal
+from typing import BinaryIO
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 
 from tailorlm.files.store import CHUNK
-from tailorlm.server.protocol.files import DeleteFileResponse, ListFilesResponse, OpenAIFile
+from tailorlm.server.protocol.files import DeleteFileResponse, OpenAIFile
+from tailorlm.server.protocol.pagination import CursorPage, Order, PageQuery, page
 from tailorlm.server.state import ServerState, get_state
 from tailorlm.server.uploads import receive_upload
 
@@ -30,13 +31,14 @@ async def create_file(request: Request, state: ServerState = Depends(get_state))
 def list_files(
     purpose: str | None = None,
     limit: int = Query(10000, ge=1, le=10000),
-    order: Literal["asc", "desc"] = "desc",
+    order: Order = "desc",
     after: str | None = None,
     state: ServerState = Depends(get_state),
 ) -> dict:
-    records = state.files.list(purpose=purpose, after=after, limit=limit + 1, order=order)
-    page = ListFilesResponse.build([OpenAIFile.of(r) for r in records[:limit]], has_more=len(records) > limit)
-    return page.model_dump(mode="json")
+    # `after` may name a file of another purpose; an empty `after` is none
+    window, more = page(state.files.list(), PageQuery(limit, order, after or None),
+                        keep=lambda r: not purpose or r.purpose == purpose, missing="No such File object: {}".format)
+    return CursorPage.build([OpenAIFile.of(r) for r in window], more).model_dump(mode="json")
 
 
 @router.get("/v1/files/{file_id}")

@@ -7,12 +7,13 @@ Handlers are plain functions, so FastAPI runs them (and the knowledge base's dis
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query
 
 from tailorlm.errors import NotFoundError
 from tailorlm.server.knowledge import Knowledge, PendingFile
+from tailorlm.server.protocol.pagination import CursorPage, Order, PageQuery, page
 from tailorlm.server.protocol.vector_stores import (
     ChunkingStrategy,
     CreateVectorStoreFileBatchRequest,
@@ -22,8 +23,6 @@ from tailorlm.server.protocol.vector_stores import (
     DeleteVectorStoreResponse,
     FileCounts,
     LastError,
-    ListVectorStoreFilesResponse,
-    ListVectorStoresResponse,
     SearchContent,
     UpdateVectorStoreRequest,
     VectorStoreFileBatchObject,
@@ -37,7 +36,6 @@ from tailorlm.server.protocol.vector_stores import (
 from tailorlm.server.state import ServerState, get_state
 
 router = APIRouter()
-T = TypeVar("T")
 
 
 def _knowledge(state: ServerState = Depends(get_state)) -> Knowledge:
@@ -89,21 +87,6 @@ def _store_object(kn: Knowledge, kb: Any) -> VectorStoreObject:
     )
 
 
-def page(items: list[T], limit: int, order: str, after: str | None, before: str | None) -> tuple[list[T], bool]:
-    """OpenAI's cursor pagination over `items` (oldest first): a window of `limit` after/before a cursor id."""
-    ordered = items[::-1] if order == "desc" else list(items)
-    ids = [i.id for i in ordered]  # type: ignore[attr-defined]
-    for cursor, name in ((after, "after"), (before, "before")):
-        if cursor is not None and cursor not in ids:
-            raise NotFoundError(f"No such object: {cursor}", param=name)
-    start = ids.index(after) + 1 if after else 0
-    end = ids.index(before) if before else len(ordered)
-    window = ordered[start:end]
-    if before and not after:  # the items just before the cursor
-        return window[-limit:], len(window) > limit
-    return window[:limit], len(window) > limit
-
-
 @router.post("/v1/vector_stores")
 def create_store(body: CreateVectorStoreRequest, kn: Knowledge = Depends(_knowledge)) -> dict:
     for file_id in body.file_ids:
@@ -120,14 +103,14 @@ def create_store(body: CreateVectorStoreRequest, kn: Knowledge = Depends(_knowle
 @router.get("/v1/vector_stores")
 def list_stores(
     limit: int = Query(20, ge=1, le=100),
-    order: Literal["asc", "desc"] = "desc",
+    order: Order = "desc",
     after: str | None = None,
     before: str | None = None,
     kn: Knowledge = Depends(_knowledge),
 ) -> dict:
     stores = kn.kbs.list()  # oldest first
-    window, more = page(stores, limit, order, after, before)
-    return ListVectorStoresResponse.build([_store_object(kn, kb) for kb in window], more).model_dump(mode="json")
+    window, more = page(stores, PageQuery(limit, order, after, before))
+    return CursorPage.build([_store_object(kn, kb) for kb in window], more).model_dump(mode="json")
 
 
 @router.get("/v1/vector_stores/{store_id}")
@@ -163,7 +146,7 @@ class FilePage:
     def __init__(
         self,
         limit: int = Query(20, ge=1, le=100),
-        order: Literal["asc", "desc"] = "desc",
+        order: Order = "desc",
         after: str | None = None,
         before: str | None = None,
         filter: Literal["in_progress", "completed", "failed", "cancelled"] | None = None,  # noqa: A002 (OpenAI's)
@@ -173,8 +156,8 @@ class FilePage:
     def of(self, files: list[VectorStoreFileObject]) -> dict:
         if self.status is not None:
             files = [f for f in files if f.status == self.status]
-        window, more = page(files, self.limit, self.order, self.after, self.before)
-        return ListVectorStoreFilesResponse.build(window, more).model_dump(mode="json")
+        window, more = page(files, PageQuery(self.limit, self.order, self.after, self.before))
+        return CursorPage.build(window, more).model_dump(mode="json")
 
 
 @router.get("/v1/vector_stores/{store_id}/files")
