@@ -58,15 +58,12 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class ErrorBody(OpenAIResponse):
-    message: str
-    type: str
-    param: str | None = None
-    code: str | None = None
+class Deletion(OpenAIResponse):
+    """A deletion receipt; each resource's names its own `object` ("file", "vector_store.deleted", …)."""
 
-
-class ErrorResponse(OpenAIResponse):
-    error: ErrorBody
+    id: str
+    object: str
+    deleted: bool = True
 
 
 def new_id(prefix: str) -> str:

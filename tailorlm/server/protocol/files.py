@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from tailorlm.server.protocol.common import OpenAIResponse
+from tailorlm.server.protocol.common import Deletion, OpenAIResponse
 
 
 class OpenAIFile(OpenAIResponse):
@@ -21,7 +21,5 @@ class OpenAIFile(OpenAIResponse):
     status_details: str | None = None
 
 
-class DeleteFileResponse(OpenAIResponse):
-    id: str
+class DeleteFileResponse(Deletion):
     object: Literal["file"] = "file"
-    deleted: bool

@@ -6,7 +6,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from tailorlm.server.protocol.common import OpenAIRequest, OpenAIResponse
+from tailorlm.server.protocol.common import Deletion, OpenAIRequest, OpenAIResponse
 
 Attributes = dict[str, str | float | bool]
 
@@ -115,10 +115,8 @@ class VectorStoreObject(OpenAIResponse):
     expires_at: int | None = None
 
 
-class DeleteVectorStoreResponse(OpenAIResponse):
-    id: str
+class DeleteVectorStoreResponse(Deletion):
     object: Literal["vector_store.deleted"] = "vector_store.deleted"
-    deleted: bool
 
 
 class LastError(OpenAIResponse):
@@ -139,10 +137,8 @@ class VectorStoreFileObject(OpenAIResponse):
     attributes: Attributes | None = None
 
 
-class DeleteVectorStoreFileResponse(OpenAIResponse):
-    id: str
+class DeleteVectorStoreFileResponse(Deletion):
     object: Literal["vector_store.file.deleted"] = "vector_store.file.deleted"
-    deleted: bool
 
 
 class VectorStoreFileBatchObject(OpenAIResponse):

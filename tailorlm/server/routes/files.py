@@ -64,4 +64,4 @@ def _read(handle: BinaryIO) -> Iterator[bytes]:
 @router.delete("/v1/files/{file_id}")
 def delete_file(file_id: str, state: ServerState = Depends(get_state)) -> dict:
     record = state.files.delete(file_id)
-    return DeleteFileResponse(id=record.id, deleted=True).model_dump(mode="json")
+    return DeleteFileResponse(id=record.id).model_dump(mode="json")
