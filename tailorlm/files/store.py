@@ -13,7 +13,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -27,7 +27,7 @@ CHUNK = 1024 * 1024
 
 @dataclass
 class StoredFile:
-    """One uploaded file, shaped like OpenAI's `OpenAIFile`."""
+    """One uploaded file (served as OpenAI's `OpenAIFile`, server/protocol/files.py)."""
 
     id: str
     filename: str
@@ -35,12 +35,6 @@ class StoredFile:
     bytes: int
     sha256: str
     created_at: int
-
-    def to_openai(self) -> dict:
-        out = asdict(self)
-        out.pop("sha256")
-        out.update(object="file", status="processed")
-        return out
 
 
 class FileStore:

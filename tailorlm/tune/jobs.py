@@ -87,19 +87,6 @@ class Job:
         """The name the result is registered under: OpenAI's `ft:<base>:<suffix>:<job-id>`."""
         return f"ft:{self.model}:{self.suffix or 'tuned'}:{self.id}"
 
-    def to_openai(self) -> dict[str, Any]:
-        hp = self.hyperparameters
-        return {
-            "object": "fine_tuning.job", "id": self.id, "created_at": self.created_at,
-            "model": self.model, "training_file": self.training_file, "validation_file": self.validation_file,
-            "status": self.status, "error": self.error, "fine_tuned_model": self.fine_tuned_model,
-            "finished_at": self.finished_at, "estimated_finish": self.estimated_finish,
-            "trained_tokens": self.trained_tokens, "result_files": list(self.result_files),
-            "hyperparameters": hp.openai(), "seed": self.seed, "organization_id": "org-local",
-            "integrations": [], "metadata": self.metadata, "user_provided_suffix": self.suffix,
-            "method": {"type": "supervised", "supervised": {"hyperparameters": hp.openai()}},
-        }
-
 
 @dataclass
 class Event:
@@ -110,13 +97,6 @@ class Event:
     message: str
     data: dict[str, Any] | None
 
-    def to_openai(self) -> dict[str, Any]:
-        out = {"object": "fine_tuning.job.event", "id": self.id, "created_at": self.created_at,
-               "level": self.level, "type": self.type, "message": self.message}
-        if self.data is not None:
-            out["data"] = self.data
-        return out
-
 
 @dataclass
 class Checkpoint:
@@ -126,11 +106,6 @@ class Checkpoint:
     step_number: int
     metrics: dict[str, float]
     fine_tuned_model_checkpoint: str
-
-    def to_openai(self) -> dict[str, Any]:
-        return {"object": "fine_tuning.job.checkpoint", "id": self.id, "fine_tuning_job_id": self.job_id,
-                "created_at": self.created_at, "step_number": self.step_number, "metrics": self.metrics,
-                "fine_tuned_model_checkpoint": self.fine_tuned_model_checkpoint}
 
 
 def clean_suffix(suffix: str | None) -> str | None:

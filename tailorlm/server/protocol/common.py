@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, model_serializer, model_validator
 
@@ -29,7 +29,8 @@ class OpenAIRequest(BaseModel):
 
 class OpenAIResponse(BaseModel):
     """Responses: fields listed in `omit_if_none` are left out when None (OpenAI omits them);
-    every other field is always present, null included, as the spec requires."""
+    every other field is always present, null included, as the spec requires. An object built from a
+    store's record (StoredFile, Job, KnowledgeBase, …) has a `from_record` classmethod; records know no OpenAI."""
 
     model_config = ConfigDict(extra="forbid")
     omit_if_none: ClassVar[frozenset[str]] = frozenset()
@@ -41,11 +42,6 @@ class OpenAIResponse(BaseModel):
             if data.get(key) is None:
                 data.pop(key, None)
         return data
-
-    @classmethod
-    def of(cls, record: Any) -> Self:
-        """From a store's record (StoredFile, Job, …) by its `to_openai()`, checked against this model."""
-        return cls.model_validate(record.to_openai())
 
 
 class Usage(OpenAIResponse):

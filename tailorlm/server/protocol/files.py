@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, Self
 
 from tailorlm.server.protocol.common import Deletion, OpenAIResponse
+
+if TYPE_CHECKING:
+    from tailorlm.files import StoredFile
 
 
 class OpenAIFile(OpenAIResponse):
@@ -19,6 +22,10 @@ class OpenAIFile(OpenAIResponse):
     status: Literal["uploaded", "processed", "error"] = "processed"
     expires_at: int | None = None
     status_details: str | None = None
+
+    @classmethod
+    def from_record(cls, f: StoredFile) -> Self:
+        return cls(id=f.id, bytes=f.bytes, created_at=f.created_at, filename=f.filename, purpose=f.purpose)
 
 
 class DeleteFileResponse(Deletion):

@@ -24,7 +24,7 @@ router = APIRouter()
 @router.post("/v1/files")
 async def create_file(request: Request, state: ServerState = Depends(get_state)) -> dict:
     record = await receive_upload(request, state.files)
-    return OpenAIFile.of(record).model_dump(mode="json")
+    return OpenAIFile.from_record(record).model_dump(mode="json")
 
 
 @router.get("/v1/files")
@@ -38,12 +38,12 @@ def list_files(
     # `after` may name a file of another purpose; an empty `after` is none
     window, more = page(state.files.list(), PageQuery(limit, order, after or None),
                         keep=lambda r: not purpose or r.purpose == purpose, missing="No such File object: {}".format)
-    return CursorPage.build([OpenAIFile.of(r) for r in window], more).model_dump(mode="json")
+    return CursorPage.build([OpenAIFile.from_record(r) for r in window], more).model_dump(mode="json")
 
 
 @router.get("/v1/files/{file_id}")
 def retrieve_file(file_id: str, state: ServerState = Depends(get_state)) -> dict:
-    return OpenAIFile.of(state.files.get(file_id)).model_dump(mode="json")
+    return OpenAIFile.from_record(state.files.get(file_id)).model_dump(mode="json")
 
 
 @router.get("/v1/files/{file_id}/content")

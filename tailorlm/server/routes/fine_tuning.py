@@ -49,7 +49,7 @@ def create_job(body: CreateFineTuningJobRequest, state: ServerState = Depends(ge
     job = state.jobs.create(model, training, validation, hyperparameters, suffix=body.suffix, seed=body.seed,
                             metadata=body.metadata)
     state.supervisor.wake()
-    return FineTuningJob.of(job).model_dump(mode="json")
+    return FineTuningJob.from_record(job).model_dump(mode="json")
 
 
 @router.get(JOBS)
@@ -61,12 +61,12 @@ def list_jobs(request: Request, after: str | None = None, limit: int = Query(20,
     window, more = page(state.jobs.list(), PageQuery(limit, "desc", after or None),  # an empty `after` is none
                         keep=lambda j: all((j.metadata or {}).get(k) == v for k, v in metadata.items()),
                         missing="No fine-tuning job with id {!r}".format)
-    return ListPage.build([FineTuningJob.of(j) for j in window], more).model_dump(mode="json")
+    return ListPage.build([FineTuningJob.from_record(j) for j in window], more).model_dump(mode="json")
 
 
 @router.get(JOBS + "/{job_id}")
 def retrieve_job(job_id: str, state: ServerState = Depends(get_state)) -> dict:
-    return FineTuningJob.of(state.jobs.get(job_id)).model_dump(mode="json")
+    return FineTuningJob.from_record(state.jobs.get(job_id)).model_dump(mode="json")
 
 
 @router.post(JOBS + "/{job_id}/cancel")
@@ -74,7 +74,7 @@ def cancel_job(job_id: str, state: ServerState = Depends(get_state)) -> dict:
     """A job that has not started is cancelled at once; a running one stops at its next step."""
     job = state.jobs.request_cancel(job_id)
     state.supervisor.wake()
-    return FineTuningJob.of(job).model_dump(mode="json")
+    return FineTuningJob.from_record(job).model_dump(mode="json")
 
 
 @router.get(JOBS + "/{job_id}/events")
@@ -82,7 +82,7 @@ def list_events(job_id: str, after: str | None = None, limit: int = Query(20, ge
                 state: ServerState = Depends(get_state)) -> dict:
     window, more = page(state.jobs.events(job_id), PageQuery(limit, "desc", after or None),
                         missing="No event with id {!r}".format)
-    return ListPage.build([FineTuningJobEvent.of(e) for e in window], more).model_dump(mode="json")
+    return ListPage.build([FineTuningJobEvent.from_record(e) for e in window], more).model_dump(mode="json")
 
 
 @router.get(JOBS + "/{job_id}/checkpoints")
@@ -90,4 +90,4 @@ def list_checkpoints(job_id: str, after: str | None = None, limit: int = Query(1
                      state: ServerState = Depends(get_state)) -> dict:
     window, more = page(state.jobs.checkpoints(job_id), PageQuery(limit, "desc", after or None),
                         missing="No checkpoint with id {!r}".format)
-    return CursorPage.build([FineTuningJobCheckpoint.of(c) for c in window], more).model_dump(mode="json")
+    return CursorPage.build([FineTuningJobCheckpoint.from_record(c) for c in window], more).model_dump(mode="json")
