@@ -28,7 +28,7 @@ def main(job_id: str, mode: str) -> int:
     signal.signal(signal.SIGTERM, signal.SIG_IGN if mode == "hang" else lambda *_: stop.set())
     if not jobs.claim(job_id, os.getpid()):
         return 0
-    done = len(jobs.checkpoints(job_id, limit=100)[0])  # resumes after its checkpoints
+    done = len(jobs.checkpoints(job_id))  # resumes after its checkpoints
     jobs.event(job_id, f"fake worker pid {os.getpid()} nice {os.getpriority(os.PRIO_PROCESS, 0)} from step {done}")
     print(f"fake worker for {job_id}", flush=True)
     if mode == "crash":

@@ -240,15 +240,15 @@ def test_a_job_survives_a_server_restart(tmp_path):
     settings = Settings(home=make_home(tmp_path), threads=2, preload=False)
     with live_server(settings) as live:
         job_id = upload_and_create(live.client(), 40, n_epochs=5, batch_size=1)  # long enough to stop mid-run
-        wait_for(live, job_id, lambda j: j["status"] == "running" and live.app.state.tailor.jobs.checkpoints(job_id)[0])
+        wait_for(live, job_id, lambda j: j["status"] == "running" and live.app.state.tailor.jobs.checkpoints(job_id))
     # the server stopped mid-training: the worker checkpointed and put the job back in the queue
     stopped = live.app.state.tailor.jobs.get(job_id)
     assert stopped.status == "queued", stopped
-    steps_before = max(c.step_number for c in live.app.state.tailor.jobs.checkpoints(job_id, limit=100)[0])
+    steps_before = max(c.step_number for c in live.app.state.tailor.jobs.checkpoints(job_id))
     with live_server(settings) as live:
         job = wait_for(live, job_id, lambda j: False)
         assert job["status"] == "succeeded", job["error"]
-        steps = [c.step_number for c in live.app.state.tailor.jobs.checkpoints(job_id, limit=100)[0]]
+        steps = [c.step_number for c in live.app.state.tailor.jobs.checkpoints(job_id)]
         assert max(steps) > steps_before
         assert live.client().models.retrieve(job["fine_tuned_model"]).id == job["fine_tuned_model"]
 

@@ -55,7 +55,8 @@ def wait_for(jobs: JobStore, job_id: str, *statuses: str, timeout: float = 30) -
 
 
 def messages(jobs: JobStore, job_id: str) -> list[str]:
-    return [e.message for e in jobs.events(job_id, limit=100)[0]]
+    """Newest first."""
+    return [e.message for e in reversed(jobs.events(job_id))]
 
 
 def test_jobs_run_one_at_a_time_in_lower_priority_workers(settings, jobs):
@@ -104,14 +105,14 @@ def test_shutdown_requeues_and_the_next_start_resumes(settings, jobs):
     job = jobs.create("m", "file-a")
     with supervising(settings, jobs):
         wait_for(jobs, job.id, "running")
-        while not jobs.checkpoints(job.id)[0]:
+        while not jobs.checkpoints(job.id):
             time.sleep(0.02)
     stopped = jobs.get(job.id)
     assert stopped.status == "queued" and stopped.worker_pid is None
-    steps_before = len(jobs.checkpoints(job.id, limit=100)[0])
+    steps_before = len(jobs.checkpoints(job.id))
     with supervising(settings, jobs):
         wait_for(jobs, job.id, "succeeded")
-    steps = [c.step_number for c in jobs.checkpoints(job.id, limit=100)[0]]
+    steps = [c.step_number for c in jobs.checkpoints(job.id)]
     assert sorted(steps) == list(range(1, 21)), "the second worker went on from the first one's last step"
     assert any(m.endswith(f"from step {steps_before}") for m in messages(jobs, job.id))
 

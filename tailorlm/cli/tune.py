@@ -111,7 +111,7 @@ def _prepare_resume(jobs, job_id: str):
         raise InvalidRequestError(f"job {job_id} has already succeeded: {job.fine_tuned_model}")
     if job.status == "running" and job.worker_pid != os.getpid() and worker_alive(job.worker_pid, job_id):
         raise InvalidRequestError(f"job {job_id} is running in process {job.worker_pid}")
-    validated = any(e.message.startswith("Files validated") for e in jobs.events(job_id, limit=100000)[0])
+    validated = any(e.message.startswith("Files validated") for e in jobs.events(job_id))
     jobs.event(job_id, "Resumed from the command line")
     return jobs.update(job_id, status="queued" if validated else "validating_files", cancel_requested=False,
                        error=None, finished_at=None, worker_pid=None)

@@ -13,7 +13,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -27,7 +27,7 @@ CHUNK = 1024 * 1024
 
 @dataclass
 class StoredFile:
-    """One uploaded file, shaped like OpenAI's `OpenAIFile`."""
+    """One uploaded file (served as OpenAI's `OpenAIFile`, server/protocol/files.py)."""
 
     id: str
     filename: str
@@ -35,12 +35,6 @@ class StoredFile:
     bytes: int
     sha256: str
     created_at: int
-
-    def to_openai(self) -> dict:
-        out = asdict(self)
-        out.pop("sha256")
-        out.update(object="file", status="processed")
-        return out
 
 
 class FileStore:
@@ -98,26 +92,9 @@ class FileStore:
             raise NotFoundError(f"No such File object: {file_id}", param="file_id")
         return StoredFile(**dict(row))
 
-    def list(self, purpose: str | None = None, after: str | None = None, limit: int = 10000,
-             order: str = "desc") -> list[StoredFile]:
-        """Files newest first (or oldest first with order="asc"), after the cursor `after`.
-
-        Ties within one second are broken by insertion order (SQLite's rowid), not by the random id.
-        """
-        direction = "DESC" if order == "desc" else "ASC"
-        where, args = [], []
-        if purpose:
-            where.append("purpose = ?")
-            args.append(purpose)
-        if after:
-            row = self.conn.execute("SELECT created_at, rowid FROM files WHERE id = ?", (after,)).fetchone()
-            if row is None:
-                raise NotFoundError(f"No such File object: {after}", param="after")
-            where.append(f"(created_at, rowid) {'<' if direction == 'DESC' else '>'} (?, ?)")
-            args += [row[0], row[1]]
-        sql = "SELECT * FROM files" + (" WHERE " + " AND ".join(where) if where else "")
-        sql += f" ORDER BY created_at {direction}, rowid {direction} LIMIT ?"
-        return [StoredFile(**dict(r)) for r in self.conn.execute(sql, (*args, limit))]
+    def list(self) -> list[StoredFile]:
+        """Every file, oldest first; ties within one second in insertion order (SQLite's rowid), not by the random id."""
+        return [StoredFile(**dict(r)) for r in self.conn.execute("SELECT * FROM files ORDER BY created_at, rowid")]
 
     def path(self, file_id: str) -> Path:
         """The content of a file on disk, checked against its digest's size."""

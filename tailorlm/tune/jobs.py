@@ -87,19 +87,6 @@ class Job:
         """The name the result is registered under: OpenAI's `ft:<base>:<suffix>:<job-id>`."""
         return f"ft:{self.model}:{self.suffix or 'tuned'}:{self.id}"
 
-    def to_openai(self) -> dict[str, Any]:
-        hp = self.hyperparameters
-        return {
-            "object": "fine_tuning.job", "id": self.id, "created_at": self.created_at,
-            "model": self.model, "training_file": self.training_file, "validation_file": self.validation_file,
-            "status": self.status, "error": self.error, "fine_tuned_model": self.fine_tuned_model,
-            "finished_at": self.finished_at, "estimated_finish": self.estimated_finish,
-            "trained_tokens": self.trained_tokens, "result_files": list(self.result_files),
-            "hyperparameters": hp.openai(), "seed": self.seed, "organization_id": "org-local",
-            "integrations": [], "metadata": self.metadata, "user_provided_suffix": self.suffix,
-            "method": {"type": "supervised", "supervised": {"hyperparameters": hp.openai()}},
-        }
-
 
 @dataclass
 class Event:
@@ -110,13 +97,6 @@ class Event:
     message: str
     data: dict[str, Any] | None
 
-    def to_openai(self) -> dict[str, Any]:
-        out = {"object": "fine_tuning.job.event", "id": self.id, "created_at": self.created_at,
-               "level": self.level, "type": self.type, "message": self.message}
-        if self.data is not None:
-            out["data"] = self.data
-        return out
-
 
 @dataclass
 class Checkpoint:
@@ -126,11 +106,6 @@ class Checkpoint:
     step_number: int
     metrics: dict[str, float]
     fine_tuned_model_checkpoint: str
-
-    def to_openai(self) -> dict[str, Any]:
-        return {"object": "fine_tuning.job.checkpoint", "id": self.id, "fine_tuning_job_id": self.job_id,
-                "created_at": self.created_at, "step_number": self.step_number, "metrics": self.metrics,
-                "fine_tuned_model_checkpoint": self.fine_tuned_model_checkpoint}
 
 
 def clean_suffix(suffix: str | None) -> str | None:
@@ -177,22 +152,9 @@ class JobStore:
             raise NotFoundError(f"No fine-tuning job with id {job_id!r}", param="fine_tuning_job_id")
         return _job(row)
 
-    def list(self, after: str | None = None, limit: int = 20,
-             metadata: dict[str, str] | None = None) -> tuple[list[Job], bool]:
-        """Jobs newest first, strictly older than the job `after`, whose metadata holds every pair
-        of `metadata`; and whether more follow."""
-        conds: list[str] = []
-        args: list[Any] = []
-        if after:
-            conds.append("seq < ?")
-            args.append(self._seq(after))
-        for key, value in (metadata or {}).items():
-            conds.append("EXISTS (SELECT 1 FROM json_each(metadata) WHERE key = ? AND value = ?)")
-            args += [key, value]
-        where = "WHERE " + " AND ".join(conds) if conds else ""
-        rows = self.conn.execute(
-            f"SELECT * FROM fine_tuning_jobs {where} ORDER BY seq DESC LIMIT ?", (*args, limit + 1)).fetchall()
-        return [_job(r) for r in rows[:limit]], len(rows) > limit
+    def list(self) -> list[Job]:
+        """Every job, oldest first."""
+        return [_job(r) for r in self.conn.execute("SELECT * FROM fine_tuning_jobs ORDER BY seq")]
 
     def with_status(self, *statuses: str) -> list[Job]:
         """Jobs in any of `statuses`, oldest first (the order a worker takes them in)."""
@@ -249,12 +211,6 @@ class JobStore:
         row = self.conn.execute("SELECT cancel_requested FROM fine_tuning_jobs WHERE id = ?", (job_id,)).fetchone()
         return bool(row and row[0])
 
-    def _seq(self, job_id: str) -> int:
-        row = self.conn.execute("SELECT seq FROM fine_tuning_jobs WHERE id = ?", (job_id,)).fetchone()
-        if row is None:
-            raise NotFoundError(f"No fine-tuning job with id {job_id!r}", param="after")
-        return row[0]
-
     # -- events ---------------------------------------------------------------------------------
     def event(self, job_id: str, message: str, level: str = "info", type: str = "message",
               data: dict[str, Any] | None = None) -> None:
@@ -265,11 +221,10 @@ class JobStore:
              json.dumps(data) if data is not None else None),
         )
 
-    def events(self, job_id: str, after: str | None = None, limit: int = 20) -> tuple[list[Event], bool]:
-        """Events newest first, strictly older than the event `after`; and whether more follow."""
-        rows, more = self._page("fine_tuning_events", "event", job_id, after, limit)
+    def events(self, job_id: str) -> list[Event]:
+        """A job's events, oldest first."""
         return [Event(r["id"], r["created_at"], r["level"], r["type"], r["message"],
-                      json.loads(r["data"]) if r["data"] else None) for r in rows], more
+                      json.loads(r["data"]) if r["data"] else None) for r in self._rows("fine_tuning_events", job_id)]
 
     # -- checkpoints ----------------------------------------------------------------------------
     def add_checkpoint(self, job_id: str, step: int, metrics: dict[str, float], model_name: str) -> Checkpoint:
@@ -281,27 +236,15 @@ class JobStore:
         )
         return cp
 
-    def checkpoints(self, job_id: str, after: str | None = None, limit: int = 10) -> tuple[list[Checkpoint], bool]:
-        """Checkpoints newest first, strictly older than the checkpoint `after`."""
-        rows, more = self._page("fine_tuning_checkpoints", "checkpoint", job_id, after, limit)
+    def checkpoints(self, job_id: str) -> list[Checkpoint]:
+        """A job's checkpoints, oldest first."""
         return [Checkpoint(r["id"], r["job_id"], r["created_at"], r["step_number"], json.loads(r["metrics"]),
-                           r["fine_tuned_model_checkpoint"]) for r in rows], more
+                           r["fine_tuned_model_checkpoint"]) for r in self._rows("fine_tuning_checkpoints", job_id)]
 
-    def _page(self, table: str, noun: str, job_id: str, after: str | None,
-              limit: int) -> tuple[list[sqlite3.Row], bool]:
-        """Rows of a job's `table` newest first, strictly older than row `after`; and whether more follow."""
+    def _rows(self, table: str, job_id: str) -> list[sqlite3.Row]:
+        """The rows of a job's `table` (events or checkpoints), oldest first; a 404 for an unknown job."""
         self.get(job_id)
-        args: list[Any] = [job_id]
-        where = "job_id = ?"
-        if after:
-            row = self.conn.execute(f"SELECT seq FROM {table} WHERE id = ?", (after,)).fetchone()
-            if row is None:
-                raise NotFoundError(f"No {noun} with id {after!r}", param="after")
-            where += " AND seq < ?"
-            args.append(row[0])
-        rows = self.conn.execute(
-            f"SELECT * FROM {table} WHERE {where} ORDER BY seq DESC LIMIT ?", (*args, limit + 1)).fetchall()
-        return rows[:limit], len(rows) > limit
+        return self.conn.execute(f"SELECT * FROM {table} WHERE job_id = ? ORDER BY seq", (job_id,)).fetchall()
 
 
 def worker_alive(pid: int | None, job_id: str) -> bool:

@@ -133,7 +133,7 @@ def _run(job: Job, settings: Settings, jobs: JobStore, files: FileStore, show_pr
     jobs.event(job.id, (f"Resuming from step {first_step}:" if last else "Fine-tuning") + f" {job.model} with {resolved.tuning}: "
                f"{len(train)} examples, {spec.epochs} epochs, batch size {spec.batch_size}, "
                f"{trainer.total_steps} steps")
-    known_checkpoints = {c.step_number for c in jobs.checkpoints(job.id, limit=100000)[0]}
+    known_checkpoints = {c.step_number for c in jobs.checkpoints(job.id)}
     started = time.time()
 
     with TrainProgress(trainer.total_steps, enabled=show_progress) as bar:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from typing import Any, ClassVar, Generic, Literal, Self, TypeVar
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, model_serializer, model_validator
 
@@ -29,7 +29,8 @@ class OpenAIRequest(BaseModel):
 
 class OpenAIResponse(BaseModel):
     """Responses: fields listed in `omit_if_none` are left out when None (OpenAI omits them);
-    every other field is always present, null included, as the spec requires."""
+    every other field is always present, null included, as the spec requires. An object built from a
+    store's record (StoredFile, Job, KnowledgeBase, …) has a `from_record` classmethod; records know no OpenAI."""
 
     model_config = ConfigDict(extra="forbid")
     omit_if_none: ClassVar[frozenset[str]] = frozenset()
@@ -42,34 +43,6 @@ class OpenAIResponse(BaseModel):
                 data.pop(key, None)
         return data
 
-    @classmethod
-    def of(cls, record: Any) -> Self:
-        """From a store's record (StoredFile, Job, …) by its `to_openai()`, checked against this model."""
-        return cls.model_validate(record.to_openai())
-
-
-T = TypeVar("T")
-
-
-class ListResponse(OpenAIResponse, Generic[T]):
-    """OpenAI's paginated list; `has_more`: asking again with `after` = the last id gets more."""
-
-    object: Literal["list"] = "list"
-    data: list[T]
-    has_more: bool
-
-
-class CursorListResponse(ListResponse[T], Generic[T]):
-    """A list that also names its first and last ids (null when it is empty, as OpenAI returns)."""
-
-    first_id: str | None
-    last_id: str | None
-
-    @classmethod
-    def build(cls, data: list[T], has_more: bool) -> Self:
-        first, last = (data[0].id, data[-1].id) if data else (None, None)  # type: ignore[attr-defined]
-        return cls(data=data, has_more=has_more, first_id=first, last_id=last)
-
 
 class Usage(OpenAIResponse):
     prompt_tokens: int
@@ -81,15 +54,12 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class ErrorBody(OpenAIResponse):
-    message: str
-    type: str
-    param: str | None = None
-    code: str | None = None
+class Deletion(OpenAIResponse):
+    """A deletion receipt; each resource's names its own `object` ("file", "vector_store.deleted", …)."""
 
-
-class ErrorResponse(OpenAIResponse):
-    error: ErrorBody
+    id: str
+    object: str
+    deleted: bool = True
 
 
 def new_id(prefix: str) -> str:

@@ -1,10 +1,13 @@
-"""/v1/files: the file object, its list and its deletion receipt."""
+"""/v1/files: the file object and its deletion receipt (its list is a pagination.CursorPage)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, Self
 
-from tailorlm.server.protocol.common import CursorListResponse, OpenAIResponse
+from tailorlm.server.protocol.common import Deletion, OpenAIResponse
+
+if TYPE_CHECKING:
+    from tailorlm.files import StoredFile
 
 
 class OpenAIFile(OpenAIResponse):
@@ -20,12 +23,10 @@ class OpenAIFile(OpenAIResponse):
     expires_at: int | None = None
     status_details: str | None = None
 
+    @classmethod
+    def from_record(cls, f: StoredFile) -> Self:
+        return cls(id=f.id, bytes=f.bytes, created_at=f.created_at, filename=f.filename, purpose=f.purpose)
 
-class ListFilesResponse(CursorListResponse[OpenAIFile]):
-    pass
 
-
-class DeleteFileResponse(OpenAIResponse):
-    id: str
+class DeleteFileResponse(Deletion):
     object: Literal["file"] = "file"
-    deleted: bool

@@ -1,4 +1,4 @@
-"""/v1/fine_tuning/jobs: the create request, the job, its events and checkpoints, and their lists.
+"""/v1/fine_tuning/jobs: the create request, the job, its events and checkpoints (their lists: pagination.py).
 
 Hyperparameters are `tailorlm.tune.jobs.Hyperparameters`: OpenAI's three knobs plus our
 `tuning` (lora|full) and `lora_rank`, accepted in either place OpenAI takes them.
@@ -6,13 +6,16 @@ Hyperparameters are `tailorlm.tune.jobs.Hyperparameters`: OpenAI's three knobs p
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from tailorlm.errors import InvalidRequestError
-from tailorlm.server.protocol.common import CursorListResponse, ListResponse, OpenAIRequest, OpenAIResponse
+from tailorlm.server.protocol.common import OpenAIRequest, OpenAIResponse
 from tailorlm.tune.jobs import Hyperparameters
+
+if TYPE_CHECKING:
+    from tailorlm.tune.jobs import Checkpoint, Event, Job
 
 Auto = Literal["auto"]
 MetadataMap = dict[Annotated[str, StringConstraints(max_length=64)], Annotated[str, StringConstraints(max_length=512)]]
@@ -107,9 +110,17 @@ class FineTuningJob(OpenAIResponse):
     metadata: dict[str, str] | None
     user_provided_suffix: str | None
 
-
-class ListPaginatedFineTuningJobsResponse(ListResponse[FineTuningJob]):
-    pass
+    @classmethod
+    def from_record(cls, job: Job) -> Self:
+        hp = JobHyperparameters(**job.hyperparameters.openai())
+        return cls(id=job.id, created_at=job.created_at, model=job.model, training_file=job.training_file,
+                   validation_file=job.validation_file, status=job.status, error=job.error,
+                   fine_tuned_model=job.fine_tuned_model, finished_at=job.finished_at,
+                   estimated_finish=job.estimated_finish, trained_tokens=job.trained_tokens,
+                   result_files=list(job.result_files), hyperparameters=hp,
+                   method=JobMethod(supervised=SupervisedMethod(hyperparameters=hp)), seed=job.seed,
+                   organization_id="org-local", integrations=[], metadata=job.metadata,
+                   user_provided_suffix=job.suffix)
 
 
 # -- events and checkpoints -----------------------------------------------------------------------
@@ -124,9 +135,9 @@ class FineTuningJobEvent(OpenAIResponse):
     message: str
     data: dict[str, Any] | None = None
 
-
-class ListFineTuningJobEventsResponse(ListResponse[FineTuningJobEvent]):
-    pass
+    @classmethod
+    def from_record(cls, e: Event) -> Self:
+        return cls(id=e.id, created_at=e.created_at, level=e.level, type=e.type, message=e.message, data=e.data)
 
 
 class FineTuningJobCheckpoint(OpenAIResponse):
@@ -138,6 +149,7 @@ class FineTuningJobCheckpoint(OpenAIResponse):
     metrics: dict[str, float]
     fine_tuned_model_checkpoint: str
 
-
-class ListFineTuningJobCheckpointsResponse(CursorListResponse[FineTuningJobCheckpoint]):
-    pass
+    @classmethod
+    def from_record(cls, c: Checkpoint) -> Self:
+        return cls(id=c.id, fine_tuning_job_id=c.job_id, created_at=c.created_at, step_number=c.step_number,
+                   metrics=c.metrics, fine_tuned_model_checkpoint=c.fine_tuned_model_checkpoint)

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
 
 from pydantic import Field
 
-from tailorlm.server.protocol.common import CursorListResponse, OpenAIRequest, OpenAIResponse
+from tailorlm.server.protocol.common import Deletion, OpenAIRequest, OpenAIResponse
+
+if TYPE_CHECKING:  # records of tailorlm.kb, imported only when a store is used
+    from tailorlm.kb import Hit, KbFile, KnowledgeBase
+    from tailorlm.kb.batches import FileBatch
+    from tailorlm.server.knowledge import PendingFile
 
 Attributes = dict[str, str | float | bool]
+FileStatus = Literal["in_progress", "completed", "failed", "cancelled"]
 
 
 class ExpiresAfter(OpenAIRequest):
@@ -99,6 +106,12 @@ class FileCounts(OpenAIResponse):
     cancelled: int
     total: int
 
+    @classmethod
+    def of(cls, files: Sequence[VectorStoreFileObject], total: int | None = None) -> Self:
+        """The files by status; `total` defaults to how many they are."""
+        counts = {s: sum(f.status == s for f in files) for s in ("in_progress", "completed", "failed", "cancelled")}
+        return cls(**counts, total=len(files) if total is None else total)
+
 
 class VectorStoreObject(OpenAIResponse):
     omit_if_none: ClassVar[frozenset[str]] = frozenset({"expires_after"})
@@ -114,15 +127,18 @@ class VectorStoreObject(OpenAIResponse):
     expires_after: dict[str, Any] | None = None
     expires_at: int | None = None
 
+    @classmethod
+    def from_record(cls, kb: KnowledgeBase, files: Sequence[VectorStoreFileObject]) -> Self:
+        """A knowledge base as a store, its status and counts from its `files` as they are now."""
+        counts = FileCounts.of(files)
+        status = "expired" if kb.expired else "in_progress" if counts.in_progress else "completed"
+        return cls(id=kb.id, created_at=kb.created_at, name=kb.name, usage_bytes=int(kb.bytes or 0),
+                   file_counts=counts, status=status, last_active_at=kb.last_active_at or kb.created_at,
+                   metadata=kb.metadata or {}, expires_after=kb.expires_after, expires_at=kb.expires_at)
 
-class ListVectorStoresResponse(CursorListResponse[VectorStoreObject]):
-    pass
 
-
-class DeleteVectorStoreResponse(OpenAIResponse):
-    id: str
+class DeleteVectorStoreResponse(Deletion):
     object: Literal["vector_store.deleted"] = "vector_store.deleted"
-    deleted: bool
 
 
 class LastError(OpenAIResponse):
@@ -137,20 +153,26 @@ class VectorStoreFileObject(OpenAIResponse):
     usage_bytes: int
     created_at: int
     vector_store_id: str
-    status: Literal["in_progress", "completed", "cancelled", "failed"]
+    status: FileStatus
     last_error: LastError | None
     chunking_strategy: dict[str, Any]
     attributes: Attributes | None = None
 
+    @classmethod
+    def from_record(cls, f: KbFile | PendingFile, chunking: tuple[int, int]) -> Self:
+        """A knowledge base's file, or one still being ingested; `chunking` (max tokens, overlap) is the
+        knowledge base's own, for a file that has none of its own."""
+        error = None
+        if f.status == "failed":
+            error = LastError(code="invalid_file", message=f.error or "the file could not be ingested")
+        size, overlap = f.chunking or chunking
+        strategy = {"type": "static", "static": {"max_chunk_size_tokens": size, "chunk_overlap_tokens": overlap}}
+        return cls(id=f.id, usage_bytes=f.bytes, created_at=f.created_at, vector_store_id=f.kb_id,
+                   status=f.status, last_error=error, chunking_strategy=strategy, attributes=f.attributes or None)
 
-class ListVectorStoreFilesResponse(CursorListResponse[VectorStoreFileObject]):
-    pass
 
-
-class DeleteVectorStoreFileResponse(OpenAIResponse):
-    id: str
+class DeleteVectorStoreFileResponse(Deletion):
     object: Literal["vector_store.file.deleted"] = "vector_store.file.deleted"
-    deleted: bool
 
 
 class VectorStoreFileBatchObject(OpenAIResponse):
@@ -158,8 +180,23 @@ class VectorStoreFileBatchObject(OpenAIResponse):
     object: Literal["vector_store.files_batch"] = "vector_store.files_batch"
     created_at: int
     vector_store_id: str
-    status: Literal["in_progress", "completed", "cancelled", "failed"]
+    status: FileStatus
     file_counts: FileCounts
+
+    @classmethod
+    def from_record(cls, batch: FileBatch, files: Sequence[VectorStoreFileObject]) -> Self:
+        """A batch, its status and counts from its `files` as they are now."""
+        counts = FileCounts.of(files, total=len(batch.file_ids))
+        if counts.in_progress:
+            status = "in_progress"
+        elif batch.cancelled:
+            status = "cancelled"
+        elif counts.failed and not counts.completed:
+            status = "failed"
+        else:
+            status = "completed"
+        return cls(id=batch.id, created_at=batch.created_at, vector_store_id=batch.kb_id, status=status,
+                   file_counts=counts)
 
 
 class SearchContent(OpenAIResponse):
@@ -173,6 +210,12 @@ class VectorStoreSearchResultItem(OpenAIResponse):
     score: float
     attributes: Attributes | None
     content: list[SearchContent]
+
+    @classmethod
+    def from_record(cls, hit: Hit) -> Self:
+        score = min(max(float(hit.score), 0.0), 1.0)  # the spec's range
+        return cls(file_id=hit.file_id, filename=hit.filename, score=score, attributes=hit.attributes or None,
+                   content=[SearchContent(text=hit.text)])
 
 
 class VectorStoreFileContentResponse(OpenAIResponse):

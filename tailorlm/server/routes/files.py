@@ -6,14 +6,15 @@ Files are found by id in SQLite only; no value of a request is ever used as a pa
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import BinaryIO, Literal
+from typing import BinaryIO
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 
 from tailorlm.files.store import CHUNK
-from tailorlm.server.protocol.files import DeleteFileResponse, ListFilesResponse, OpenAIFile
+from tailorlm.server.protocol.files import DeleteFileResponse, OpenAIFile
+from tailorlm.server.protocol.pagination import CursorPage, Order, PageQuery, page
 from tailorlm.server.state import ServerState, get_state
 from tailorlm.server.uploads import receive_upload
 
@@ -23,25 +24,26 @@ router = APIRouter()
 @router.post("/v1/files")
 async def create_file(request: Request, state: ServerState = Depends(get_state)) -> dict:
     record = await receive_upload(request, state.files)
-    return OpenAIFile.of(record).model_dump(mode="json")
+    return OpenAIFile.from_record(record).model_dump(mode="json")
 
 
 @router.get("/v1/files")
 def list_files(
     purpose: str | None = None,
     limit: int = Query(10000, ge=1, le=10000),
-    order: Literal["asc", "desc"] = "desc",
+    order: Order = "desc",
     after: str | None = None,
     state: ServerState = Depends(get_state),
 ) -> dict:
-    records = state.files.list(purpose=purpose, after=after, limit=limit + 1, order=order)
-    page = ListFilesResponse.build([OpenAIFile.of(r) for r in records[:limit]], has_more=len(records) > limit)
-    return page.model_dump(mode="json")
+    # `after` may name a file of another purpose; an empty `after` is none
+    window, more = page(state.files.list(), PageQuery(limit, order, after or None),
+                        keep=lambda r: not purpose or r.purpose == purpose, missing="No such File object: {}".format)
+    return CursorPage.build([OpenAIFile.from_record(r) for r in window], more).model_dump(mode="json")
 
 
 @router.get("/v1/files/{file_id}")
 def retrieve_file(file_id: str, state: ServerState = Depends(get_state)) -> dict:
-    return OpenAIFile.of(state.files.get(file_id)).model_dump(mode="json")
+    return OpenAIFile.from_record(state.files.get(file_id)).model_dump(mode="json")
 
 
 @router.get("/v1/files/{file_id}/content")
@@ -62,4 +64,4 @@ def _read(handle: BinaryIO) -> Iterator[bytes]:
 @router.delete("/v1/files/{file_id}")
 def delete_file(file_id: str, state: ServerState = Depends(get_state)) -> dict:
     record = state.files.delete(file_id)
-    return DeleteFileResponse(id=record.id, deleted=True).model_dump(mode="json")
+    return DeleteFileResponse(id=record.id).model_dump(mode="json")

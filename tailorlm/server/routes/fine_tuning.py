@@ -16,10 +16,8 @@ from tailorlm.server.protocol.fine_tuning import (
     FineTuningJob,
     FineTuningJobCheckpoint,
     FineTuningJobEvent,
-    ListFineTuningJobCheckpointsResponse,
-    ListFineTuningJobEventsResponse,
-    ListPaginatedFineTuningJobsResponse,
 )
+from tailorlm.server.protocol.pagination import CursorPage, ListPage, PageQuery, page
 from tailorlm.server.state import ServerState, get_state
 
 router = APIRouter()
@@ -51,7 +49,7 @@ def create_job(body: CreateFineTuningJobRequest, state: ServerState = Depends(ge
     job = state.jobs.create(model, training, validation, hyperparameters, suffix=body.suffix, seed=body.seed,
                             metadata=body.metadata)
     state.supervisor.wake()
-    return FineTuningJob.of(job).model_dump(mode="json")
+    return FineTuningJob.from_record(job).model_dump(mode="json")
 
 
 @router.get(JOBS)
@@ -60,14 +58,15 @@ def list_jobs(request: Request, after: str | None = None, limit: int = Query(20,
     # OpenAI's `metadata` filter arrives as `metadata[key]=value` query parameters
     metadata = {k[len("metadata["):-1]: v for k, v in request.query_params.items()
                 if k.startswith("metadata[") and k.endswith("]")}
-    jobs, has_more = state.jobs.list(after=after, limit=limit, metadata=metadata)
-    page = ListPaginatedFineTuningJobsResponse(data=[FineTuningJob.of(j) for j in jobs], has_more=has_more)
-    return page.model_dump(mode="json")
+    window, more = page(state.jobs.list(), PageQuery(limit, "desc", after or None),  # an empty `after` is none
+                        keep=lambda j: all((j.metadata or {}).get(k) == v for k, v in metadata.items()),
+                        missing="No fine-tuning job with id {!r}".format)
+    return ListPage.build([FineTuningJob.from_record(j) for j in window], more).model_dump(mode="json")
 
 
 @router.get(JOBS + "/{job_id}")
 def retrieve_job(job_id: str, state: ServerState = Depends(get_state)) -> dict:
-    return FineTuningJob.of(state.jobs.get(job_id)).model_dump(mode="json")
+    return FineTuningJob.from_record(state.jobs.get(job_id)).model_dump(mode="json")
 
 
 @router.post(JOBS + "/{job_id}/cancel")
@@ -75,20 +74,20 @@ def cancel_job(job_id: str, state: ServerState = Depends(get_state)) -> dict:
     """A job that has not started is cancelled at once; a running one stops at its next step."""
     job = state.jobs.request_cancel(job_id)
     state.supervisor.wake()
-    return FineTuningJob.of(job).model_dump(mode="json")
+    return FineTuningJob.from_record(job).model_dump(mode="json")
 
 
 @router.get(JOBS + "/{job_id}/events")
 def list_events(job_id: str, after: str | None = None, limit: int = Query(20, ge=1, le=100),
                 state: ServerState = Depends(get_state)) -> dict:
-    events, has_more = state.jobs.events(job_id, after=after, limit=limit)
-    page = ListFineTuningJobEventsResponse(data=[FineTuningJobEvent.of(e) for e in events], has_more=has_more)
-    return page.model_dump(mode="json")
+    window, more = page(state.jobs.events(job_id), PageQuery(limit, "desc", after or None),
+                        missing="No event with id {!r}".format)
+    return ListPage.build([FineTuningJobEvent.from_record(e) for e in window], more).model_dump(mode="json")
 
 
 @router.get(JOBS + "/{job_id}/checkpoints")
 def list_checkpoints(job_id: str, after: str | None = None, limit: int = Query(10, ge=1, le=100),
                      state: ServerState = Depends(get_state)) -> dict:
-    checkpoints, has_more = state.jobs.checkpoints(job_id, after=after, limit=limit)
-    page = ListFineTuningJobCheckpointsResponse.build([FineTuningJobCheckpoint.of(c) for c in checkpoints], has_more)
-    return page.model_dump(mode="json")
+    window, more = page(state.jobs.checkpoints(job_id), PageQuery(limit, "desc", after or None),
+                        missing="No checkpoint with id {!r}".format)
+    return CursorPage.build([FineTuningJobCheckpoint.from_record(c) for c in window], more).model_dump(mode="json")
