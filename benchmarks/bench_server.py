@@ -43,7 +43,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import llamacpp  # noqa: E402
-from benchmarks.common import QUESTIONS, machine  # noqa: E402
+from benchmarks.common import ISA_ENV, QUESTIONS, machine  # noqa: E402
 
 OURS = "tailorlm"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -292,7 +292,8 @@ def ours_server(args, home: Path, log_dir: Path) -> Callable[[int], Server]:
         # serve's own defaults (dtype fast, the KV budget sized by its pre-flight check) unless --dtype is given
         cmd = [sys.executable, "-m", "tailorlm", "serve", "--port", str(port), "--threads", str(args.threads),
                "--max-batch", str(slots), *(["--dtype", args.dtype] if args.dtype != "default" else [])]
-        return Server(OURS, cmd, port, log_dir / f"tailorlm-{slots}.log", env={**os.environ, "TAILOR_HOME": str(home)})
+        env = {**os.environ, "TAILOR_HOME": str(home), **ISA_ENV[args.isa]}
+        return Server(OURS, cmd, port, log_dir / f"tailorlm-{slots}.log", env=env)
     return make
 
 
@@ -305,7 +306,7 @@ def peer_server(label: str, gguf: Path, model: str, args, longest_prompt: int,
                 log_dir: Path) -> Callable[[int], Server]:
     def make(slots: int) -> Server:
         port = free_port()
-        cmd = [str(llamacpp.find_server()), "-m", str(gguf), "-t", str(args.threads), "-tb", str(args.threads),
+        cmd = [str(llamacpp.find_server(args.isa)), "-m", str(gguf), "-t", str(args.threads), "-tb", str(args.threads),
                "--parallel", str(slots), "-c", str(peer_ctx(slots, longest_prompt, args.max_tokens)),
                "--host", "127.0.0.1", "--port", str(port), "--alias", model, *args.peer_args.split()]
         return Server(label, cmd, port, log_dir / f"{label.replace(' ', '_')}-{slots}.log",
@@ -379,6 +380,9 @@ def main() -> None:
     ap.add_argument("--skip-ours", action="store_true", help="only run the peer(s)")
     ap.add_argument("--log-dir", type=Path, default=None, help="server logs (default: a new temporary folder)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    ap.add_argument("--isa", choices=tuple(ISA_ENV), default="native",
+                    help="avx2: both servers as on an AVX2-only CPU (ours with TAILOR_ISA=avx2 and torch/oneDNN capped "
+                         "at AVX2, llama-server from its AVX2 build: `python benchmarks/llamacpp.py build --isa avx2`)")
     args = ap.parse_args()
     args.levels = [int(x) for x in args.concurrency.split(",") if x.strip()]
     peers = [p.strip().lower() for p in args.peers.split(",") if p.strip()]
@@ -394,7 +398,8 @@ def main() -> None:
 
     info = machine()
     info["threads"] = str(args.threads)
-    info["llama_server"] = llamacpp.server_version() if peers else ""
+    info["isa"] = args.isa
+    info["llama_server"] = llamacpp.server_version(llamacpp.find_server(args.isa)) if peers else ""
     print(f"# {model} · {info['cpu']} · {args.threads} threads · {info['date']} · commit {info['commit']}")
     print(f"prompts: {min(lengths)}–{max(lengths)} tokens; {args.max_tokens} output tokens each (ignore_eos); "
           f"{'servers restarted per level, slots = concurrency' if args.slots_per_level else f'{max(args.levels)} slots'}; "

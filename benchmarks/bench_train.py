@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import machine, quiet_torch  # noqa: E402
+from benchmarks.common import ISA_ENV, machine, quiet_torch  # noqa: E402
 
 DEMO = Path(__file__).resolve().parent.parent / "tailorlm" / "tune" / "demo" / "train.jsonl"
 SIDES = {"tailorlm": "tailorlm (packed, trained-token logits)",
@@ -151,6 +151,8 @@ def main() -> None:
     ap.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
                     help="both sides' matmul precision (like for like)")
     ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--isa", choices=tuple(ISA_ENV), default="native",
+                    help="avx2: both sides as on an AVX2-only CPU (torch and oneDNN capped at AVX2, no bf16)")
     ap.add_argument("--side", choices=list(SIDES), help=argparse.SUPPRESS)  # internal: run one side
     args = ap.parse_args()
     if args.steps < 1 or args.warmup < 1 or args.batch_size < 1:
@@ -165,10 +167,11 @@ def main() -> None:
 
     info = machine()
     info["threads"] = str(args.threads)
-    print(f"# {args.model} · {info['cpu']} · {args.threads} threads · {info['date']}")
+    info["isa"] = args.isa
+    print(f"# {args.model} · {info['cpu']} · {info['flags']} · isa {args.isa} · {args.threads} threads · {info['date']}")
     print(f"# LoRA r={RANK} alpha={ALPHA} all-linear, {args.precision}, batch {args.batch_size} examples, "
           f"{args.warmup} warm-up + {args.steps} timed steps, demo data")
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false", **ISA_ENV[args.isa]}
     results, commands = {}, {}
     for side in SIDES:
         cmd = [sys.executable, __file__, "--side", side, "--model", args.model, "--threads", str(args.threads),

@@ -32,6 +32,11 @@ QUESTIONS = [
 ]
 
 
+# Run as an AVX2-only machine would on an AVX-512 one: our C++ step's AVX2 kernels (and every choice made by ISA,
+# tailorlm/engine/cpu.py), torch's AVX2 kernels and oneDNN capped at AVX2. Set before the process starts.
+ISA_ENV = {"native": {}, "avx2": {"TAILOR_ISA": "avx2", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}}
+
+
 def machine() -> dict[str, str]:
     cpu = "unknown"
     try:
@@ -48,12 +53,19 @@ def machine() -> dict[str, str]:
     return {
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": cpu,
+        "flags": _vector_flags(),
         "threads": str(torch.get_num_threads()),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "commit": rev,
     }
+
+
+def _vector_flags() -> str:
+    from tailorlm.engine.cpu import describe
+
+    return describe()
 
 
 def engine_args(doc: str, new_tokens: int) -> argparse.ArgumentParser:

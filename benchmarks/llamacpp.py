@@ -34,7 +34,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 SDIST = f"llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}"
 TARGETS = ("llama-server", "llama-quantize")
-CMAKE_FLAGS = ("-DGGML_NATIVE=ON", "-DLLAMA_CURL=OFF", "-DCMAKE_BUILD_TYPE=Release")
+CMAKE_FLAGS = ("-DLLAMA_CURL=OFF", "-DCMAKE_BUILD_TYPE=Release")
+# Kernels per ISA: native (this CPU's), or AVX2 + FMA + F16C only, the peer of our forced-AVX2 runs on an AVX-512
+# machine (GGML_NATIVE off, so the build machine's AVX-512 is not picked up). Each ISA builds in its own folder.
+ISA_FLAGS = {"native": ("-DGGML_NATIVE=ON",),
+             "avx2": ("-DGGML_NATIVE=OFF", "-DGGML_AVX=ON", "-DGGML_AVX2=ON", "-DGGML_FMA=ON", "-DGGML_F16C=ON",
+                      "-DGGML_AVX512=OFF", "-DGGML_AVX512_VBMI=OFF", "-DGGML_AVX512_VNNI=OFF",
+                      "-DGGML_AVX512_BF16=OFF", "-DGGML_AVX_VNNI=OFF")}
 
 
 class PeerNotFound(RuntimeError):
@@ -50,22 +56,30 @@ def source_dir() -> Path:
     return Path(env) if env else peers_dir() / SDIST / "vendor" / "llama.cpp"
 
 
+def build_dir(isa: str = "native") -> Path:
+    """Where `build` puts the binaries of `isa` (native: build/, else build-<isa>/)."""
+    return source_dir() / ("build" if isa == "native" else f"build-{isa}")
+
+
 def _how_to_build() -> str:
     return ("build it with `python benchmarks/llamacpp.py build` (≈ 10 min on 2 cores; see benchmarks/README.md), "
             "or point TAILOR_LLAMA_SERVER at a llama-server binary")
 
 
-def find_server() -> Path:
-    """The llama-server binary: $TAILOR_LLAMA_SERVER, else the default build, else $PATH."""
+def find_server(isa: str = "native") -> Path:
+    """The llama-server binary: $TAILOR_LLAMA_SERVER, else the build for `isa`, else (native only) $PATH."""
     env = os.environ.get("TAILOR_LLAMA_SERVER")
     if env:
         path = Path(env)
         if not (path.is_file() and os.access(path, os.X_OK)):
             raise PeerNotFound(f"TAILOR_LLAMA_SERVER={env} is not an executable file")
         return path
-    built = source_dir() / "build" / "bin" / "llama-server"
+    built = build_dir(isa) / "bin" / "llama-server"
     if built.is_file():
         return built
+    if isa != "native":
+        raise PeerNotFound(f"llama-server for {isa} not found at {built}; build it with "
+                           f"`python benchmarks/llamacpp.py build --isa {isa}`")
     found = shutil.which("llama-server")
     if found:
         return Path(found)
@@ -76,7 +90,7 @@ def find_quantize() -> Path:
     env = os.environ.get("TAILOR_LLAMA_QUANTIZE")
     if env:
         return Path(env)
-    candidates = [source_dir() / "build" / "bin" / "llama-quantize"]
+    candidates = [build_dir(isa) / "bin" / "llama-quantize" for isa in ISA_FLAGS]  # any build quantizes alike
     server = os.environ.get("TAILOR_LLAMA_SERVER")
     if server:
         candidates.insert(0, Path(server).parent / "llama-quantize")
@@ -122,12 +136,13 @@ def fetch_sources(dest: Path | None = None) -> Path:
     return tree
 
 
-def build(tree: Path | None = None, jobs: int = 2, targets: tuple[str, ...] = TARGETS) -> float:
-    """Configure and build `targets` in `tree`/build; returns the build's wall seconds."""
+def build(tree: Path | None = None, jobs: int = 2, targets: tuple[str, ...] = TARGETS, isa: str = "native") -> float:
+    """Configure and build `targets` for `isa` in `tree`/build_dir(isa); returns the build's wall seconds."""
     tree = tree or fetch_sources()
+    folder = build_dir(isa).name
     t0 = time.perf_counter()
-    subprocess.run(["cmake", "-B", "build", *CMAKE_FLAGS], cwd=tree, check=True)
-    subprocess.run(["cmake", "--build", "build", f"-j{jobs}", "--target", *targets], cwd=tree, check=True)
+    subprocess.run(["cmake", "-B", folder, *CMAKE_FLAGS, *ISA_FLAGS[isa]], cwd=tree, check=True)
+    subprocess.run(["cmake", "--build", folder, f"-j{jobs}", "--target", *targets], cwd=tree, check=True)
     return time.perf_counter() - t0
 
 
@@ -222,6 +237,8 @@ def main() -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="fetch the sources (PyPI sdist) and build llama-server and llama-quantize")
     b.add_argument("-j", "--jobs", type=int, default=2)
+    b.add_argument("--isa", choices=tuple(ISA_FLAGS), default="native",
+                   help="native, or avx2: AVX2/FMA/F16C kernels only (the AVX2 peer on an AVX-512 machine)")
     c = sub.add_parser("convert", help="convert a stored model to GGUF; prints its path")
     c.add_argument("--model", default=None, help="store name (default: the embedded default)")
     c.add_argument("--outtype", default="f32", help="f32 (same weights as ours) or a llama-quantize type, e.g. q8_0")
@@ -229,8 +246,8 @@ def main() -> None:
     sub.add_parser("where", help="print the source tree, binaries and their version")
     args = ap.parse_args()
     if args.cmd == "build":
-        seconds = build(jobs=args.jobs)
-        print(f"built {', '.join(TARGETS)} in {seconds / 60:.1f} min under {source_dir() / 'build' / 'bin'}")
+        seconds = build(jobs=args.jobs, isa=args.isa)
+        print(f"built {', '.join(TARGETS)} in {seconds / 60:.1f} min under {build_dir(args.isa) / 'bin'}")
     elif args.cmd == "convert":
         print(convert(args.model, outtype=args.outtype, force=args.force))
     else:

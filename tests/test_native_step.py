@@ -256,3 +256,20 @@ def test_the_isa_setting_picks_the_kernels_and_refuses_what_the_cpu_cannot_run(m
     monkeypatch.setattr(native_step, "cpu_flags", lambda: frozenset({"sse2"}))
     with pytest.raises(InvalidRequestError, match="lacks: avx2, fma"):
         native_step.extension("avx2")  # never a silent fallback to another build
+
+
+def test_a_forced_isa_also_narrows_every_choice_made_by_isa(monkeypatch):
+    """With isa avx2 on an AVX-512 CPU nothing may pick bf16 activations or bf16 training as if AVX512-BF16
+    were there: the run must decide as an AVX2 machine would (engine/cpu.py effective_flags)."""
+    from tailorlm.engine import cpu
+
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset({"avx2", "fma", "f16c", "avx512f", "avx512_bf16"}))
+    for isa, bf16, left in [("native", True, {"avx512f", "avx512_bf16"}), ("avx2", False, {"avx2", "fma"}),
+                            ("generic", False, {"f16c"})]:
+        monkeypatch.setenv("TAILOR_ISA", isa)
+        get_settings.cache_clear()
+        assert cpu.native_bf16() is bf16
+        assert left <= cpu.effective_flags()
+        assert ("isa forced" in cpu.describe()) is (isa != "native")
+    assert not {"avx2", "avx512f"} & cpu.effective_flags()
+    get_settings.cache_clear()
