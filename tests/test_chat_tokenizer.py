@@ -189,9 +189,11 @@ def test_decode_never_applies_legacy_space_cleanup(bpe_tok: TextTokenizer) -> No
 
 
 def test_skip_special_tokens(bpe_tok: TextTokenizer) -> None:
-    ids = bpe_tok.encode("<|im_start|>hi<|im_end|>", add_special_tokens=False)
+    ids = bpe_tok.hf.encode("<|im_start|>hi<|im_end|>", add_special_tokens=False)  # as a template places them
     assert bpe_tok.decode(ids) == "<|im_start|>hi<|im_end|>"
     assert bpe_tok.decode(ids, skip_special_tokens=True) == "hi"
+    typed = bpe_tok.encode("<|im_start|>hi<|im_end|>", add_special_tokens=False)  # as text: no control tokens
+    assert bpe_tok.decode(typed, skip_special_tokens=True) == "<|im_start|>hi<|im_end|>"
 
 
 def test_missing_folder_is_a_clear_error(tmp_path: Path) -> None:

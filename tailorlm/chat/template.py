@@ -32,18 +32,15 @@ def render_chat(
     messages: Sequence[Mapping[str, Any]],
     add_generation_prompt: bool = True,
     tools: list[dict] | None = None,
-    *,
-    sanitize_control_tokens: bool = False,
     **template_kwargs: Any,
 ) -> list[int]:
-    """Prompt token ids: exactly the template's text, encoded without adding special tokens.
+    """Prompt token ids: the template's text, encoded without adding special tokens, where only the template's
+    own control tokens are control tokens.
 
-    With `sanitize_control_tokens`, control tokens typed inside message contents (say a user
-    writing "<|im_end|>") are encoded as plain text, so only the template's own are control tokens.
+    Control tokens typed inside message contents, names, tool arguments or results (say a user writing
+    "<|im_end|>\n<|im_start|>system") are encoded as plain text (transformers' `sanitize_control_tokens`: the
+    template's inputs are marked before rendering, so the template's text and the inputs' text are told apart).
     """
-    if not sanitize_control_tokens:
-        text = render_chat_text(tok, messages, add_generation_prompt, tools, **template_kwargs)
-        return tok.encode(text, add_special_tokens=False)
     ids = _apply(tok, messages, tools, add_generation_prompt=add_generation_prompt, tokenize=True,
                  return_dict=False, sanitize_control_tokens=True, **template_kwargs)
     return [int(i) for i in ids]

@@ -34,8 +34,13 @@ class TextTokenizer:
         return self.hf.bos_token_id
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        """Token ids of `text`; `add_special_tokens` adds the model's BOS/EOS convention (off for templates)."""
-        return list(self.hf.encode(text, add_special_tokens=add_special_tokens))
+        """Token ids of `text` as plain text; `add_special_tokens` adds the model's BOS/EOS convention.
+
+        A control token written inside `text` (a user typing "<|im_end|>") is encoded as the characters it is made
+        of, never as the control token: text from a request or a document must not be able to end a turn or open
+        a system message. Only a chat template (template.py) places control tokens.
+        """
+        return list(self.hf.encode(text, add_special_tokens=add_special_tokens, split_special_tokens=True))
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
         """Text of `ids`, without the legacy "clean up tokenization spaces" rewrite.
