@@ -46,9 +46,11 @@ def hf64(path: Path) -> torch.nn.Module:
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float64, experts_implementation="eager")
 
 
-def test_every_supported_architecture_has_a_tiny_model() -> None:
+def test_every_supported_architecture_has_a_tiny_model_and_a_readme_row() -> None:
     assert set(ARCHITECTURES) <= set(_CONFIGS)
     assert set(NEW) <= set(ARCHITECTURES)
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert [t for t in ARCHITECTURES if f"`{t}`" not in readme] == []
 
 
 def test_an_unlisted_architecture_is_refused_at_import(tailor_home: Path, tmp_path: Path) -> None:
