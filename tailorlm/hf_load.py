@@ -18,3 +18,16 @@ def pretrained(cls: Any, *args: Any, **kwargs: Any) -> Any:
     """`cls.from_pretrained(*args, **kwargs)` while no other thread of this process loads weights."""
     with LOAD_LOCK:
         return cls.from_pretrained(*args, **kwargs)
+
+
+def causal_lm(path: Any, **kwargs: Any) -> Any:
+    """`AutoModelForCausalLM` from `path` with SDPA attention, or eager where the architecture has no SDPA
+    (gemma2's logit softcapping, gpt-oss's attention sinks); other ValueErrors pass through."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return pretrained(AutoModelForCausalLM, path, attn_implementation="sdpa", **kwargs)
+    except ValueError as exc:
+        if "sdpa" not in str(exc).lower() and "attention" not in str(exc).lower():
+            raise
+    return pretrained(AutoModelForCausalLM, path, attn_implementation="eager", **kwargs)

@@ -11,6 +11,8 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from tests.tiny_gptoss import CONFIG as GPTOSS
+
 VOCAB = 320
 _LLAMA_SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                     num_key_value_heads=2, max_position_embeddings=256)
@@ -20,6 +22,25 @@ _CONFIGS: dict[str, dict] = {
     "qwen2": dict(model_type="qwen2", **_LLAMA_SHAPE),
     "mistral": dict(model_type="mistral", **_LLAMA_SHAPE),  # its default sliding window (4096) never applies here
     "gpt2": dict(model_type="gpt2", n_embd=64, n_layer=2, n_head=4, n_positions=256),
+    "qwen3": dict(model_type="qwen3", head_dim=16, **_LLAMA_SHAPE),
+    "qwen3_moe": dict(model_type="qwen3_moe", head_dim=16, num_experts=4, num_experts_per_tok=2,
+                      moe_intermediate_size=32, norm_topk_prob=True, **_LLAMA_SHAPE),
+    # a window shorter than the tests' prompts, so that the sliding layers' mask matters; an untied head, or the
+    # scaled input embedding dominates the last hidden state and every greedy step repeats the token it read
+    "gemma2": dict(model_type="gemma2", head_dim=16, sliding_window=8, tie_word_embeddings=False, **_LLAMA_SHAPE),
+    "gemma3_text": dict(model_type="gemma3_text", head_dim=16, sliding_window=8, sliding_window_pattern=2,
+                        tie_word_embeddings=False, **_LLAMA_SHAPE),
+    "phi3": dict(model_type="phi3", **_LLAMA_SHAPE),
+    # gpt-oss's own tiny shape (tests/tiny_gptoss.py) over this vocabulary: token-level tests need no harmony
+    "gpt_oss": dict(model_type="gpt_oss", **{k: v for k, v in GPTOSS.items() if not k.endswith(("_id", "vocab_size", "initializer_range"))}),
+    # multi-head latent attention with keys (16 + 8) wider than values (16); layer 0 dense, layer 1 routed
+    "deepseek_v3": dict(model_type="deepseek_v3", q_lora_rank=32, kv_lora_rank=16, qk_nope_head_dim=16,
+                        qk_rope_head_dim=8, v_head_dim=16, n_routed_experts=4, num_experts_per_tok=2, n_group=1,
+                        topk_group=1, n_shared_experts=1, moe_intermediate_size=32, first_k_dense_replace=1,
+                        **{**_LLAMA_SHAPE, "num_key_value_heads": 4}),
+    # a causal LM transformers runs but tailorlm does not list (store/architectures.py): import refuses it
+    "opt": dict(model_type="opt", hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
+                word_embed_proj_dim=64, max_position_embeddings=256),
 }
 
 ARCHS = ("llama", "qwen2", "gpt2")  # the families tests run over; mistral is llama's shape with a sliding window

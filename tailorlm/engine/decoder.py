@@ -17,8 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from tailorlm.engine.shape import ModelShape
+from tailorlm.store.architectures import ARCHITECTURES as TABLE
 
-ARCHITECTURES = ("llama", "mistral", "qwen2")
+ARCHITECTURES = tuple(t for t, a in TABLE.items() if a.lean_step)  # store/architectures.py says which
 STATIC_ROPE = ("default", "linear", "llama3", "yarn")  # inv_freq does not depend on the sequence length
 PROJECTIONS = (("self_attn", ("q_proj", "k_proj", "v_proj", "o_proj")), ("mlp", ("gate_proj", "up_proj", "down_proj")))
 

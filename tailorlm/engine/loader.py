@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, PreTrainedModel
+from transformers import AutoConfig, GenerationConfig, PreTrainedModel
 
 from tailorlm.engine import decoder
 from tailorlm.engine.backend import RunnerFactory
@@ -15,7 +15,7 @@ from tailorlm.engine.cpu import int8_activation_dtype
 from tailorlm.engine.runner import ModelRunner
 from tailorlm.engine.shape import ModelShape
 from tailorlm.errors import InvalidRequestError, UnsupportedModelError
-from tailorlm.hf_load import pretrained
+from tailorlm.hf_load import causal_lm
 
 KERNELS = ("native", "torch")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
@@ -85,11 +85,9 @@ def load_model(path: Path, *, name: str | None = None, dtype: str = "auto", comp
     if torch_dtype is torch.float64:
         kwargs["experts_implementation"] = "eager"  # grouped_mm (MoE, e.g. gpt-oss) has no float64 kernel
     try:
-        model = pretrained(AutoModelForCausalLM, path, attn_implementation="sdpa", **kwargs)
+        model = causal_lm(path, **kwargs)
     except ValueError as exc:
-        if "sdpa" not in str(exc).lower() and "attention" not in str(exc).lower():
-            raise UnsupportedModelError(f"transformers cannot load {path} as a causal LM: {exc}") from None
-        model = pretrained(AutoModelForCausalLM, path, attn_implementation="eager", **kwargs)
+        raise UnsupportedModelError(f"transformers cannot load {path} as a causal LM: {exc}") from None
     model.eval()
     if compile:
         why = decoder.unsupported(model, window=None) if int8 else \

@@ -50,7 +50,7 @@ class ModelRunner:
         self.dtype = next(model.parameters()).dtype
         self.cache = SlotKVCache(
             shape.layers, shape.kv_heads, shape.head_dim, dtype=self.dtype,
-            max_slots=max_slots, max_len=context_length,
+            max_slots=max_slots, max_len=context_length, v_head_dim=shape.value_dim,
         )
         if model.config._attn_implementation == "sdpa":
             model.set_attn_implementation(attention.NAME)

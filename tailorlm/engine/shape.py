@@ -34,14 +34,19 @@ class ModelShape:
 
     layers: int
     heads: int
-    kv_heads: int  # num_key_value_heads, else heads (no grouped-query attention)
-    head_dim: int  # head_dim, else hidden // heads
+    kv_heads: int  # cached heads: num_key_value_heads, else heads (no grouped-query attention); 1 for MLA
+    head_dim: int  # a cached key's width: head_dim, else hidden // heads; MLA: the compressed latent's
     hidden: int
     vocab: int
     window: int | None  # the sliding window's length where some layer slides; None where none does
     per_layer_masks: bool  # layer_types names sliding layers: the model takes a mask per layer type (gemma2/3)
     tied: bool  # the output head shares the embedding's weights
     max_context: int  # positions the model was trained for (DEFAULT_CONTEXT where the config says none)
+    v_head_dim: int = 0  # a cached value's width where it differs from a key's (MLA: the rotary key part); else 0
+
+    @property
+    def value_dim(self) -> int:
+        return self.v_head_dim or self.head_dim
 
     @classmethod
     def of(cls, config: Any) -> ModelShape:
@@ -52,13 +57,15 @@ class ModelShape:
         per_layer = "sliding_attention" in layer_types
         # layer_types, where given, says which layers slide; else use_sliding_window turns a window off (qwen2)
         slides = per_layer or (not layer_types and _get(cfg, "use_sliding_window", True) is not False)
+        # multi-head latent attention (DeepSeek-V2/V3) caches one compressed latent and one rotary key per position
+        latent = _get(cfg, "kv_lora_rank")
         context = next((v for k in CONTEXT_KEYS if isinstance(v := _get(cfg, k), int) and v > 0), DEFAULT_CONTEXT)
         return cls(
             layers=_get(cfg, "num_hidden_layers", 0), heads=heads,
-            kv_heads=_get(cfg, "num_key_value_heads") or heads,
-            head_dim=_get(cfg, "head_dim") or (hidden // heads if heads else 0),
+            kv_heads=1 if latent else _get(cfg, "num_key_value_heads") or heads,
+            head_dim=latent or _get(cfg, "head_dim") or (hidden // heads if heads else 0),
             hidden=hidden, vocab=_get(cfg, "vocab_size", 0),
             window=_get(cfg, "sliding_window") if slides else None, per_layer_masks=per_layer,
             tied=bool(_get(cfg, "tie_word_embeddings", _get(config, "tie_word_embeddings", False))),
-            max_context=context,
+            max_context=context, v_head_dim=_get(cfg, "qk_rope_head_dim", 0) if latent else 0,
         )

@@ -19,9 +19,11 @@ import torch
 
 from tailorlm.engine.shape import ModelShape, text_config
 from tailorlm.errors import InvalidRequestError, UnsupportedModelError
+from tailorlm.store.architectures import ARCHITECTURES as TABLE
 
-# HF model_type -> llama.cpp architecture. Mistral runs as llama in llama.cpp, as its converter writes it.
-ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}
+# HF model_type -> llama.cpp architecture (store/architectures.py). Mistral runs as llama in llama.cpp, as its
+# converter writes it.
+ARCHITECTURES = {t: a.gguf for t, a in TABLE.items() if a.gguf}
 QUANTS = ("f32", "f16", "bf16", "q8_0", "q4_0")
 Progress = Callable[[int, int], None]
 

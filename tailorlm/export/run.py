@@ -22,6 +22,7 @@ from tailorlm.export.parity import THRESHOLDS, ParityError, ParityReport, compar
 from tailorlm.export.source import Source, materialize, resolve
 from tailorlm.export.tokenizer_check import tokenizer_problems
 from tailorlm.store import Manifest, ModelStore
+from tailorlm.store.architectures import check_export
 from tailorlm.store.hf_folder import copy_model_files
 from tailorlm.store.metadata import describe
 from tailorlm.store.progress import Stages, quiet_transformers
@@ -54,6 +55,7 @@ def export(name: str, fmt: str, quant: str | None = None, *, out_name: str | Non
     tgt = target(fmt, quant)
     store = ModelStore(settings.home)
     source = resolve(name, settings)
+    check_export(source.base.model_type, tgt.format)
     key = out_name or default_name(source.name, tgt)
     if not overwrite:
         store.check_absent(key)

@@ -9,6 +9,7 @@ from typing import Any
 
 from tailorlm.errors import InvalidRequestError, TailorError, UnsupportedModelError
 from tailorlm.hf_load import pretrained
+from tailorlm.store.architectures import architecture
 from tailorlm.store.progress import Stages, quiet_transformers
 
 _KEYS = ("general.architecture", "general.name", "general.license", "tokenizer.chat_template")
@@ -56,6 +57,7 @@ def convert_gguf(path: Path, dst: Path, scratch: Path, stages: Stages) -> dict[s
     with quiet_transformers():
         try:
             config = AutoConfig.from_pretrained(folder, gguf_file=name)
+            architecture(config.model_type, "import")
             tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
             stages.stage("dequantizing")
             loaded = pretrained(AutoModelForCausalLM, folder, gguf_file=name, dtype=torch.float32)

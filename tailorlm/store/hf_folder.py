@@ -1,4 +1,4 @@
-"""Import an HF-format folder: check it is a causal LM, copy the files we keep, refuse or convert pickle."""
+"""Import an HF-format folder: check it is a supported causal LM, copy the files we keep, refuse or convert pickle."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 from tailorlm.errors import InvalidRequestError, UnsafeFormatError, UnsupportedModelError
+from tailorlm.store.architectures import architecture
 
 # What the store keeps of a model folder (also the hub download filter). Patterns without "/" match
 # top-level files only.
@@ -36,7 +37,8 @@ def pickle_weights(folder: Path) -> list[Path]:
 
 
 def load_config(folder: Path):  # -> PretrainedConfig
-    """The folder's config via AutoConfig; UnsupportedModelError unless it is a causal LM transformers knows."""
+    """The folder's config via AutoConfig; UnsupportedModelError unless it is a causal LM transformers knows
+    of an architecture tailorlm supports (store/architectures.py)."""
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
@@ -51,6 +53,7 @@ def load_config(folder: Path):  # -> PretrainedConfig
         raise UnsupportedModelError(
             f"{folder} holds a {config.model_type!r} model, which is not a causal language model transformers can run"
         )
+    architecture(config.model_type, "import")
     return config
 
 

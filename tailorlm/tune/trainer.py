@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import PreTrainedModel
 
-from tailorlm.hf_load import pretrained
+from tailorlm.hf_load import causal_lm
+from tailorlm.store.architectures import architecture
 from tailorlm.tune import attention, checkpoint
 from tailorlm.tune.checkpoint import Progress
 from tailorlm.tune.frozen import freeze_base_layers, resolve_compute_dtype
@@ -102,8 +103,7 @@ def lr_at(step: int, total: int, peak: float) -> float:
 def build_model(spec: TrainSpec) -> torch.nn.Module:
     """The base model in training form: with LoRA adapters (seeded init), or all weights trainable."""
     torch.manual_seed(spec.seed)
-    model: PreTrainedModel = pretrained(
-        AutoModelForCausalLM, spec.base_path, dtype=spec.dtype, attn_implementation="sdpa")
+    model: PreTrainedModel = causal_lm(spec.base_path, dtype=spec.dtype)
     model.config.use_cache = False
     if model.config._attn_implementation == "sdpa":
         model.set_attn_implementation(attention.NAME)  # per-example causal attention over packed rows
@@ -113,7 +113,8 @@ def build_model(spec: TrainSpec) -> torch.nn.Module:
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(r=spec.lora_rank, lora_alpha=spec.lora_alpha or 2 * spec.lora_rank,
-                        target_modules="all-linear", lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
+                        target_modules=list(architecture(model.config.model_type, "fine-tuning").lora_targets),
+                        lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
     peft_model = get_peft_model(model, config)
     if spec.dtype == torch.float32:
         freeze_base_layers(peft_model, resolve_compute_dtype(spec.train_dtype))
