@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from importlib.resources import files
 from pathlib import Path
 
@@ -357,3 +358,17 @@ def test_a_file_removed_while_it_was_embedded_is_never_written(kbs: KnowledgeBas
     (docs / "broken.pdf").write_bytes(b"%PDF-1.4 not really")  # a failure after removal leaves no record either
     kbs.add_path("kb", docs / "broken.pdf", file_id="file-gone2", cancelled=lambda: True)
     assert kbs.files("kb") == []
+
+
+def test_markdown_headings_parse_in_linear_time(tmp_path: Path) -> None:
+    """A document is user input: 1 MB of Markdown built to make a backtracking heading pattern quadratic extracts
+    in well under a second, and headings keep CommonMark's closing rule."""
+    from tailorlm.kb.extract import markdown_blocks
+
+    lines = ["# a" + " " * 8000 + "b", "## x" + " " * 8000 + "#" * 3 + " " * 8000 + "y", "#" * 6 + " " * 8000]
+    (tmp_path / "evil.md").write_text("\n".join(lines * 45) + "\n\nSome text.")  # ~1 MB
+    start = time.perf_counter()
+    extract(tmp_path / "evil.md")
+    assert time.perf_counter() - start < 1.0
+    shape = [(b.text, b.level) for b in markdown_blocks("# C#\n## Title ##\n### Spaced   #  \n#nohash\n####### seven")]
+    assert shape == [("C#", 1), ("Title", 2), ("Spaced", 3), ("#nohash\n####### seven", 0)]

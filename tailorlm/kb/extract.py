@@ -14,7 +14,7 @@ from pathlib import Path
 from tailorlm.errors import InvalidRequestError
 
 SEPARATOR = "\n\n"
-_MD_HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
+_MD_HASHES = re.compile(r"(#{1,6})\s")  # an ATX heading's opening: 1-6 '#' and a space (anchored by match())
 _BLANK = re.compile(r"\n\s*\n")
 
 
@@ -59,6 +59,22 @@ def paragraphs(text: str) -> list[Block]:
     return [Block(p.strip()) for p in _BLANK.split(text.replace("\r\n", "\n")) if p.strip()]
 
 
+def _heading(line: str) -> Block | None:
+    """An ATX heading line as a Block, in linear time: a document is user input, and a backtracking pattern over
+    a heading's trailing spaces (the usual `(.*?)\\s*#*\\s*$`) takes quadratic time on a line of spaces.
+
+    The closing '#'s are dropped only where a space precedes them, as CommonMark says ("# C#" is "C#").
+    """
+    opening = _MD_HASHES.match(line)
+    if opening is None:
+        return None
+    text = line[len(opening.group(1)):].strip()
+    unclosed = text.rstrip("#")
+    if not unclosed or unclosed[-1].isspace():
+        text = unclosed.rstrip()
+    return Block(text, len(opening.group(1)))
+
+
 def markdown_blocks(text: str) -> list[Block]:
     """ATX headings (# …) start blocks; paragraphs split on blank lines; fenced code stays whole."""
     blocks: list[Block] = []
@@ -74,10 +90,10 @@ def markdown_blocks(text: str) -> list[Block]:
     for line in text.replace("\r\n", "\n").split("\n"):
         if line.lstrip().startswith(("```", "~~~")):
             fenced = not fenced
-        match = None if fenced else _MD_HEADING.match(line)
-        if match:
+        heading = None if fenced else _heading(line)
+        if heading:
             flush()
-            blocks.append(Block(match.group(2), len(match.group(1))))
+            blocks.append(heading)
         elif not fenced and not line.strip():
             flush()
         else:
