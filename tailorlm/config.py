@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address `tailor serve` binds.")
     port: int = Field(8000, ge=0, le=65535, description="Port `tailor serve` binds.")
     insecure: bool = Field(False, description="Allow binding a non-loopback host with no API keys.")
+    unload_drain_s: float = Field(
+        300, ge=0, description="When a model is unloaded to make room for another (memory_budget_gb), how long its "
+        "requests in flight may take to finish first; any still running after that ends with an error.")
     memory_budget_gb: float = Field(
         8.0, gt=0, description="Models stay loaded until their weights would exceed this; then the least recently used is unloaded."
     )

@@ -125,6 +125,12 @@ MIGRATIONS: list[str] = [
         cancelled INTEGER NOT NULL DEFAULT 0
     )
     """,
+    # v5: a fine-tuning job's lease: at most one trainer per job, whoever starts it (the server's worker or
+    # `tailor tune`). The owner ("host:pid") renews `lease_expires` while it runs (tailorlm/tune/lease.py).
+    """
+    ALTER TABLE fine_tuning_jobs ADD COLUMN lease_owner TEXT;
+    ALTER TABLE fine_tuning_jobs ADD COLUMN lease_expires REAL
+    """,
 ]
 
 _lock = threading.Lock()

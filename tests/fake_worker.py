@@ -17,6 +17,7 @@ import time
 
 from tailorlm.config import Settings
 from tailorlm.db import connect
+from tailorlm.tune import lease
 from tailorlm.tune.jobs import JobStore
 
 STEPS = 20
@@ -26,6 +27,14 @@ def main(job_id: str, mode: str) -> int:
     jobs = JobStore(connect(Settings().db_path))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, signal.SIG_IGN if mode == "hang" else lambda *_: stop.set())
+    owner = lease.owner_id()
+    if not lease.take(jobs.conn, job_id, owner):
+        return 0  # another trainer holds it
+    with lease.Heartbeat(jobs.conn, job_id, owner, on_lost=stop.set, every=0.2):
+        return _train(jobs, job_id, mode, stop)
+
+
+def _train(jobs: JobStore, job_id: str, mode: str, stop: threading.Event) -> int:
     if not jobs.claim(job_id, os.getpid()):
         return 0
     done = len(jobs.checkpoints(job_id))  # resumes after its checkpoints

@@ -80,3 +80,34 @@ def test_registry_unloads_least_recently_used_over_budget(tailor_home, tmp_path)
     with pytest.raises(Exception) as info:
         asyncio.run(registry.get("missing"))
     assert getattr(info.value, "status", None) == 404
+
+
+def test_unloading_for_room_lets_requests_in_flight_finish(tailor_home, tmp_path):
+    """A model unloaded to make room takes no new requests, but what it is generating for other clients finishes
+    normally first (never cut short as a fake `stop`); past the drain time, what is left ends with an error."""
+    from tailorlm.engine import SamplingParams
+
+    store = ModelStore(tailor_home)
+    for name in ("a", "b"):
+        folder = save_tiny_tokenizer(make_tiny_model("llama", tmp_path / name))
+        store.import_path(folder, name=name, show_progress=False)
+    size = store.get("a").size
+    greedy = SamplingParams(temperature=0, max_tokens=60, ignore_eos=True)
+
+    async def scenario(drain_s: float):
+        registry = ModelRegistry(Settings(home=tailor_home, memory_budget_gb=1.5 * size / 1024**3,
+                                          unload_drain_s=drain_s), store)
+        try:
+            a = await registry.get("a")
+            handle = a.submit([5, 6, 7], greedy)
+            await registry.get("b")  # unloads "a" while it generates
+            events = await asyncio.to_thread(list, handle)
+            return registry.loaded(), events
+        finally:
+            registry.close_all()
+
+    loaded, events = asyncio.run(scenario(drain_s=120))
+    assert loaded == ["b"] and len([e for e in events if e.token_id is not None]) == 60
+    assert events[-1].finish_reason == "length"
+    loaded, events = asyncio.run(scenario(drain_s=0))
+    assert events[-1].finish_reason == "error" and "unloaded to make room" in events[-1].error

@@ -16,6 +16,7 @@ import pytest
 from tailorlm.config import Settings
 from tailorlm.db import connect
 from tailorlm.server.jobs_supervisor import JobSupervisor
+from tailorlm.tune import lease
 from tailorlm.tune.jobs import Job, JobStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,7 +122,8 @@ def test_a_job_left_running_by_a_dead_server_is_requeued(settings, jobs):
     job = jobs.create("m", "file-a")
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    assert jobs.claim(job.id, dead.pid)
+    assert lease.take(jobs.conn, job.id, lease.owner_id(dead.pid)) and jobs.claim(job.id, dead.pid)
+    assert not jobs.get(job.id).leased  # its owner's process is gone: no TTL to wait for
     supervisor = JobSupervisor(settings, jobs, command=fake("train"))
     supervisor.recover()
     requeued = jobs.get(job.id)
@@ -142,3 +144,65 @@ def test_a_live_worker_of_a_dead_server_is_adopted_not_doubled(settings, jobs):
     finally:
         orphan.kill()
         orphan.wait()
+
+
+def trainers(jobs: JobStore, job_id: str) -> list[str]:
+    return [m for m in messages(jobs, job_id) if m.startswith("fake worker")]
+
+
+def test_two_supervisors_on_one_job_start_one_trainer(settings, jobs):
+    """Two servers sharing a home race for the same queued job: the lease (one conditional UPDATE) lets exactly
+    one worker train it, and the loser's supervisor neither fails the job nor starts another."""
+    for _ in range(3):
+        job = jobs.create("m", "file-a")
+        other = JobStore(connect(settings.db_path))
+        with supervising(settings, jobs), supervising(settings, other):
+            wait_for(jobs, job.id, "succeeded")
+        assert len(trainers(jobs, job.id)) == 1, messages(jobs, job.id)
+        assert jobs.get(job.id).lease_owner is None  # released at the end
+
+
+def test_a_job_trained_elsewhere_is_never_started_twice(settings, jobs):
+    """`tailor tune` trains in its own process, whose command line does not name the job: while it holds the
+    lease, even before it sets `running` (validating files), a supervisor starts nothing for that job."""
+    job = jobs.create("m", "file-a")
+    me = lease.owner_id()
+    assert lease.take(jobs.conn, job.id, me)
+    assert not lease.take(jobs.conn, job.id, lease.owner_id(1)), "a second owner cannot take a live lease"
+    with supervising(settings, jobs):
+        time.sleep(0.5)
+        assert trainers(jobs, job.id) == [] and jobs.get(job.id).status == "validating_files"
+        lease.release(jobs.conn, job.id, me)  # the other trainer stopped without finishing: it runs here now
+        wait_for(jobs, job.id, "succeeded")
+    assert len(trainers(jobs, job.id)) == 1
+
+
+def test_an_expired_lease_is_dead_and_a_lost_lease_stops_its_heartbeat(settings, jobs):
+    job = jobs.create("m", "file-a")
+    far = "another-host:4242"
+    assert lease.take(jobs.conn, job.id, far, ttl=0.2)
+    assert jobs.get(job.id).leased  # another machine: only the TTL tells
+    time.sleep(0.3)
+    assert not jobs.get(job.id).leased
+    me = lease.owner_id()
+    assert lease.take(jobs.conn, job.id, me)  # taken over once expired
+    lost = []
+    with lease.Heartbeat(jobs.conn, job.id, me, on_lost=lambda: lost.append(1), every=0.05):
+        jobs.conn.execute("UPDATE fine_tuning_jobs SET lease_owner = 'x:1' WHERE id = ?", (job.id,))
+        time.sleep(0.3)
+    assert lost == [1]
+
+
+def test_the_real_worker_leaves_a_job_another_trainer_holds_untouched(settings, jobs):
+    """The worker takes the lease before anything else: it used to validate the files, set `queued` over a
+    running job and claim it a second time."""
+    from tailorlm.tune.worker import run_job
+
+    job = jobs.create("m", "file-a")
+    assert lease.take(jobs.conn, job.id, lease.owner_id())  # e.g. `tailor tune` in this very process
+    before = messages(jobs, job.id)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(lease, "owner_id", lambda pid=None: "this-host-too:999999")  # a second trainer
+        left = run_job(job.id, Settings(home=settings.home))
+    assert left.status == "validating_files" and left.lease_owner == lease.owner_id()
+    assert messages(jobs, job.id) == before

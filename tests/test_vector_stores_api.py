@@ -152,6 +152,9 @@ def test_unknown_store_file_and_bad_bodies(server, client):
         validate(res.json(), "ErrorResponse")
         res = http.post(f"/v1/vector_stores/{store.id}/search", json={"query": "x", "max_num_results": 99})
         assert res.status_code == 400 and res.json()["error"]["param"] == "max_num_results"
+        res = http.post(f"/v1/vector_stores/{store.id}/search", json={"query": ["seeds"] * 10_000})
+        assert res.status_code == 400 and res.json()["error"]["param"] == "query"  # bounded, nothing embedded
+        assert "between 1 and 16 queries" in res.json()["error"]["message"]
         res = http.post("/v1/vector_stores", json={"name": "errors"})
         assert res.status_code == 409
         validate(res.json(), "ErrorResponse")

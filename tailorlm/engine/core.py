@@ -110,8 +110,8 @@ class EngineCore:
         self.waiting.append(req)
 
     @torch.inference_mode()
-    def abort(self, request_id: str) -> bool:
-        """Drop a request now, freeing its slot; False when it already finished."""
+    def abort(self, request_id: str, error: str | None = None) -> bool:
+        """Drop a request now, freeing its slot (ending it with `error` if given); False when it already finished."""
         req = self.by_id.get(request_id)
         if req is None:
             return False
@@ -120,7 +120,8 @@ class EngineCore:
         else:
             self.waiting.remove(req)
             self.by_id.pop(req.id, None)
-        req.sink(TokenEvent(req.id, None, finish_reason="abort"))
+        req.sink(TokenEvent(req.id, None, finish_reason="error", error=error) if error
+                 else TokenEvent(req.id, None, finish_reason="abort"))
         return True
 
     def unload_adapter(self, name: str) -> None:

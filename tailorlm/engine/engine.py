@@ -12,6 +12,7 @@ import itertools
 import logging
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from typing import Callable
 
@@ -160,10 +161,20 @@ class Engine:
         running = len(self.core.running)
         return {"running": running, "waiting": max(self._pending - running, 0), "steps": self.core.steps}
 
-    def shutdown(self) -> None:
-        """Cancel everything in flight and stop the thread."""
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until no request is in flight (or `timeout` seconds pass); True if idle."""
+        deadline = time.monotonic() + timeout
+        while self._pending > 0:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def shutdown(self, reason: str | None = None) -> None:
+        """Stop the thread; requests still in flight end at once, with an error saying `reason` when given
+        (their clients see why, never a normal finish), else as aborted."""
         if self._thread is not None and self._thread.is_alive():
-            self._inbox.put(("stop", None))
+            self._inbox.put(("stop", reason))
             self._thread.join(timeout=30)
         atexit.unregister(self.shutdown)
 
@@ -188,7 +199,7 @@ class Engine:
             self.core.unload_adapter(arg)  # type: ignore[arg-type]
         elif cmd in ("stop", "abort_all"):
             for rid in list(self.core.by_id):
-                self.core.abort(rid)
+                self.core.abort(rid, error=arg)  # type: ignore[arg-type]
             return cmd != "stop"
         return True
 

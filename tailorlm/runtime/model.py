@@ -54,8 +54,8 @@ class OpenModel:
         adapter = self.adapter.name if self.adapter is not None else None
         return self.engine.submit(prompt, params, adapter=adapter, sink=sink)
 
-    def close(self) -> None:
-        self.engine.shutdown()
+    def close(self, reason: str | None = None) -> None:
+        self.engine.shutdown(reason)
 
 
 def open_model(name: str | Resolved | None = None, *, settings: Settings | None = None,

@@ -20,7 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tailorlm.config import Settings
-from tailorlm.tune.jobs import TERMINAL, Job, JobStore, worker_alive
+from tailorlm.tune import lease
+from tailorlm.tune.jobs import TERMINAL, Job, JobStore
 
 log = logging.getLogger("tailorlm.server")
 WorkerCommand = Callable[[str], list[str]]
@@ -38,10 +39,14 @@ class _Worker:
     deadline: float | None = None  # when a worker asked to stop is signalled (SIGTERM, then SIGKILL)
     terminated: bool = False
 
-    def alive(self) -> bool:
-        return self.proc.poll() is None if self.proc is not None else worker_alive(self.pid, self.job_id)
+    def alive(self, jobs: JobStore) -> bool:
+        if self.proc is not None:
+            return self.proc.poll() is None
+        return jobs.get(self.job_id).leased  # adopted: whoever trains it holds its lease while it runs
 
     def signal(self, sig: int) -> None:
+        if self.pid <= 0:
+            return  # a trainer on another machine: it sees the cancel flag at its next step
         try:  # SIGKILL goes to the worker's whole session (it leads its own), SIGTERM to it alone
             os.killpg(self.pid, sig) if sig == signal.SIGKILL else os.kill(self.pid, sig)
         except ProcessLookupError:
@@ -84,23 +89,23 @@ class JobSupervisor:
         if self._thread is not None:
             self._thread.join()
         worker = self._worker
-        if worker is None or not worker.alive():
+        if worker is None or not worker.alive(self.jobs):
             return
         log.info("stopping the fine-tuning worker of %s; the job resumes at the next start", worker.job_id)
         worker.signal(signal.SIGTERM)
         deadline = time.monotonic() + self.shutdown_wait_s
-        while worker.alive() and time.monotonic() < deadline:
+        while worker.alive(self.jobs) and time.monotonic() < deadline:
             time.sleep(0.1)
-        if worker.alive():
+        if worker.alive(self.jobs):
             log.warning("the worker of %s did not stop in %.0fs; killing it", worker.job_id, self.shutdown_wait_s)
             worker.signal(signal.SIGKILL)
         if worker.proc is not None:
             worker.proc.wait(timeout=10)
 
     def recover(self) -> None:
-        """Jobs left running by a worker that is gone (the server or machine died) go back to the queue."""
+        """Jobs left running by a trainer that is gone (the server or machine died) go back to the queue."""
         for job in self.jobs.with_status("running"):
-            if not worker_alive(job.worker_pid, job.id):
+            if not job.leased:
                 self._orphaned(job)
 
     # -- the loop -------------------------------------------------------------------------------
@@ -115,16 +120,17 @@ class JobSupervisor:
 
     def _tick(self) -> None:
         if self._worker is not None:
-            if self._worker.alive():
+            if self._worker.alive(self.jobs):
                 self._watch(self._worker)
                 return
             self._reap(self._worker)
             self._worker = None
-        for job in self.jobs.with_status("running"):
-            if worker_alive(job.worker_pid, job.id):  # left by an earlier server: watch it, start nothing
-                self._worker = _Worker(job.id, job.worker_pid, None)
+        for job in self.jobs.with_status("validating_files", "queued", "running"):
+            if job.leased:  # trained by another server's worker or by `tailor tune`: watch it, start nothing
+                self._worker = _Worker(job.id, lease.local_pid(job.lease_owner), None)
                 return
-            self._orphaned(job)
+            if job.status == "running":
+                self._orphaned(job)
         pending = [j for j in self.jobs.with_status("validating_files", "queued") if not j.cancel_requested]
         if pending:
             self._worker = self._spawn(pending[0])
@@ -168,8 +174,8 @@ class JobSupervisor:
         """Settle the job of a worker that exited without finishing it."""
         code = worker.proc.wait() if worker.proc is not None else None
         job = self.jobs.get(worker.job_id)
-        if job.status in TERMINAL or (job.status == "running" and job.worker_pid not in (None, worker.pid)):
-            return  # done, or another server's worker claimed it first
+        if job.status in TERMINAL or job.leased or (job.status == "running" and job.worker_pid not in (None, worker.pid)):
+            return  # done, or another trainer holds it (ours found it taken and left it alone)
         if job.cancel_requested:
             self._orphaned(job)
         elif worker.proc is None:  # adopted: its exit status is unknown

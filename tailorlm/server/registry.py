@@ -56,7 +56,7 @@ class ModelRegistry:
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             if key not in self._loaded:
-                self._make_room(found.manifest.size if found.manifest is not None else 0)
+                await self._make_room(found.manifest.size if found.manifest is not None else 0)
                 model = await asyncio.to_thread(
                     open_model, found.base, settings=self.settings, store=self.store, show_progress=False
                 )
@@ -66,12 +66,23 @@ class ModelRegistry:
         self._loaded.move_to_end(key)
         return self._loaded[key]
 
-    def _make_room(self, incoming: int) -> None:
+    async def _make_room(self, incoming: int) -> None:
+        """Unload least recently used models until `incoming` bytes fit the memory budget.
+
+        A model being unloaded takes no new requests (it leaves `_loaded` at once) and its requests in flight
+        finish first, up to `unload_drain_s`, in a worker thread: other clients' streams are never cut short
+        as if they had finished, and the event loop never waits on an engine thread.
+        """
         budget = int(self.settings.memory_budget_gb * 1024**3)
         while self._loaded and sum(m.manifest.size for m in self._loaded.values()) + incoming > budget:
             name, model = self._loaded.popitem(last=False)
             log.info("unloading %s (memory budget %.1f GB)", name, self.settings.memory_budget_gb)
-            model.close()
+            await asyncio.to_thread(self._retire, name, model)
+
+    def _retire(self, name: str, model: OpenModel) -> None:
+        if not model.engine.wait_idle(self.settings.unload_drain_s):
+            log.warning("unloading %s with requests still in flight after %.0fs", name, self.settings.unload_drain_s)
+        model.close(f"the model {name} was unloaded to make room for another model (memory_budget_gb); retry")
 
     def stats(self) -> dict[str, dict[str, int]]:
         return {name: m.engine.stats() for name, m in list(self._loaded.items())}

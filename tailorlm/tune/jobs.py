@@ -14,12 +14,12 @@ import sqlite3
 import time
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tailorlm.errors import InvalidRequestError, NotFoundError
+from tailorlm.tune import lease
 
 Status = Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled"]
 ACTIVE: tuple[str, ...] = ("validating_files", "queued", "running")
@@ -81,6 +81,13 @@ class Job:
     metadata: dict[str, str] | None = None
     cancel_requested: bool = False
     worker_pid: int | None = None
+    lease_owner: str | None = None  # who trains it now (tailorlm/tune/lease.py), while `leased`
+    lease_expires: float | None = None
+
+    @property
+    def leased(self) -> bool:
+        """Whether a live trainer holds this job (the server's worker or `tailor tune`, on any machine)."""
+        return lease.alive(self.lease_owner, self.lease_expires)
 
     @property
     def target_model(self) -> str:
@@ -187,10 +194,11 @@ class JobStore:
         return self.update(job_id, status=status, **fields)
 
     def claim(self, job_id: str, pid: int) -> bool:
-        """Atomically move a queued job to running for worker `pid`; False if someone else has it."""
+        """Atomically move a queued job to running for worker `pid`, which must hold its lease (lease.take);
+        False if it does not, or the job was cancelled or is no longer pending."""
         cur = self.conn.execute(
-            "UPDATE fine_tuning_jobs SET status = 'running', worker_pid = ? "
-            "WHERE id = ? AND status IN ('validating_files', 'queued') AND cancel_requested = 0", (pid, job_id))
+            "UPDATE fine_tuning_jobs SET status = 'running', worker_pid = ? WHERE id = ? AND lease_owner = ? "
+            "AND status IN ('validating_files', 'queued') AND cancel_requested = 0", (pid, job_id, lease.owner_id(pid)))
         return cur.rowcount == 1
 
     def request_cancel(self, job_id: str) -> Job:
@@ -247,23 +255,6 @@ class JobStore:
         return self.conn.execute(f"SELECT * FROM {table} WHERE job_id = ? ORDER BY seq", (job_id,)).fetchall()
 
 
-def worker_alive(pid: int | None, job_id: str) -> bool:
-    """Whether `pid` is a live worker of `job_id`: after a reboot the pid may belong to anything else."""
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):  # gone, or another user's process: not our worker
-        return False
-    cmdline = Path(f"/proc/{pid}/cmdline")
-    if cmdline.parent.is_dir():  # Linux: check it runs this job (a zombie's cmdline is empty)
-        try:
-            return job_id.encode() in cmdline.read_bytes()
-        except OSError:
-            return False
-    return True
-
-
 def _job(row: sqlite3.Row) -> Job:
     return Job(
         id=row["id"], created_at=row["created_at"], model=row["model"], training_file=row["training_file"],
@@ -274,4 +265,5 @@ def _job(row: sqlite3.Row) -> Job:
         trained_tokens=row["trained_tokens"], result_files=json.loads(row["result_files"] or "[]"),
         metadata=json.loads(row["metadata"]) if row["metadata"] else None,
         cancel_requested=bool(row["cancel_requested"]), worker_pid=row["worker_pid"],
+        lease_owner=row["lease_owner"], lease_expires=row["lease_expires"],
     )

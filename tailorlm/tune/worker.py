@@ -25,6 +25,7 @@ from tailorlm.db import connect
 from tailorlm.errors import InvalidRequestError, TailorError
 from tailorlm.files import FileStore
 from tailorlm.tune import checkpoint as ckpt
+from tailorlm.tune import lease
 from tailorlm.tune.data import DataReport, check_file
 from tailorlm.tune.data_stats import auto_epochs
 from tailorlm.tune.jobs import TERMINAL, Hyperparameters, Job, JobStore
@@ -57,6 +58,20 @@ def run_job(job_id: str, settings: Settings | None = None, *, show_progress: boo
     job = jobs.get(job_id)
     if job.status in TERMINAL:
         raise InvalidRequestError(f"job {job_id} has already {job.status}", param="job")
+    owner = lease.owner_id()
+    if not lease.take(conn, job_id, owner):  # another trainer has it (or it was cancelled): never two
+        job = jobs.get(job_id)
+        if job.status not in TERMINAL and not job.cancel_requested:
+            log.info("job %s is being trained by %s; not starting a second trainer", job_id, job.lease_owner)
+        return job
+    # a lost lease (renewals failed for its whole TTL: another trainer may take over) stops training at a step
+    with lease.Heartbeat(conn, job_id, owner, on_lost=stop.set):
+        return _run_leased(job, settings, jobs, files, show_progress, stop, on_stop)
+
+
+def _run_leased(job: Job, settings: Settings, jobs: JobStore, files: FileStore, show_progress: bool,
+                stop: threading.Event, on_stop: OnStop) -> Job:
+    job_id = job.id
     try:
         return _run(job, settings, jobs, files, show_progress, stop, on_stop)
     except TailorError as exc:

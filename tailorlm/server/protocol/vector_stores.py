@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from tailorlm.server.protocol.common import Deletion, OpenAIRequest, OpenAIResponse
 
@@ -91,12 +91,26 @@ class RankingOptions(OpenAIRequest):
     score_threshold: float = Field(0, ge=0, le=1)
 
 
+MAX_QUERIES = 16  # one search embeds every query: a bounded list, refused beyond with a clear error
+MAX_QUERY_CHARS = 8_000
+
+
 class VectorStoreSearchRequest(OpenAIRequest):
     query: str | list[str]
     rewrite_query: bool = False  # accepted and ignored: queries are searched as given
     max_num_results: int = Field(10, ge=1, le=50)
     filters: dict[str, Any] | None = None
     ranking_options: RankingOptions | None = None
+
+    @field_validator("query")
+    @classmethod
+    def _bounded(cls, query: str | list[str]) -> str | list[str]:
+        queries = [query] if isinstance(query, str) else query
+        if not queries or len(queries) > MAX_QUERIES:
+            raise ValueError(f"give between 1 and {MAX_QUERIES} queries (got {len(queries)})")
+        if any(len(q) > MAX_QUERY_CHARS for q in queries):
+            raise ValueError(f"a query may have at most {MAX_QUERY_CHARS:,} characters")
+        return query
 
 
 class FileCounts(OpenAIResponse):

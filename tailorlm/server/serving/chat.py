@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from fastapi import Request
@@ -88,7 +89,7 @@ async def create(req: ChatCompletionRequest, http: Request, state: ServerState):
     found = state.registry.resolve(req.model)
     req, sources = await presets.prepare(req, found, state)
     model = await state.registry.get(found)
-    plan = plan_for(model, req)
+    plan = await asyncio.to_thread(plan_for, model, req)  # template, tokenizer and grammar: off the event loop
     gen.check_prompt(model, plan.prompt, state.settings.max_prompt_tokens)
     runs = gen.start_choices(model, plan.prompt, _params(req, plan), stop_list(req.stop))
     parsers = [plan.parser() for _ in runs]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from fastapi import Request
@@ -64,10 +65,13 @@ async def create(req: CompletionRequest, http: Request, state: ServerState):
         defaults = {k: v for k, v in found.preset.defaults_for(req.model_fields_set).items()
                     if k in CompletionRequest.model_fields}
         req = CompletionRequest.model_validate({**req.model_dump(exclude_unset=True), **defaults})
-    model = await state.registry.get(found)
-    prompts = _prompts(model, req.prompt)
-    if req.n * len(prompts) > state.settings.max_n:
+    # the number of prompts is known before any is tokenized: a huge list is refused without the work
+    count = 1 if isinstance(req.prompt, str) or (req.prompt and all(isinstance(p, int) for p in req.prompt)) \
+        else len(req.prompt)
+    if req.n * count > state.settings.max_n:
         raise InvalidRequestError(f"n × prompts must be at most {state.settings.max_n}.", param="n")
+    model = await state.registry.get(found)
+    prompts = await asyncio.to_thread(_prompts, model, req.prompt)  # tokenizing is CPU work: off the loop
     all_runs: list[tuple[list[int], gen.ChoiceRun]] = []
     try:
         for prompt in prompts:
