@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -22,7 +23,7 @@ from tailorlm.bundle import keygen, pack_bundle, unpack_bundle
 from tailorlm.bundle.format import BUNDLE_JSON, BUNDLE_SIG
 from tailorlm.cli import app
 from tailorlm.config import Settings, get_settings
-from tailorlm.errors import AlreadyExistsError, IntegrityError, InvalidRequestError
+from tailorlm.errors import AlreadyExistsError, IntegrityError, InvalidRequestError, TailorError
 from tailorlm.presets import KnowledgeRef, Preset, PresetStore
 from tailorlm.presets.checks import create_preset
 from tailorlm.store import AdapterStore, ModelStore
@@ -191,8 +192,9 @@ def test_preset_with_adapter_and_knowledge_base(source: Settings, folders, fresh
     assert PresetStore(other.home).get("desk").system == "Be brief."
 
 
-def test_knowledge_base_import_is_one_transaction(source: Settings, fresh, tmp_path: Path, embeddings) -> None:
-    from tailorlm.bundle.knowledge import CHUNKS, export_kb, import_kb
+def _exported_handbook(source: Settings, tmp_path: Path, embeddings) -> Path:
+    """The folder a bundle holds for a knowledge base "handbook" of a few chunks."""
+    from tailorlm.bundle.knowledge import export_kb
     from tailorlm.kb import KnowledgeBases
 
     kbs = KnowledgeBases(source, embeddings=embeddings)
@@ -203,6 +205,14 @@ def test_knowledge_base_import_is_one_transaction(source: Settings, fresh, tmp_p
     folder = tmp_path / "export"
     folder.mkdir()
     export_kb(source, "handbook", folder)
+    return folder
+
+
+def test_knowledge_base_import_is_one_transaction(source: Settings, fresh, tmp_path: Path, embeddings) -> None:
+    from tailorlm.bundle.knowledge import CHUNKS, import_kb
+    from tailorlm.kb import KnowledgeBases
+
+    folder = _exported_handbook(source, tmp_path, embeddings)
     lines = (folder / CHUNKS).read_text().splitlines()
     assert len(lines) >= 2
     last = json.loads(lines[-1])
@@ -288,6 +298,40 @@ def test_hostile_members_are_refused(source: Settings, fresh, tmp_path: Path) ->
     (tmp_path / "f.tailor").write_bytes(b"not a tar at all" * 100)
     with pytest.raises(IntegrityError, match="not a tailor bundle"):
         unpack_bundle(other, tmp_path / "f.tailor", show_progress=False)
+    sparse = _sized("models/tiny/sparse.bin", 4)
+    sparse.type = tarfile.GNUTYPE_SPARSE  # a member that would expand on disk beyond its bytes in the tar
+    with pytest.raises(IntegrityError, match="is a link, folder or special file"):
+        unpack_bundle(other, _rewrite(bundle, tmp_path / "g.tailor", sparse, b"evil"), show_progress=False)
+    # a member declared far larger than the disk: refused before anything is written
+    with tarfile.open(bundle) as src, tarfile.open(tmp_path / "h.tailor", "w", format=tarfile.PAX_FORMAT) as dst:
+        for info in src.getmembers():
+            payload = src.extractfile(info).read()
+            if info.name == BUNDLE_JSON:
+                head = json.loads(payload)
+                head["members"]["models/tiny/huge.bin"] = {"sha256": "0" * 64, "size": 2**60}
+                payload = json.dumps(head).encode()
+                info.size = len(payload)
+            dst.addfile(info, io.BytesIO(payload))
+    with pytest.raises(TailorError, match="GiB free"):
+        unpack_bundle(other, tmp_path / "h.tailor", show_progress=False)
+    _nothing_registered(other)
+
+
+def test_zip_bombs_are_refused_before_inflating(tmp_path: Path) -> None:
+    """A .docx is a zip a parser inflates whole: one declaring gigabytes, or inflating 1000x, is refused from
+    its central directory, before any part is read."""
+    import zipfile
+
+    from tailorlm.kb.extract import ExtractionError, extract
+
+    bomb = tmp_path / "bomb.docx"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("word/document.xml", b"\0" * (64 * 2**20))  # 64 MiB of zeros deflate ~1000x
+    with pytest.raises(ExtractionError, match="zip bomb"):
+        extract(bomb)
+    (tmp_path / "junk.docx").write_bytes(b"not a zip")
+    with pytest.raises(ExtractionError, match="not a readable"):
+        extract(tmp_path / "junk.docx")
 
 
 def _sized(name: str, size: int) -> tarfile.TarInfo:
@@ -360,3 +404,64 @@ def test_cli_pack_unpack_keygen_and_errors(source: Settings, fresh, tmp_path: Pa
     missing = _tailor(third.home, "pack", "no-such-model")
     assert missing.returncode == 1 and missing.stderr.startswith("error: no-such-model is no model")
     assert len(missing.stderr.strip().splitlines()) == 1
+
+
+def test_knowledge_base_records_are_checked_before_the_store_sees_them(source: Settings, fresh, tmp_path: Path,
+                                                                        embeddings) -> None:
+    """Records SQLite would take but the store could not read back (attributes that are not a JSON object, chunk
+    ids at the int64 ceiling, a duplicated file) are refused by name, nothing is written, and listing still
+    works; --force never replaces an unrelated base that happens to share the bundled base's id."""
+    import numpy as np
+
+    from tailorlm.bundle.knowledge import CHUNK_IDS, CHUNKS, KB_JSON, import_kb
+    from tailorlm.kb import KnowledgeBases
+
+    clean = _exported_handbook(source, tmp_path, embeddings)
+
+    def tampered(name: str, edit) -> Path:
+        folder = tmp_path / name
+        shutil.copytree(clean, folder)
+        edit(folder)
+        return folder
+
+    def head_edit(change):
+        def edit(folder: Path) -> None:
+            head = json.loads((folder / KB_JSON).read_text())
+            change(head)
+            (folder / KB_JSON).write_text(json.dumps(head))
+        return edit
+
+    def first_chunk(change):
+        def edit(folder: Path) -> None:
+            lines = (folder / CHUNKS).read_text().splitlines()
+            record = json.loads(lines[0])
+            change(record)
+            (folder / CHUNKS).write_text("\n".join([json.dumps(record), *lines[1:]]) + "\n")
+        return edit
+
+    def huge_ids(folder: Path) -> None:
+        ids = np.load(folder / CHUNK_IDS)
+        np.save(folder / CHUNK_IDS, np.arange(2**63 - len(ids) - 1, 2**63 - 1, dtype=np.int64))
+
+    cases = {
+        "attributes": head_edit(lambda h: h["files"][0].update(attributes="[not json")),
+        "metadata": head_edit(lambda h: h["kb"].update(metadata='"a string"')),
+        "appears twice": head_edit(lambda h: h["files"].append(dict(h["files"][0]))),
+        "status": head_edit(lambda h: h["files"][0].update(status="exploded")),
+        "end_char": first_chunk(lambda r: r.update(start_char=10, end_char=3)),
+        "chunk ids": huge_ids,
+    }
+    other = fresh()
+    theirs = KnowledgeBases(other, embeddings=embeddings)
+    for what, edit in cases.items():
+        with pytest.raises(IntegrityError, match=what):
+            import_kb(other, tampered(what.replace(" ", "-"), edit), "knowledge/handbook/kb.json", replace=True)
+        assert theirs.list() == [] and theirs.conn.execute("SELECT count(*) FROM kb_chunks").fetchone()[0] == 0
+    # an unrelated base here already has the bundled base's id: refused even with --force, and it survives
+    bundled_id = json.loads((clean / KB_JSON).read_text())["kb"]["id"]
+    theirs.create("unrelated")
+    theirs.conn.execute("UPDATE kb SET id = ? WHERE name = 'unrelated'", (bundled_id,))
+    with pytest.raises(IntegrityError, match="belongs to the knowledge base unrelated"):
+        import_kb(other, clean, "knowledge/handbook/kb.json", replace=True)
+    assert [kb.name for kb in theirs.list()] == ["unrelated"]
+    assert import_kb(fresh("third-home"), clean, "knowledge/handbook/kb.json", replace=False) == "handbook"

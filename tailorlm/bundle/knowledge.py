@@ -14,6 +14,7 @@ import numpy as np
 
 from tailorlm import db
 from tailorlm.config import Settings
+from tailorlm.bundle import kb_records as records
 from tailorlm.errors import AlreadyExistsError, IntegrityError, NotFoundError
 from tailorlm.kb.index import VectorCache
 from tailorlm.store.names import validate_name
@@ -98,11 +99,18 @@ def import_kb(settings: Settings, folder: Path, member: str, *, replace: bool) -
         raise IntegrityError(f"the vectors of {member} cannot be read: {exc}") from None
     if vectors.shape != (n, head["dim"]) or ids.shape != (n,) or (n and vectors.dtype != np.float32):
         raise IntegrityError(f"the vectors of {member} do not match its {n} chunks")
+    records.check_kb(kb, member)
+    file_ids = records.check_files(head["files"], member)
+    records.check_chunk_ids(ids.tolist(), member)
     conn = db.connect(settings.db_path)
     try:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            old = conn.execute("SELECT id FROM kb WHERE name = ? OR id = ?", (name, kb["id"])).fetchall()
+            old = conn.execute("SELECT id, name FROM kb WHERE name = ? OR id = ?", (name, kb["id"])).fetchall()
+            taken = [row["name"] for row in old if row["name"] != name]
+            if taken:  # --force replaces a base of the same name, never an unrelated one that shares the id
+                raise IntegrityError(f"{member} cannot be imported: its id {kb['id']} belongs to the knowledge base "
+                                     f"{taken[0]} here; remove that base first")
             if old and not replace:
                 raise AlreadyExistsError(f"knowledge base {name} is already in the store and differs from the "
                                          "bundled one; use --force to replace it")
@@ -113,7 +121,7 @@ def import_kb(settings: Settings, folder: Path, member: str, *, replace: bool) -
             _insert(conn, "kb", {**kb, "version": time.time_ns(), "last_active_at": int(time.time())})
             for file in head["files"]:
                 _insert(conn, "kb_files", {**file, "kb_id": kb["id"]})
-            _insert_chunks(conn, folder, kb["id"], ids, vectors)
+            _insert_chunks(conn, folder, member, kb["id"], ids, vectors, file_ids)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -126,7 +134,8 @@ def import_kb(settings: Settings, folder: Path, member: str, *, replace: bool) -
     return name
 
 
-def _insert_chunks(conn: sqlite3.Connection, folder: Path, kb_id: str, ids: np.ndarray, vectors: np.ndarray) -> None:
+def _insert_chunks(conn: sqlite3.Connection, folder: Path, member: str, kb_id: str, ids: np.ndarray,
+                   vectors: np.ndarray, file_ids: set[str]) -> None:
     """Chunk ids are kept when the store never used them (ids are never reused, so caches can trust them)."""
     used = conn.execute("SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'kb_chunks'), 0), "
                         "coalesce((SELECT max(id) FROM kb_chunks), 0))").fetchone()[0]
@@ -136,7 +145,10 @@ def _insert_chunks(conn: sqlite3.Connection, folder: Path, kb_id: str, ids: np.n
         for i, line in enumerate(fh):
             if i >= len(ids):
                 raise sqlite3.DataError(f"more chunks than the {len(ids)} vectors")
-            record = json.loads(line)
+            try:
+                record = records.check_chunk(json.loads(line), i, file_ids, member)
+            except ValueError:
+                raise IntegrityError(f"{member} cannot be imported: chunk {i} is not JSON") from None
             text, heading = record.pop("text"), record.get("heading")
             row = {**record, "kb_id": kb_id, "vector": np.ascontiguousarray(vectors[i], np.float32).tobytes()}
             if keep:

@@ -5,6 +5,7 @@ scratch folder. Nothing from the bundle reaches the store until this pass has se
 from __future__ import annotations
 
 import hashlib
+import shutil
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -126,6 +127,16 @@ class _Reader:
         return bytes(kept) if advance is None else sha.hexdigest().encode()
 
 
+def _check_room(file: Path, dest: Path, needed: int) -> None:
+    """Refuse before writing anything when the members to unpack would not fit the disk (sizes as declared, which
+    every member is then held to: a member longer than it says is refused, so the declaration is a bound)."""
+    probe = dest if dest.exists() else next((p for p in dest.parents if p.exists()), Path("/"))
+    free = shutil.disk_usage(probe).free
+    if needed > free:
+        raise TailorError(f"cannot unpack {file}: its members need {needed / 2**30:,.2f} GiB and {probe} has "
+                          f"{free / 2**30:,.2f} GiB free")
+
+
 def read_bundle(file: Path, dest: Path, *, verify_key: Path | None = None, select: Selector | None = None,
                 show_progress: bool = True) -> Verified:
     """Check every member of `file`, writing the selected ones under `dest`; IntegrityError names what is wrong."""
@@ -154,6 +165,7 @@ def read_bundle(file: Path, dest: Path, *, verify_key: Path | None = None, selec
                 signing.verify(verify_key, raw, signature, str(file))
             wanted = select(manifest) if select is not None else (lambda path: True)
             total = sum(d.size for d in manifest.members.values())
+            _check_room(file, dest, sum(d.size for p, d in manifest.members.items() if wanted(p)))
             with Stages(f"verifying {file.name}", enabled=show_progress) as stages:
                 advance = stages.bytes("checking sha256", total)
                 while info is not None:

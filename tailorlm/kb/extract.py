@@ -142,9 +142,35 @@ def _pdf(path: Path) -> list[Block]:
     return blocks
 
 
+# A .docx is a zip: its parts are inflated whole, in memory, by the parser. A small file can declare gigabytes
+# (a zip bomb), so the central directory is checked first: the sizes it declares, and how far they inflate.
+MAX_ZIP_BYTES = 256 * 2**20  # inflated parts of one document
+MAX_ZIP_RATIO = 200  # inflated / compressed, for parts past 1 MiB (real Word XML inflates about 5-20x)
+
+
+def check_zip(path: Path) -> None:
+    """ExtractionError if the zip at `path` would inflate beyond MAX_ZIP_BYTES or past MAX_ZIP_RATIO."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            parts = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise ExtractionError(f"{path.name}: not a readable .docx (zip) file: {exc}") from None
+    total = sum(p.file_size for p in parts)
+    if total > MAX_ZIP_BYTES:
+        raise ExtractionError(f"{path.name}: its parts inflate to {total:,} bytes, more than the "
+                              f"{MAX_ZIP_BYTES:,} a document may (a zip bomb, or not a text document)")
+    for p in parts:
+        if p.file_size > 2**20 and p.file_size > MAX_ZIP_RATIO * max(p.compress_size, 1):
+            raise ExtractionError(f"{path.name}: part {p.filename} inflates {p.file_size // max(p.compress_size, 1)}x, "
+                                  "more than a document does (a zip bomb)")
+
+
 def _docx(path: Path) -> list[Block]:
     import docx
 
+    check_zip(path)
     blocks: list[Block] = []
     for para in docx.Document(str(path)).paragraphs:
         style = (para.style.name if para.style is not None else "") or ""
