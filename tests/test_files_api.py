@@ -135,6 +135,11 @@ def test_a_filename_is_a_label_never_a_path(server, client):
                         ("/etc/passwd", "passwd"), ("..", "upload.jsonl"), ("ü ber.jsonl", "ü ber.jsonl")):
         created = client.files.create(file=(name, b"{}\n"), purpose="fine-tune")
         assert created.filename == label
+    raw = (b'--b\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nfine-tune\r\n--b\r\nContent-Disposition: '
+           b'form-data; name="file"; filename="cut\x00short\x07.jsonl"\r\n\r\n{}\n\r\n--b--\r\n')
+    with server.http() as http:  # a NUL or other control character never reaches a stored name
+        res = http.post("/v1/files", content=raw, headers={"content-type": "multipart/form-data; boundary=b"})
+    assert res.status_code == 200 and res.json()["filename"] == "cutshort.jsonl", res.text
     assert not list(home.parent.glob("*.jsonl")) and not (home.parent / "escape.jsonl").exists()
     new = sorted(set(p for p in home.rglob("*")) - set(before))
     assert all(p.is_relative_to(home / "files" / "blobs") or p.suffix in (".db-wal", ".db-shm") for p in new), new

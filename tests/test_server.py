@@ -188,6 +188,24 @@ def test_body_too_large_and_bad_json(server):
         assert http.get("/v1/nothing-here").status_code == 404
 
 
+def test_lone_surrogates_are_400_naming_the_field(server):
+    """`"\\ud800"` is valid JSON but not text: a 400 naming the field, never a 500 from the tokenizer."""
+    bad = '"a\\ud800b"'
+    cases = {
+        "/v1/chat/completions": (f'{{"model": "{MODEL}", "messages": [{{"role": "user", "content": {bad}}}]}}',
+                                 "messages[0].content"),
+        "/v1/completions": (f'{{"model": "{MODEL}", "prompt": ["ok", {bad}]}}', "prompt[1]"),
+        "/v1/embeddings": (f'{{"model": "all-minilm-l6-v2", "input": {bad}}}', "input"),
+        "/v1/vector_stores/vs_x/search": (f'{{"query": [{bad}]}}', "query[0]"),
+    }
+    with server.http() as http:
+        for path, (body, param) in cases.items():
+            res = http.post(path, content=body.encode(), headers={"content-type": "application/json"})
+            assert res.status_code == 400, (path, res.text)
+            validate(res.json(), "ErrorResponse")
+            assert res.json()["error"]["param"] == param and "surrogate" in res.json()["error"]["message"]
+
+
 def test_health_and_metrics(server, client):
     client.chat.completions.create(model=MODEL, messages=FRANCE, max_tokens=2)
     with server.http() as http:

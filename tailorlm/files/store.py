@@ -177,8 +177,10 @@ def _chunks(stream: BinaryIO | Iterable[bytes]) -> Iterable[bytes]:
 
 
 def _clean_filename(name: str | None) -> str:
-    """Only the last path component is kept: a filename is a label, never a path."""
-    base = os.path.basename((name or "").replace("\\", "/")).strip()
+    """Only the last path component is kept, without control characters (a NUL would cut the name short in any
+    C string that later meets it): a filename is a label, never a path."""
+    printable = "".join(ch for ch in (name or "") if ch.isprintable() or ch == " ")
+    base = os.path.basename(printable.replace("\\", "/")).strip()
     if not base or base in (".", ".."):
         return "upload.jsonl"
     return base[:255]

@@ -10,15 +10,49 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, model_serializer, model_validator
 
 from tailorlm import __version__
+from tailorlm.errors import InvalidRequestError
 
 log = logging.getLogger("tailorlm.server")
 FINGERPRINT = f"fp_tailorlm_{__version__}"
 
 
+def unpaired_surrogate(value: Any, path: str = "") -> str | None:
+    """The path (e.g. `messages[0].content`) of the first string in `value` holding a lone UTF-16 surrogate
+    (JSON may spell one, `"\\ud800"`, but it is not text: tokenizers and encoders fail on it); None if none."""
+    if isinstance(value, str):
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return path
+        return None
+    if isinstance(value, dict):
+        items = ((f"{path}.{k}" if path else str(k), v) for k, v in value.items())
+    elif isinstance(value, (list, tuple)):
+        items = ((f"{path}[{i}]", v) for i, v in enumerate(value))
+    else:
+        return None
+    for where, item in items:
+        found = unpaired_surrogate(item, where)
+        if found is not None:
+            return found
+    return None
+
+
 class OpenAIRequest(BaseModel):
-    """Requests keep unknown fields (newer clients send more than we know) and log them once each."""
+    """Requests keep unknown fields (newer clients send more than we know) and log them once each; a string
+    that is not valid Unicode (a lone surrogate) is a 400 naming its field, before any field is read."""
 
     model_config = ConfigDict(extra="allow")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: Any) -> Any:
+        where = unpaired_surrogate(data)
+        if where is not None:
+            raise InvalidRequestError(f"{where or 'the request'} holds an unpaired UTF-16 surrogate (such as "
+                                      "\\ud800), which is not text: send valid Unicode", param=where or None)
+        return data
 
     @model_validator(mode="after")
     def _log_unknown(self) -> "OpenAIRequest":
