@@ -75,6 +75,12 @@ class UnsafeFormatError(TailorError):
     code = "unsafe_weights"
 
 
+class UnsafeLinkError(TailorError):
+    """A file of an imported folder is a link that leads out of it."""
+
+    code = "unsafe_link"
+
+
 class UnsupportedModelError(TailorError):
     code = "unsupported_model"
 

@@ -134,6 +134,32 @@ def test_folder_errors(store: ModelStore, tmp_path: Path, llama_dir: Path) -> No
         store.import_path(tmp_path / "missing", show_progress=False)
 
 
+def test_links_out_of_an_imported_folder_are_refused(store: ModelStore, tmp_path: Path, llama_dir: Path) -> None:
+    """A LICENSE linked to a secret outside the folder would be copied into the store and packed into bundles;
+    links inside the folder, and a Hugging Face cache snapshot's links into its own blobs/, are fine."""
+    import shutil
+
+    from tailorlm.errors import UnsafeLinkError
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("password")
+    leaky = tmp_path / "leaky"
+    shutil.copytree(llama_dir, leaky)
+    (leaky / "LICENSE").symlink_to(secret)
+    with pytest.raises(UnsafeLinkError, match="LICENSE .* is a link to .*secret.txt, outside the folder"):
+        store.import_path(leaky, name="leaky", show_progress=False)
+    assert "leaky" not in [m.name for m in store.list()]
+    cache = tmp_path / "hub" / "models--org--tiny"
+    (cache / "blobs").mkdir(parents=True)
+    snapshot = cache / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    for f in llama_dir.iterdir():
+        if f.is_file():
+            shutil.copyfile(f, cache / "blobs" / f.name)
+            (snapshot / f.name).symlink_to(Path("../../blobs") / f.name)
+    assert store.import_path(snapshot, name="cached", show_progress=False).name == "cached"
+
+
 @pytest.mark.parametrize("where", ["hashing", "rename"])
 def test_interrupted_import_leaves_nothing(
     store: ModelStore, llama_dir: Path, monkeypatch: pytest.MonkeyPatch, where: str

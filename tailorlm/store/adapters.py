@@ -12,6 +12,7 @@ from tailorlm.config import get_settings
 from tailorlm.errors import AlreadyExistsError, InvalidRequestError, ModelNotFoundError
 from tailorlm.store import peft
 from tailorlm.store.catalogue import Catalogue
+from tailorlm.store.hf_folder import check_inside
 from tailorlm.store.manifest import FileDigest, StoredManifest, now_iso
 from tailorlm.store.names import validate_name
 from tailorlm.store.staging import Staging
@@ -95,6 +96,9 @@ class AdapterStore(Catalogue[AdapterManifest]):
         if not overwrite:
             self.check_absent(key)
         src = Path(folder).expanduser()
+        for fname in (peft.CONFIG_FILE, peft.WEIGHTS_FILE):
+            if (src / fname).exists():
+                check_inside(src / fname, src)  # a link out of the folder is refused, as for models
         spec = peft.parse_config(peft.read_config(src))
         peft.pair_keys(_tensor_names(src / peft.WEIGHTS_FILE))
         with Staging(self.tmp_dir) as staging:

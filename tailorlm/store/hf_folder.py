@@ -6,7 +6,7 @@ import fnmatch
 import shutil
 from pathlib import Path
 
-from tailorlm.errors import InvalidRequestError, UnsafeFormatError, UnsupportedModelError
+from tailorlm.errors import InvalidRequestError, UnsafeFormatError, UnsafeLinkError, UnsupportedModelError
 from tailorlm.store.architectures import architecture
 
 # What the store keeps of a model folder (also the hub download filter). Patterns without "/" match
@@ -28,7 +28,26 @@ def _matches(rel: str, patterns: tuple[str, ...]) -> bool:
 
 
 def _files(folder: Path, patterns: tuple[str, ...]) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and _matches(p.relative_to(folder).as_posix(), patterns))
+    found = sorted(p for p in folder.rglob("*") if p.is_file() and _matches(p.relative_to(folder).as_posix(), patterns))
+    for path in found:
+        check_inside(path, folder)
+    return found
+
+
+def check_inside(path: Path, folder: Path) -> None:
+    """Refuse a file of an imported folder that is a link leading out of it: a `LICENSE` linked to ~/.ssh/id_rsa
+    would be copied into the store, listed in its manifest and packed into bundles.
+
+    The one exception is a Hugging Face cache snapshot (`models--org--name/snapshots/<rev>/`), whose files are
+    links into the same repository's `blobs/`: that is still the model's own folder.
+    """
+    target, root = path.resolve(), folder.resolve()
+    allowed = [root]
+    if root.parent.name == "snapshots":
+        allowed.append(root.parent.parent / "blobs")
+    if not any(target.is_relative_to(a) for a in allowed):
+        raise UnsafeLinkError(f"{path.relative_to(folder)} in {folder} is a link to {target}, outside the folder; "
+                                "copy the file itself into the folder to import it")
 
 
 def pickle_weights(folder: Path) -> list[Path]:
