@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address `tailor serve` binds.")
     port: int = Field(8000, ge=0, le=65535, description="Port `tailor serve` binds.")
     insecure: bool = Field(False, description="Allow binding a non-loopback host with no API keys.")
+    public_metrics: bool = Field(
+        False, description="Answer /metrics, /openapi.json and /docs without an API key even when keys are on "
+        "(for a scraper or a docs page inside a trusted network). /health is always open, for liveness probes.")
     unload_drain_s: float = Field(
         300, ge=0, description="When a model is unloaded to make room for another (memory_budget_gb), how long its "
         "requests in flight may take to finish first; any still running after that ends with an error.")

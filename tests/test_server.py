@@ -249,6 +249,9 @@ def test_auth_and_queue_overflow(default_store_home, tmp_path):
             assert res.status_code == 401
             validate(res.json(), "ErrorResponse")
             assert http.get("/health").status_code == 200  # health needs no key
+            for path in ("/metrics", "/openapi.json"):  # what describes the server needs one (public_metrics)
+                assert http.get(path).status_code == 401, path
+                assert http.get(path, headers={"authorization": f"Bearer {secret}"}).status_code == 200, path
         good = live.client(api_key=secret)
         assert good.models.list().data
         long = {"messages": [{"role": "user", "content": "Write a story."}], "max_tokens": 200}

@@ -26,6 +26,10 @@ class _TooLarge(Exception):
 UPLOAD_FRAMING_BYTES = 64 * 1024  # multipart boundaries, part headers and the small form fields
 
 
+# Beyond /v1, what tells an outsider about the server (its models and traffic, its whole API) needs a key too
+KEYED_EXTRAS = frozenset({"/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+
+
 def body_limit(settings: Settings, scope: Scope) -> tuple[int, str]:
     """File uploads are limited by `max_upload_bytes` (the file part itself is checked exactly as it
     streams to disk); every other body by `max_body_bytes`."""
@@ -68,7 +72,8 @@ class GuardMiddleware:
         if length is not None and length.isdigit() and int(length) > limit:
             await _send_error(send, too_large)
             return
-        if scope["path"].startswith("/v1"):
+        path = scope["path"]
+        if path.startswith("/v1") or (path in KEYED_EXTRAS and not self.state.settings.public_metrics):
             try:
                 auth = headers.get(b"authorization")
                 self.state.keys.check(auth.decode("latin-1") if auth else None)
