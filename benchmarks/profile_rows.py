@@ -1,6 +1,6 @@
 """The C++ decode step's time per phase at 1, 8 and 16 rows, on the default model (no scheduler, no sampling).
 
-    python benchmarks/profile_rows.py [--dtype int8] [--threads 2]
+    python benchmarks/profile_rows.py [--dtype int8|q4] [--threads 2]
 
 Prefills 16 slots with a 64-token prompt, then times 20 steps per batch size through `ModelRunner.decode`, with the
 step's own phase timers (thread 0's clock between its barriers). Prints the CPU's vector features first.
@@ -20,7 +20,7 @@ from benchmarks.common import quiet_torch  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--dtype", default="int8", help="float32, bfloat16 or int8")
+    ap.add_argument("--dtype", default="int8", help="float32, bfloat16, int8 or q4")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     quiet_torch(args.threads)
@@ -32,7 +32,8 @@ def main() -> None:
     from tailorlm.store import ModelStore
 
     loaded = load_model(ModelStore(get_settings().home).path(DEFAULT_MODEL), dtype=args.dtype)
-    r = ModelRunner(loaded.model, max_slots=16, context_length=512, int8=loaded.int8, kernels="native")
+    r = ModelRunner(loaded.model, max_slots=16, context_length=512, int8=loaded.int8, q4=loaded.q4,
+                    kernels="native")
     print(f"{describe()} · kernels {native_step.extension().kernel_isa()}")
     for slot in range(16):
         r.prefill(slot, list(range(100, 164)), 0)

@@ -54,7 +54,8 @@ class Settings(BaseSettings):
     threads: int = Field(0, ge=0, description="CPU threads for torch; 0 keeps torch's default.")
     dtype: str = Field("auto", description="Compute dtype: auto (the stored dtype), float32, bfloat16, float16, "
                        "int8 (weight-only int8 linear layers; bfloat16 activations where the CPU multiplies bf16 natively, else "
-                       "float32), or fast (int8 where it passes the parity gate against the stored weights on this "
+                       "float32), q4 (4-bit blocks of 32 for the linear layers the native C++ step reads, the output head "
+                       "int8; int8 where that step is off), or fast (int8 where it passes the parity gate against the stored weights on this "
                        "machine, else the stored dtype; checked once per model). `tailor serve` defaults to fast.")
     compile: bool = Field(False, description="torch.compile the torch decode step (Llama-family models, int8): "
                           "a compile of about a minute at start; replaces the native kernels.")

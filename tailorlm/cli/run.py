@@ -29,7 +29,8 @@ System = Annotated[Optional[str], typer.Option("--system", "-s", help="System pr
 Backend = Annotated[Optional[str], typer.Option(
     "--backend", help="native, llama.cpp or onnxruntime (default: by the model's artifact) [env TAILOR_BACKEND].")]
 Dtype = Annotated[Optional[str], typer.Option(
-    "--dtype", help="Native compute dtype: auto, float32, bfloat16, float16 or int8 (weight-only) [env TAILOR_DTYPE].")]
+    "--dtype", help="Native compute dtype: auto, float32, bfloat16, float16, int8 or q4 (weight-only) "
+    "[env TAILOR_DTYPE].")]
 Compile = Annotated[bool, typer.Option(
     "--compile", help="torch.compile the torch decode step (int8, Llama-family; ~1 min at start) [env TAILOR_COMPILE].")]
 Kernels = Annotated[Optional[str], typer.Option(

@@ -8,8 +8,12 @@ memory); a tied output head shares its transposed matrix with the input embeddin
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 
 class TransposedLinear(nn.Module):
@@ -92,6 +96,55 @@ class Int8Linear(nn.Module):
         return y.view(*x.shape[:-1], self.out_features)
 
 
+class Q4Linear(nn.Module):
+    """Weight-only 4-bit, q4_0-style: blocks of 32 inputs along `in`, each with one float32 scale; byte j of a
+    block holds element j (low nibble) and j + 16 (high nibble); value = (nibble - 8) * scale[row, block].
+
+    This is the layout the C++ step's q4 tiles read in place (csrc/tiles_q4.h): a decode step reads a quarter
+    of the bytes of bfloat16 (plus 4 bytes of scale per 32 weights). The torch `forward` dequantizes and runs
+    one matmul: correct for any rows, but it rebuilds the full weight per call, so it serves prompts on paths
+    without the C++ step and the LoRA wrappers, not decoding (the runner keeps int8 where the C++ step is off).
+    Scales as llama.cpp's q4_0: the block's largest-magnitude value maps to -8, so all 16 levels are used.
+    """
+
+    BLOCK = 32
+    QUANT_ROWS = 2048
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype = torch.bfloat16) -> None:
+        super().__init__()
+        out_features, in_features = weight.shape
+        if in_features % self.BLOCK:
+            raise ValueError(f"q4 needs in_features divisible by {self.BLOCK}, got {in_features}")
+        blocks = in_features // self.BLOCK
+        self.qweight = torch.empty(out_features, in_features // 2, dtype=torch.uint8)
+        self.scale = torch.empty(out_features, blocks)  # float32: the C++ step reads it as it is
+        for lo in range(0, out_features, self.QUANT_ROWS):  # by blocks of rows: no full-size float temporaries
+            w = weight.detach()[lo : lo + self.QUANT_ROWS].float().view(-1, blocks, self.BLOCK)
+            rows = w.shape[0]
+            extreme = w.gather(2, w.abs().argmax(dim=2, keepdim=True))  # signed value of largest magnitude
+            s = extreme / -8.0
+            inv = torch.where(s == 0, torch.zeros_like(s), 1.0 / s)
+            q = (torch.round(w * inv).clamp_(-8, 7) + 8).to(torch.uint8)  # [rows, blocks, 32] in 0..15
+            self.qweight[lo : lo + rows] = (q[..., :16] | (q[..., 16:] << 4)).view(rows, -1)
+            self.scale[lo : lo + rows] = s.squeeze(2)
+        self.dtype = dtype
+        self.bias = None if bias is None else bias.detach().to(dtype)
+        self.out_features, self.in_features = out_features, in_features
+
+    def dequantized(self) -> torch.Tensor:
+        """The [out, in] weight these blocks stand for, in the activation dtype."""
+        p = self.qweight.view(self.out_features, -1, self.BLOCK // 2)
+        q = torch.cat([p & 0x0F, p >> 4], dim=2).to(torch.int8) - 8  # [out, blocks, 32], element order
+        return (q.float() * self.scale[..., None]).view(self.out_features, self.in_features).to(self.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = x.reshape(-1, self.in_features)
+        if x2.dtype != self.dtype:
+            x2 = x2.to(self.dtype)
+        y = torch.nn.functional.linear(x2, self.dequantized(), self.bias)
+        return y.view(*x.shape[:-1], self.out_features)
+
+
 class Int8Embedding(nn.Module):
     """The input embedding of a tied int8 output head: row i is qweight[i] x scale[i], read from the head's matrix."""
 
@@ -139,10 +192,13 @@ def _replace(root: nn.Module, target: nn.Module, new: nn.Module) -> None:
                 setattr(parent, name, new)
 
 
-def to_inference_layout(model: nn.Module, *, int8: bool = False, plain: bool = False) -> None:
+def to_inference_layout(model: nn.Module, *, int8: bool = False, q4: bool = False, plain: bool = False) -> None:
     """Swap every nn.Linear for a faster inference form, in place (idempotent).
 
-    With `int8`, weight-only int8 (`Int8Linear`, activations in the model's dtype); else, with `plain`, float
+    With `int8`, weight-only int8 (`Int8Linear`, activations in the model's dtype); with `q4` as well, 4-bit
+    blocks (`Q4Linear`) for every layer but the output head (int8: it is also the tied input embedding, and the
+    logits are the most sensitive to rounding) and layers whose in_features is not a multiple of 32 (int8,
+    logged); else, with `plain`, float
     weights stay as they are ([out, in], what the native decode step reads); else oneDNN-packed weights where
     this torch build supports them for the model's dtype; otherwise transposed weights.
     A tied output head shares its matrix with the input embedding where the layout allows.
@@ -154,13 +210,19 @@ def to_inference_layout(model: nn.Module, *, int8: bool = False, plain: bool = F
     embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     tied = head is not None and embed is not None and head.weight is embed.weight
     linears = [m for m in model.modules() if type(m) is nn.Linear]
-    if int8:
+    if int8 or q4:
+        kept = 0
         for lin in linears:
-            new = Int8Linear(lin.weight, lin.bias, dtype=lin.weight.dtype)
+            blocks = q4 and lin is not head and lin.in_features % Q4Linear.BLOCK == 0
+            kept += q4 and lin is not head and not blocks
+            new = (Q4Linear if blocks else Int8Linear)(lin.weight, lin.bias, dtype=lin.weight.dtype)
             if tied and lin is head and type(embed) is nn.Embedding:
                 _replace(model, embed, Int8Embedding(new, embed.padding_idx))
             _replace(model, lin, new)
             lin.weight = None
+        if kept:
+            log.warning("q4: %d linear layers have in_features not divisible by %d and stay int8", kept,
+                        Q4Linear.BLOCK)
         return
     if plain:
         return

@@ -40,6 +40,7 @@ class LoadedModel:
     model_type: str = ""
     backend: str = "native"
     int8: bool = False  # weight-only int8 linear layers (the runner quantizes them; activations: engine/cpu.py)
+    q4: bool = False  # with int8: 4-bit blocks for the linear layers the C++ step reads (the head stays int8)
     compile: bool = False  # torch.compile the torch decode step
     kernels: str = "native"  # decode step of Llama-family models: native (C++) or torch
 
@@ -65,7 +66,9 @@ def load_model(path: Path, *, name: str | None = None, dtype: str = "auto", comp
     """Load an HF-format folder (safetensors only) as a causal LM for the engine.
 
     `dtype` "int8" loads the int8 activation dtype (bfloat16 where the CPU multiplies it natively, else float32)
-    and has the runner quantize every linear layer to int8 (weight-only).
+    and has the runner quantize every linear layer to int8 (weight-only). `dtype` "q4" loads the same way and
+    has the runner quantize the linear layers but the output head to 4-bit blocks of 32 (Q4Linear; the head
+    and tied embedding stay int8) where the native C++ step runs, else int8.
     """
     start = time.perf_counter()
     if kernels not in KERNELS:
@@ -74,12 +77,14 @@ def load_model(path: Path, *, name: str | None = None, dtype: str = "auto", comp
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as exc:
         raise UnsupportedModelError(f"cannot read the model config in {path}: {exc}") from None
-    int8 = dtype == "int8"
+    q4 = dtype == "q4"
+    int8 = dtype == "int8" or q4
     if int8:
         # int8 weights; everything that is not a linear layer in the activation dtype this CPU runs fastest
         dtype = "bfloat16" if int8_activation_dtype() is torch.bfloat16 else "float32"
     elif dtype != "auto" and dtype not in DTYPES:
-        raise InvalidRequestError(f"unknown dtype {dtype!r}: use auto, {', '.join(DTYPES)} or int8", param="dtype")
+        raise InvalidRequestError(f"unknown dtype {dtype!r}: use auto, {', '.join(DTYPES)}, int8 or q4",
+                                  param="dtype")
     torch_dtype = DTYPES.get(dtype, "auto") if dtype != "auto" else "auto"
     kwargs = dict(dtype=torch_dtype, use_safetensors=True)
     if torch_dtype is torch.float64:
@@ -99,6 +104,6 @@ def load_model(path: Path, *, name: str | None = None, dtype: str = "auto", comp
         name=name or path.name, path=path, model=model, context_length=shape.max_context,
         vocab_size=shape.vocab, eos_token_ids=eos_ids(path, getattr(model, "generation_config", None), model.config),
         load_seconds=time.perf_counter() - start,
-        runner_factory=RunnerFactory(ModelRunner, model, dict(int8=int8, compile=compile, kernels=kernels)),
-        model_type=model.config.model_type, int8=int8, compile=compile, kernels=kernels,
+        runner_factory=RunnerFactory(ModelRunner, model, dict(int8=int8, q4=q4, compile=compile, kernels=kernels)),
+        model_type=model.config.model_type, int8=int8, q4=q4, compile=compile, kernels=kernels,
     )

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from tailorlm.engine.layout import Int8Linear, OneDNNLinear, TransposedLinear
+from tailorlm.engine.layout import Int8Linear, OneDNNLinear, Q4Linear, TransposedLinear
 from tailorlm.errors import UnsupportedModelError
 from tailorlm.store.peft import pair_keys, parse_config
 
@@ -36,7 +36,7 @@ class LoraWeights:
 
 def _features(module: nn.Module) -> tuple[int, int] | None:
     """(in, out) of a linear layer in any of the engine's layouts; None for anything else."""
-    if isinstance(module, (LoraLinear, nn.Linear, TransposedLinear, OneDNNLinear, Int8Linear)):
+    if isinstance(module, (LoraLinear, nn.Linear, TransposedLinear, OneDNNLinear, Int8Linear, Q4Linear)):
         return module.in_features, module.out_features
     if isinstance(module, Conv1D):  # GPT-2 style: weight [in, out]
         return module.nx, module.nf

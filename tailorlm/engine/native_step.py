@@ -31,13 +31,15 @@ from torch import nn
 from tailorlm.config import get_settings
 from tailorlm.engine.cpu import cpu_flags
 from tailorlm.engine.decoder import PROJECTIONS, LeanDecoder
-from tailorlm.engine.layout import Int8Embedding, Int8Linear
+from tailorlm.engine.layout import Int8Embedding, Int8Linear, Q4Linear
 from tailorlm.engine.lora import LoraBank
 from tailorlm.errors import InvalidRequestError
 
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).parent / "csrc" / "decode_step.cpp"
+# every file of the step, headers included, keys the build: torch's builder would not see a header change
+SOURCES = sorted((Path(__file__).parent / "csrc").glob("*.[ch]*"))
 FLAGS = ["-O3", "-march=native", "-fopenmp",
          # let float reductions vectorize; no finite-math assumption (softmax uses -inf)
          "-fno-math-errno", "-fno-trapping-math", "-fassociative-math", "-fno-signed-zeros"]
@@ -75,7 +77,7 @@ def resolved_isa(isa: str) -> str:
 
 def _build_key(flags: list[str]) -> str:
     parts = [platform.machine(), " ".join(sorted(cpu_flags())) or platform.processor(), torch.__version__, " ".join(flags),
-             hashlib.sha256(SOURCE.read_bytes()).hexdigest()]
+             *(hashlib.sha256(f.read_bytes()).hexdigest() for f in SOURCES)]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
@@ -110,10 +112,11 @@ def _none() -> torch.Tensor:
 
 
 def _linear(module: nn.Module) -> list[torch.Tensor] | None:
-    """(weight [out, in], scale or empty, bias or empty) of a layer the C++ step can read in place."""
+    """(weight [out, in], scale or empty, bias or empty) of a layer the C++ step can read in place (q4: weight
+    uint8 [out, in / 2], scale float32 [out, in / 32])."""
     bias = getattr(module, "bias", None)
     bias = _none() if bias is None else bias.detach()
-    if type(module) is Int8Linear:
+    if type(module) in (Int8Linear, Q4Linear):
         return [module.qweight, module.scale, bias]
     if type(module) is nn.Linear and module.weight is not None and module.weight.is_contiguous() \
             and module.weight.dtype in (torch.float32, torch.bfloat16):
@@ -145,7 +148,8 @@ def unreadable(model: nn.Module) -> str | None:
     if type(embed) is not Int8Embedding and not (type(embed) is nn.Embedding and
                                                  embed.weight.dtype in (torch.float32, torch.bfloat16)):
         return f"a {type(embed).__name__} embedding"
-    if len({w.dtype for w in weights}) != 1:
+    # int8 and q4 (uint8) layers both read int16-quantized inputs, so they mix (a q4 model's head is int8)
+    if len({torch.int8 if w.dtype is torch.uint8 else w.dtype for w in weights}) != 1:
         return "mixed weight dtypes"
     return None
 

@@ -27,7 +27,8 @@ class ModelRunner:
     capabilities = RunnerCapabilities(lora=True, prefix_cache=True, kv_budget=True)
 
     def __init__(self, model: PreTrainedModel, *, max_slots: int, context_length: int, int8: bool = False,
-                 compile: bool = False, kernels: str = "native") -> None:
+                 q4: bool = False, compile: bool = False, kernels: str = "native") -> None:
+        """`int8`: weight-only int8 linear layers; with `q4` too, 4-bit blocks where the C++ step reads them."""
         self.model = model.eval()
         shape = ModelShape.of(model.config)
         self.window, self.per_layer_masks = shape.window, shape.per_layer_masks
@@ -44,8 +45,11 @@ class ModelRunner:
             except RuntimeError as exc:
                 log.warning("%s; decoding through torch operators instead", exc)
                 native = False
+        if q4 and not native:  # Q4Linear's torch forward rebuilds its weight per call: too slow to decode with
+            log.warning("q4 weights need the native C++ step; serving weight-only int8 instead")
+            q4 = False
         # the native step reads plain [out, in] float weights; the torch step is faster with packed ones
-        to_inference_layout(model, int8=int8, plain=native)
+        to_inference_layout(model, int8=int8, q4=q4, plain=native)
         self.lora = LoraBank(model)  # adapters wrap their layers after the layout change, never before
         self.dtype = next(model.parameters()).dtype
         self.cache = SlotKVCache(

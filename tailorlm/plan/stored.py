@@ -47,10 +47,12 @@ def plan_stored(name: str, *, home: Path, target: Target, context: int | None = 
     manifest = found.manifest or models.get(found.model)  # an embedded default is planned once it is pulled
     shape = read_shape(models.path(manifest.name), manifest.parameters)
     own = stored_quant(manifest)
+    if quant is None and dtype == "q4":  # planned as int8: the same load peak; q4 reads fewer bytes per step
+        dtype = "int8"
     native_int8 = quant is None and dtype == "int8"  # the native engine's weight-only int8, not an ONNX export
     if quant is None and dtype != "auto":
         if dtype not in QUANT_OF_DTYPE:
-            raise InvalidRequestError(f"unknown dtype {dtype!r}; choose auto, float32, bfloat16, float16 or int8",
+            raise InvalidRequestError(f"unknown dtype {dtype!r}; choose auto, float32, bfloat16, float16, int8 or q4",
                                       param="dtype")
         quant = QUANT_OF_DTYPE[dtype]
     quant = quant or own

@@ -7,10 +7,12 @@
 // (norms, RoPE, cache writes, attention, SiLU) is a few microseconds of plain loops between barriers.
 //
 // Weights are read in place from the model's tensors (nothing is copied), row-major [out, in]:
-//   float32, bfloat16, or int8 with one float scale per output row (weight-only int8).
+//   float32, bfloat16, int8 with one float scale per output row (weight-only int8), or 4-bit blocks of 32
+//   with one float scale per block (q4, tiles_q4.h; [out, in / 2] bytes).
 // Activations stay float32 between layers. For int8 weights each input row is quantized once to int16
 // with its own scale (13 bits: far finer than the bfloat16 activations of the torch path), so the
-// products are exact integer dot products (AVX512-VNNI `vpdpwssd` where the CPU has it).
+// products are exact integer dot products (AVX512-VNNI `vpdpwssd` where the CPU has it); q4 weights take the
+// same int16 rows.
 // The KV cache is the engine's slot cache: [slots, kv_heads, capacity, head_dim], float32 or bfloat16;
 // row b of the step is slot b (or slots[b]), and writes its new key and value at positions[b] before any
 // row attends. So rows of one slot at successive positions are a causal prefill: a prompt's chunk goes
@@ -38,7 +40,10 @@
 
 namespace {
 
-enum class Kind { F32, BF16, I8 };
+enum class Kind { F32, BF16, I8, Q4 };
+
+// int8 and q4 weights both read the int16-quantized input rows (and may share them: an int8 head after q4 layers)
+inline bool quantized(Kind k) { return k == Kind::I8 || k == Kind::Q4; }
 
 constexpr float kQ16 = 8191.0f;   // int16 activation range: products fit int32 for 2^15 inputs per chunk
 constexpr int64_t kChunk = 2048;  // int8 sums stay exact in int32 over this many inputs: 2048 * 8191 * 127 < 2^31
@@ -116,7 +121,7 @@ inline float widen(uint16_t v) { return bf16_to_f32(v); }
 struct Linear {
   Kind kind = Kind::F32;
   int64_t out = 0, in = 0;
-  torch::Tensor weight, scale, bias;  // kept alive; scale (int8) and bias are float32 [out]
+  torch::Tensor weight, scale, bias;  // kept alive; scale (int8: [out], q4: [out, in / 32]) and bias float32
   const void* w = nullptr;
   const float* s = nullptr;
   const float* b = nullptr;
@@ -126,6 +131,7 @@ Kind kind_of(const torch::Tensor& w) {
   if (w.scalar_type() == torch::kFloat) return Kind::F32;
   if (w.scalar_type() == torch::kBFloat16) return Kind::BF16;
   if (w.scalar_type() == torch::kChar) return Kind::I8;
+  if (w.scalar_type() == torch::kByte) return Kind::Q4;
   TORCH_CHECK(false, "decode step: unsupported weight dtype ", w.scalar_type());
 }
 
@@ -137,6 +143,15 @@ Linear make_linear(const torch::Tensor& weight, const torch::Tensor& scale, cons
   l.out = weight.size(0);
   l.in = weight.size(1);
   l.w = weight.data_ptr();
+  if (l.kind == Kind::Q4) {  // two inputs per byte; one float32 scale per row and block of 32 inputs
+    l.in = 2 * weight.size(1);
+    TORCH_CHECK(l.in % 32 == 0, "decode step: q4 weights need in_features divisible by 32, got ", l.in);
+    TORCH_CHECK(scale.defined() && scale.scalar_type() == torch::kFloat && scale.is_contiguous() && scale.dim() == 2 &&
+                    scale.size(0) == l.out && scale.size(1) == l.in / 32,
+                "decode step: q4 weights need a contiguous float32 scale [out, in / 32]");
+    l.scale = scale;
+    l.s = l.scale.data_ptr<float>();
+  }
   if (l.kind == Kind::I8) {
     TORCH_CHECK(scale.defined() && scale.numel() == l.out, "decode step: int8 weights need one scale per row");
     l.scale = scale.to(torch::kFloat).contiguous();
@@ -154,8 +169,8 @@ Linear make_linear(const torch::Tensor& weight, const torch::Tensor& scale, cons
 struct Input {
   int64_t rows = 0, n = 0;
   const float* f32 = nullptr;  // [rows, n]
-  std::vector<int16_t> q16;    // int8 weights: [rows, n] quantized
-  std::vector<float> qscale;   // int8 weights: one scale per row
+  std::vector<int16_t> q16;    // int8 and q4 weights: [rows, n] quantized
+  std::vector<float> qscale;   // int8 and q4 weights: one scale per row
   std::vector<uint16_t> h16;   // bfloat16 weights with AVX512-BF16: [rows, n]
 };
 
@@ -163,7 +178,7 @@ void prepare_shape(Input& x, const float* src, int64_t rows, int64_t n, Kind kin
   x.rows = rows;
   x.n = n;
   x.f32 = src;
-  if (kind == Kind::I8) {
+  if (quantized(kind)) {
     x.q16.resize(rows * n);
     x.qscale.resize(rows);
   }
@@ -184,7 +199,7 @@ void quantize_row(const float* __restrict v, int64_t n, int16_t* __restrict q, f
 
 void prepare_row(Input& x, int64_t r, Kind kind) {
   const int64_t n = x.n;
-  if (kind == Kind::I8) quantize_row(x.f32 + r * n, n, x.q16.data() + r * n, x.qscale.data() + r);
+  if (quantized(kind)) quantize_row(x.f32 + r * n, n, x.q16.data() + r * n, x.qscale.data() + r);
 #if defined(__AVX512BF16__)
   if (kind == Kind::BF16) {
     const float* v = x.f32 + r * n;
@@ -427,6 +442,20 @@ inline __m256 load8(const uint16_t* p) {  // 8 bfloat16 -> float32
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16));
 }
 
+// out[b * kTile + r0 + i] = the sum of a[b * R + i]'s 8 lanes (a: 8 accumulators, R * NB of them in use).
+template <int R, int NB>
+inline void finish8(const __m256* a, int r0, float* out) {
+  if constexpr (R * NB <= 4) {
+    for (int b = 0; b < NB; ++b)
+      for (int i = 0; i < R; ++i) out[b * kTile + r0 + i] = hsum(a[b * R + i]);
+  } else {
+    alignas(32) float sums[8];
+    _mm256_store_ps(sums, hsum8(a));
+    for (int b = 0; b < NB; ++b)
+      for (int i = 0; i < R; ++i) out[b * kTile + r0 + i] = sums[b * R + i];
+  }
+}
+
 // Sums for R weight rows (W: float or bf16) x NB float input rows into out[b * kTile + r0 + i].
 template <int R, int NB, typename W>
 void block8(const W* w, int64_t n, const float* x, int r0, float* out) {
@@ -441,15 +470,7 @@ void block8(const W* w, int64_t n, const float* x, int r0, float* out) {
       for (int i = 0; i < R; ++i) a[b * R + i] = _mm256_fmadd_ps(wv[i], xv, a[b * R + i]);
     }
   }
-  if constexpr (R * NB <= 4) {
-    for (int b = 0; b < NB; ++b)
-      for (int i = 0; i < R; ++i) out[b * kTile + r0 + i] = hsum(a[b * R + i]);
-  } else {
-    alignas(32) float sums[8];
-    _mm256_store_ps(sums, hsum8(a));
-    for (int b = 0; b < NB; ++b)
-      for (int i = 0; i < R; ++i) out[b * kTile + r0 + i] = sums[b * R + i];
-  }
+  finish8<R, NB>(a, r0, out);
 }
 
 // int8 weights x int16 inputs, exact int32 sums per chunk of kChunk (each lane sums kChunk / 8 products).
@@ -529,6 +550,8 @@ void attend8(const float* q, int64_t G, const T* keys, const T* values, int64_t 
   }
 }
 #endif
+
+#include "tiles_q4.h"
 
 // Plain loops: rows [0, nr) of the tile against input rows [0, nb).
 template <typename W, typename X, typename Acc>
@@ -639,6 +662,11 @@ void tile(const Linear& l, int64_t r0, int nr, const Input& x, float* y) {
       dot_i8(static_cast<const int8_t*>(l.w) + r0 * n, n, x.q16.data() + b0 * n, nr, nb, acc);
       for (int b = 0; b < nb; ++b)
         for (int i = 0; i < nr; ++i) out[b * kTile + i] = float(acc[b * kTile + i]) * x.qscale[b0 + b] * l.s[r0 + i];
+    } else if (l.kind == Kind::Q4) {
+      dot_q4(static_cast<const uint8_t*>(l.w) + r0 * (n / 2), l.s + r0 * (n / kQ4Block), n, x.q16.data() + b0 * n, nr,
+             nb, out);
+      for (int b = 0; b < nb; ++b)
+        for (int i = 0; i < nr; ++i) out[b * kTile + i] *= x.qscale[b0 + b];
     } else if (l.kind == Kind::BF16) {
       const uint16_t* xh = x.h16.empty() ? nullptr : x.h16.data() + b0 * n;
       dot_bf16(static_cast<const uint16_t*>(l.w) + r0 * n, n, x.f32 + b0 * n, xh, nr, nb, out);
@@ -844,6 +872,12 @@ class DecodeStep {
     }
     head_ = lin(linears.size() - 1);
     TORCH_CHECK(head_.in == hidden_, "decode step: head shape");
+    TORCH_CHECK(embed_.kind != Kind::Q4, "decode step: a q4 embedding is not supported (use the int8 head's)");
+    // Every layer reads its input in the head's form (float, bf16, or int16 rows for int8 and q4 alike).
+    for (const Layer& layer : layers_)
+      for (const Linear* l : {&layer.q, &layer.k, &layer.v, &layer.o, &layer.gate, &layer.up, &layer.down})
+        TORCH_CHECK(l->kind == head_.kind || (quantized(l->kind) && quantized(head_.kind)),
+                    "decode step: mixed weight dtypes (int8 and q4 may mix; float kinds may not)");
     final_norm_ = final_norm.to(torch::kFloat).contiguous();
     inter_ = layers_.empty() ? 0 : layers_[0].gate.out;
     lora_.resize(7 * n_layers);
