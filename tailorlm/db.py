@@ -143,14 +143,18 @@ def connect(path: Path) -> sqlite3.Connection:
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA foreign_keys=ON")
-    with _lock:
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        for number, sql in enumerate(MIGRATIONS[version:], start=version + 1):
+    with _lock:  # threads of this process; other processes are kept apart by the write lock below
+        for number, sql in enumerate(MIGRATIONS, start=1):
+            if conn.execute("PRAGMA user_version").fetchone()[0] >= number:
+                continue
             conn.execute("BEGIN IMMEDIATE")
             try:
-                for statement in filter(str.strip, sql.split(";")):
-                    conn.execute(statement)
-                conn.execute(f"PRAGMA user_version={number}")
+                # read again under the write lock: another process starting at the same moment may have just
+                # applied this very migration while we waited for the lock
+                if conn.execute("PRAGMA user_version").fetchone()[0] < number:
+                    for statement in filter(str.strip, sql.split(";")):
+                        conn.execute(statement)
+                    conn.execute(f"PRAGMA user_version={number}")
                 conn.execute("COMMIT")
             except Exception:
                 conn.execute("ROLLBACK")
