@@ -216,3 +216,16 @@ def test_preset_over_an_adapter(tmp_path: Path) -> None:
     assert via_preset.choices[0].message.content == direct.choices[0].message.content
     assert via_preset.choices[0].message.content != plain.choices[0].message.content
     assert via_preset.usage.completion_tokens == 8 and via_preset.model_extra.get("sources") == []
+
+
+def test_a_clients_system_message_adds_to_the_presets_unless_it_says_replace() -> None:
+    """The organization's instructions are not silently dropped by a client's system message."""
+    from tailorlm.presets.grounding import apply
+
+    asked = [{"role": "system", "content": "Answer in French."}, {"role": "user", "content": "Hi"}]
+    kept = apply(Preset(name="desk", model="m", system="You answer for the library."), asked, [])
+    assert kept[0] == {"role": "system", "content": "You answer for the library.\n\nAnswer in French."}
+    assert kept[1:] == asked[1:]
+    replaced = apply(Preset(name="desk", model="m", system="Library.", client_system="replace"), asked, [])
+    assert replaced[0]["content"] == "Answer in French."
+    assert apply(Preset(name="desk", model="m"), asked, [])[0]["content"] == "Answer in French."

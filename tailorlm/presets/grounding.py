@@ -78,14 +78,16 @@ def system_prompt(system: str | None, sources: list[Source]) -> str | None:
 
 
 def apply(preset: Preset, messages: list[dict[str, Any]], sources: list[Source]) -> list[dict[str, Any]]:
-    """`messages` with the preset's system prompt (a system message of the request's own wins) and the sources.
+    """`messages` with the preset's system prompt and the sources. A system message of the request's own is
+    added after the preset's (`client_system: append`, the default) or replaces it (`replace`): never silently.
 
     One leading system message, because many chat templates accept no other.
     """
     system = preset.system
     rest = list(messages)
     if rest and rest[0].get("role") in ("system", "developer"):
-        system = message_text(rest.pop(0))
+        own = message_text(rest.pop(0))
+        system = own if preset.client_system == "replace" or not system else f"{system}\n\n{own}"
     prompt = system_prompt(system, sources)
     return ([{"role": "system", "content": prompt}] if prompt else []) + rest
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -51,6 +51,9 @@ class Preset(BaseModel):
     model: str = Field(min_length=1)  # a base model in the store
     adapter: str | None = None  # an adapter (`ft:` name) over `model`
     system: str | None = None
+    # A system message of the request itself: appended after the preset's (default: the organization's
+    # instructions always hold, the client adds to them), or it replaces them.
+    client_system: Literal["append", "replace"] = "append"
     parameters: dict[str, Any] = Field(default_factory=dict)
     knowledge: list[KnowledgeRef] = Field(default_factory=list)
     description: str | None = None
