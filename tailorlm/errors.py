@@ -44,6 +44,13 @@ class AlreadyExistsError(TailorError):
     code = "already_exists"
 
 
+class InUseError(TailorError):
+    """Something still needed by unfinished work cannot be removed."""
+
+    status = 409
+    code = "in_use"
+
+
 class ContextOverflowError(InvalidRequestError):
     """Prompt plus requested tokens exceed the model's context window."""
 

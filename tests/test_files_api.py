@@ -155,3 +155,16 @@ def test_same_bytes_share_one_blob_until_the_last_delete(server, client):
     client.files.delete(b.id)
     blobs = server.app.state.tailor.settings.files_dir / "blobs"
     assert not [p for p in blobs.iterdir() if p.read_bytes() == content]
+
+
+def test_a_damaged_blob_is_a_500_that_does_not_show_the_servers_paths(server, client):
+    created = client.files.create(file=("gone.jsonl", b'{"a": 1}\n'), purpose="fine-tune")
+    home = server.app.state.tailor.settings.home
+    for blob in (home / "files" / "blobs").rglob("*"):
+        if blob.is_file() and blob.read_bytes() == b'{"a": 1}\n':
+            blob.unlink()
+    with server.http() as http:
+        res = http.get(f"/v1/files/{created.id}/content")
+    assert res.status_code == 500
+    validate(res.json(), "ErrorResponse")
+    assert "missing or damaged" in res.json()["error"]["message"] and str(home) not in res.text

@@ -118,6 +118,10 @@ def test_list_pages_newest_first(server, client, training_file):
 def test_cancel_before_start_and_events(server, client, training_file):
     job = client.fine_tuning.jobs.create(model=MODEL, training_file=training_file)
     with server.http() as http:
+        # the job will read its file again when it starts (or resumes): the file cannot go before the job ends
+        res = http.delete(f"/v1/files/{training_file}")
+        assert res.status_code == 409 and job.id in res.json()["error"]["message"]
+        validate(res.json(), "ErrorResponse")
         cancelled = job_body(http.post(f"{JOBS}/{job.id}/cancel"))
         assert cancelled["status"] == "cancelled" and cancelled["finished_at"] is not None
         error(http.post(f"{JOBS}/{job.id}/cancel"), 400, "fine_tuning_job_id")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -18,9 +19,22 @@ def error_body(message: str, type_: str, param: str | None = None, code: str | N
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
+# An absolute path in a message (a damaged blob under the store, a model's import source) tells a client how the
+# server's disk is laid out; server errors name the file only (the log keeps the whole message).
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.])/(?:[^\s/'\"()<>]+/)+([^\s/'\"()<>,;:]+)")
+
+
+def redact_paths(message: str) -> str:
+    return _ABSOLUTE_PATH.sub(r"\1", message)
+
+
 def error_response(exc: TailorError) -> JSONResponse:
     headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, QueueFullError) else None
-    return JSONResponse(error_body(exc.message, exc.type, exc.param, exc.code), status_code=exc.status, headers=headers)
+    message = exc.message
+    if exc.status >= 500:
+        log.error("%s (%s)", message, exc.code)
+        message = redact_paths(message)
+    return JSONResponse(error_body(message, exc.type, exc.param, exc.code), status_code=exc.status, headers=headers)
 
 
 def install(app: FastAPI) -> None:

@@ -12,6 +12,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 
+from tailorlm.errors import InUseError
 from tailorlm.files.store import CHUNK
 from tailorlm.server.protocol.files import DeleteFileResponse, OpenAIFile
 from tailorlm.server.protocol.pagination import CursorPage, Order, PageQuery, page
@@ -63,5 +64,11 @@ def _read(handle: BinaryIO) -> Iterator[bytes]:
 
 @router.delete("/v1/files/{file_id}")
 def delete_file(file_id: str, state: ServerState = Depends(get_state)) -> dict:
+    state.files.get(file_id)  # 404 first
+    needed = [j.id for j in state.jobs.with_status("validating_files", "queued", "running")
+              if file_id in (j.training_file, j.validation_file)]
+    if needed:  # a job that resumes (after a restart, a pause) reads its files again
+        raise InUseError(f"file {file_id} is used by fine-tuning job {needed[0]}, which has not finished; cancel it "
+                         "or wait for it to end, then delete the file", param="file_id")
     record = state.files.delete(file_id)
     return DeleteFileResponse(id=record.id).model_dump(mode="json")
