@@ -125,6 +125,17 @@ MIGRATIONS: list[str] = [
         cancelled INTEGER NOT NULL DEFAULT 0
     )
     """,
+    # v5: stored Responses (/v1/responses): the response object and the items it was given (the whole
+    # conversation, earlier turns included, so that a continuation reads one row), as JSON.
+    """
+    CREATE TABLE responses (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        created_at INTEGER NOT NULL,
+        body TEXT NOT NULL,
+        input_items TEXT NOT NULL
+    )
+    """,
 ]
 
 _lock = threading.Lock()
