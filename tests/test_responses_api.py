@@ -41,8 +41,13 @@ def tiny_settings(home: Path) -> Settings:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with live_server(tiny_settings(tiny_home(tmp_path_factory.mktemp("responses")))) as live:
+def home(tmp_path_factory) -> Path:
+    return tiny_home(tmp_path_factory.mktemp("responses"))
+
+
+@pytest.fixture(scope="module")
+def server(home):
+    with live_server(tiny_settings(home)) as live:
         yield live
 
 
@@ -236,3 +241,29 @@ def test_file_search_cites_the_files(server, client) -> None:
                  temperature=0, ignore_eos=True)
     assert "response.file_search_call.completed" in [e["type"] for e in raw]
     assert "response.output_text.annotation.added" in [e["type"] for e in raw]
+
+
+def test_presets_and_adapters_as_model(server, client, home) -> None:
+    """A preset and an `ft:` adapter resolve as they do for chat: the same text as a chat completion asking them."""
+    from tailorlm.presets import Preset
+    from tailorlm.presets.checks import create_preset
+    from tailorlm.store import AdapterStore
+    from tests.test_lora_serving import ADAPTERS
+    from tests.tiny import make_tiny_adapter
+
+    base = home.parent / "base"
+    AdapterStore(home).add("ft:tiny:a:ftjob-a", MODEL, make_tiny_adapter(base, home.parent / "a", seed=1,
+                                                                        **ADAPTERS["llama"][0]))
+    create_preset(tiny_settings(home), Preset(name="terse", model=MODEL, system="Answer in one word.",
+                                              parameters={"temperature": 0, "max_tokens": 6}))
+    hello = [{"role": "user", "content": "Hello there"}]
+    via_preset = client.responses.create(model="terse", input="Hello there", extra_body={"ignore_eos": True})
+    assert via_preset.model == "terse" and via_preset.usage.output_tokens == 6 and via_preset.temperature == 0
+    chat = client.chat.completions.create(model="terse", messages=hello, extra_body={"ignore_eos": True})
+    assert via_preset.output_text == chat.choices[0].message.content
+    tuned = client.responses.create(model="ft:tiny:a:ftjob-a", input="Hello there", max_output_tokens=6, **FIXED)
+    chat = client.chat.completions.create(model="ft:tiny:a:ftjob-a", messages=hello, max_tokens=6, **FIXED)
+    plain = client.responses.create(model=MODEL, input="Hello there", max_output_tokens=6, **FIXED)
+    assert tuned.output_text == chat.choices[0].message.content != plain.output_text
+    with pytest.raises(openai.NotFoundError):
+        client.responses.create(model="ft:tiny:nope:ftjob-x", input="Hello there")
