@@ -11,8 +11,7 @@ from tailorlm.errors import InvalidRequestError
 
 INPUT_ROLES = ("user", "system", "developer", "assistant")
 TEXT_PARTS = ("input_text", "output_text", "text")
-REPLAYED = ("message", "function_call", "function_call_output")  # what a later turn shows the model again
-KEPT = ("reasoning", "file_search_call")  # the model's own earlier work: stored and listed, not shown again
+KEPT = {"reasoning": "rs", "file_search_call": "fs"}  # the model's earlier work (id prefixes): stored, not shown again
 
 
 def item_id(prefix: str) -> str:
@@ -73,7 +72,7 @@ def stored_item(item: Any, where: str) -> dict[str, Any]:
         return {"id": item.get("id") or item_id("fco"), "type": "function_call_output",
                 "call_id": _require(item, "call_id", where), "output": item.get("output"), "status": "completed"}
     if kind in KEPT:
-        return {**item, "id": item.get("id") or item_id(kind[:2])}
+        return {**item, "id": item.get("id") or item_id(KEPT[kind])}
     raise InvalidRequestError(f"'{where}.type' is {kind!r}; this server takes messages, function_call and "
                               "function_call_output items.", param=f"{where}.type")
 
