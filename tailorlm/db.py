@@ -131,6 +131,17 @@ MIGRATIONS: list[str] = [
     ALTER TABLE fine_tuning_jobs ADD COLUMN lease_owner TEXT;
     ALTER TABLE fine_tuning_jobs ADD COLUMN lease_expires REAL
     """,
+    # v6: stored Responses (/v1/responses): the response object and the items it was given (the whole
+    # conversation, earlier turns included, so that a continuation reads one row), as JSON.
+    """
+    CREATE TABLE responses (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        created_at INTEGER NOT NULL,
+        body TEXT NOT NULL,
+        input_items TEXT NOT NULL
+    )
+    """,
 ]
 
 _lock = threading.Lock()

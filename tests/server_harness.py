@@ -61,6 +61,17 @@ def live_server(settings: Settings) -> Iterator[LiveServer]:
         thread.join(timeout=30)
 
 
+def post_valid(live: LiveServer, path: str, body: dict, schema: str) -> dict:
+    """POST `body` to `path`; the answer must be a 200 whose body matches the OpenAI spec's `schema`."""
+    from tests.spec import validate
+
+    with live.http() as http:
+        res = http.post(path, json=body)
+    assert res.status_code == 200, res.text
+    validate(res.json(), schema)
+    return res.json()
+
+
 def stream_chunks(live: LiveServer, body: dict) -> list[dict]:
     """POST a streamed chat completion; return its chunks, each validated against the OpenAI spec.
 

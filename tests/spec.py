@@ -50,3 +50,20 @@ def validate(body: dict, schema_name: str) -> None:
         raise KeyError(schema_name)
     schema = {"$ref": f"urn:openai-spec#/components/schemas/{schema_name}"}
     jsonschema.Draft202012Validator(schema, registry=registry).validate(body)
+
+
+@lru_cache(maxsize=1)
+def _event_schemas() -> dict[str, str]:
+    """Stream event type (`response.output_text.delta`) -> the name of its schema."""
+    spec, _ = _spec()
+    out = {}
+    for name, schema in spec["components"]["schemas"].items():
+        enum = (schema.get("properties", {}).get("type") or {}).get("enum") if isinstance(schema, dict) else None
+        if name.endswith("Event") and enum and len(enum) == 1:
+            out[enum[0]] = name
+    return out
+
+
+def validate_event(event: dict) -> None:
+    """Validate one Responses stream event against the schema of its own type (errors that name the field)."""
+    validate(event, _event_schemas()[event["type"]])

@@ -59,11 +59,16 @@ def retrieve(kbs: Any, preset: Preset, query: str) -> list[Source]:
             raise NotFoundError(f"knowledge base {ref.name} of preset {preset.ref} does not exist",
                                 param="model") from None
         for hit in kbs.search(kb.id, query, k=ref.k, mode=ref.mode, filters=ref.filters):
-            sources.append(Source(index=len(sources) + 1, knowledge_base=kb.name, knowledge_base_id=kb.id,
-                                  file_id=hit.file_id, filename=hit.filename, chunk_id=str(hit.chunk_id),
-                                  position=hit.position, start=hit.start, end=hit.end, heading=hit.heading,
-                                  score=float(hit.score), text=hit.text, attributes=hit.attributes or None))
+            sources.append(source(len(sources) + 1, kb, hit))
     return sources
+
+
+def source(index: int, kb: Any, hit: Any) -> Source:
+    """Search hit `hit` (tailorlm.kb Hit) of knowledge base `kb`, numbered `index`."""
+    return Source(index=index, knowledge_base=kb.name, knowledge_base_id=kb.id, file_id=hit.file_id,
+                  filename=hit.filename, chunk_id=str(hit.chunk_id), position=hit.position, start=hit.start,
+                  end=hit.end, heading=hit.heading, score=float(hit.score), text=hit.text,
+                  attributes=hit.attributes or None)
 
 
 def system_prompt(system: str | None, sources: list[Source]) -> str | None:
@@ -83,7 +88,12 @@ def apply(preset: Preset, messages: list[dict[str, Any]], sources: list[Source])
 
     One leading system message, because many chat templates accept no other.
     """
-    system = preset.system
+    return with_sources(messages, sources, preset.system)
+
+
+def with_sources(messages: list[dict[str, Any]], sources: list[Source],
+                 system: str | None = None) -> list[dict[str, Any]]:
+    """`messages` with one leading system message: their own (or else `system`), then the numbered sources."""
     rest = list(messages)
     if rest and rest[0].get("role") in ("system", "developer"):
         own = message_text(rest.pop(0))

@@ -20,7 +20,8 @@ from tailorlm.server.knowledge import Knowledge
 from tailorlm.server.metrics import Metrics
 from tailorlm.server.middleware import GuardMiddleware
 from tailorlm.server.registry import ModelRegistry
-from tailorlm.server.routes import embeddings, files, fine_tuning, generate, health, models, vector_stores
+from tailorlm.responses import ResponseStore
+from tailorlm.server.routes import embeddings, files, fine_tuning, generate, health, models, responses, vector_stores
 from tailorlm.server.state import ServerState
 from tailorlm.tune.jobs import JobStore
 
@@ -34,7 +35,7 @@ def build_state(settings: Settings) -> ServerState:
     files = FileStore(db, settings.files_dir, settings.max_upload_bytes)
     embeddings = EmbeddingModels(settings.embedding_model)
     return ServerState(settings, registry, Metrics(registry.stats), KeyStore(db), files, jobs,
-                       JobSupervisor(settings, jobs), Knowledge(settings, files, embeddings), embeddings)
+                       JobSupervisor(settings, jobs), Knowledge(settings, files, embeddings), embeddings, ResponseStore(db))
 
 
 async def _preload(state: ServerState) -> None:
@@ -63,7 +64,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="tailorlm", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.tailor = state
     errors.install(app)
-    for router in (health.router, models.router, generate.router, embeddings.router, files.router,
+    for router in (health.router, models.router, generate.router, responses.router, embeddings.router, files.router,
                    fine_tuning.router, vector_stores.router):
         app.include_router(router)
     app.add_middleware(GuardMiddleware, state=state)

@@ -1,4 +1,5 @@
-"""What every route needs, built once per app: settings, models, metrics, API keys, files, jobs, knowledge."""
+"""What every route needs, built once per app: settings, models, metrics, API keys, files, jobs, knowledge,
+stored responses."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from fastapi import Request
 from tailorlm.config import Settings
 from tailorlm.embeddings import EmbeddingModels
 from tailorlm.files import FileStore
+from tailorlm.responses import ResponseStore
 from tailorlm.server.auth import KeyStore
 from tailorlm.server.jobs_supervisor import JobSupervisor
 from tailorlm.server.knowledge import Knowledge
@@ -28,6 +30,7 @@ class ServerState:
     supervisor: JobSupervisor  # runs fine-tuning jobs in worker processes
     knowledge: Knowledge  # knowledge bases (vector stores) and their background ingestion
     embeddings: EmbeddingModels  # embedding models, loaded on first use; shared by /v1/embeddings and knowledge
+    responses: ResponseStore  # stored Responses (/v1/responses), for retrieval and previous_response_id
 
 
 def get_state(request: Request) -> ServerState:

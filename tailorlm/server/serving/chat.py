@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -83,7 +84,20 @@ def _chat_delta(d: MessageDelta) -> ChatDelta:
                      tool_calls=[_tool_delta(t) for t in d.tool_calls] if d.tool_calls else None)
 
 
-async def create(req: ChatCompletionRequest, http: Request, state: ServerState):
+@dataclass
+class StartedChat:
+    """A chat request in flight: the request as run (a preset's defaults applied), its model, its choices and
+    their parsers, and what a preset's knowledge bases gave. Chat completions and Responses both start here."""
+
+    req: ChatCompletionRequest
+    model: OpenModel
+    runs: list[gen.ChoiceRun]
+    parsers: list[OutputParser]
+    sources: list[dict] | None
+
+
+async def start(req: ChatCompletionRequest, state: ServerState) -> StartedChat:
+    """Resolve the model (preset, adapter or model), plan the chat and submit its choices."""
     if req.n > state.settings.max_n:
         raise InvalidRequestError(f"n must be at most {state.settings.max_n}.", param="n")
     found = state.registry.resolve(req.model)
@@ -92,7 +106,13 @@ async def create(req: ChatCompletionRequest, http: Request, state: ServerState):
     plan = await asyncio.to_thread(plan_for, model, req)  # template, tokenizer and grammar: off the event loop
     gen.check_prompt(model, plan.prompt, state.settings.max_prompt_tokens)
     runs = gen.start_choices(model, plan.prompt, _params(req, plan), stop_list(req.stop))
-    parsers = [plan.parser() for _ in runs]
+    return StartedChat(req, model, runs, [plan.parser() for _ in runs], sources)
+
+
+async def create(req: ChatCompletionRequest, http: Request, state: ServerState):
+    started = await start(req, state)
+    req, model, runs, parsers, sources = (started.req, started.model, started.runs, started.parsers,
+                                          started.sources)
     cid, created = new_id("chatcmpl"), now()
     if req.stream:
         return StreamingResponse(_stream(req, model, runs, parsers, cid, created, state, sources),

@@ -119,9 +119,10 @@ async def merged_deltas(runs: list[ChoiceRun]) -> AsyncIterator[tuple[ChoiceRun,
             r.request.cancel()
 
 
-def sse(payload: dict | str) -> str:
+def sse(payload: dict | str, event: str | None = None) -> str:
+    """One server-sent event; `event` names it (Responses streams do, chat's do not)."""
     data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
-    return f"data: {data}\n\n"
+    return (f"event: {event}\n" if event else "") + f"data: {data}\n\n"
 
 
 def record(metrics: Metrics, model: str, runs: list[ChoiceRun]) -> None:
