@@ -46,7 +46,8 @@ test: install
 
 # The native-step and decoder tests as the other kind of CPU runs them: on an AVX-512 machine the AVX2 kernels
 # (and torch/oneDNN held to AVX2), on an AVX2 machine the generic loops. `make test` runs the native ISA.
-ISA_TESTS := tests/test_native_step.py tests/test_decoder.py tests/test_chunked_prefill.py
+ISA_TESTS := tests/test_native_step.py tests/test_decoder.py tests/test_chunked_prefill.py tests/test_q4.py tests/test_fast_dtype.py \
+	tests/test_export_onnx.py
 test-isa: install
 	if grep -qw avx512f /proc/cpuinfo; then \
 		TAILOR_ISA=avx2 ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 $(BIN)/python -m pytest -q $(ISA_TESTS); \
