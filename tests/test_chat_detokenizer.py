@@ -129,7 +129,7 @@ def test_long_run_of_skipped_special_tokens_keeps_the_window_small(bpe_tok: Text
 
 
 def test_special_tokens_are_skipped_or_shown(bpe_tok: TextTokenizer) -> None:
-    ids = bpe_tok.encode("hi<|im_end|>", add_special_tokens=False)
+    ids = bpe_tok.hf.encode("hi<|im_end|>", add_special_tokens=False)
     assert "".join(stream(bpe_tok, ids)) == "hi"
     assert "".join(stream(bpe_tok, ids, skip_special_tokens=False)) == "hi<|im_end|>"
     assert stream(bpe_tok, []) == [""]

@@ -88,7 +88,7 @@ def test_random_text_and_stops(bpe_tok: TextTokenizer, sp_tok: TextTokenizer) ->
 
 @pytest.mark.parametrize("skip", [True, False])
 def test_special_tokens_and_stops(bpe_tok: TextTokenizer, skip: bool) -> None:
-    ids = bpe_tok.encode("hi<|im_end|>there", add_special_tokens=False)
+    ids = bpe_tok.hf.encode("hi<|im_end|>there", add_special_tokens=False)
     ts = TextStream(bpe_tok, ["<|im_end|>"], skip_special_tokens=skip)
     for i in ids:
         ts.push(i)
