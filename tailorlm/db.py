@@ -147,12 +147,28 @@ MIGRATIONS: list[str] = [
 _lock = threading.Lock()
 
 
+def _wal(conn: sqlite3.Connection, wait_s: float = 30.0) -> None:
+    """Switch to WAL. Changing the journal mode takes an exclusive lock that SQLite's busy timeout does not wait
+    for: processes opening a new database together get "database is locked" at once, so this retries."""
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
+
+
 def connect(path: Path) -> sqlite3.Connection:
     """Open (creating and migrating as needed) the database; safe to share across threads."""
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
     conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA journal_mode=WAL")
+    _wal(conn)
     conn.execute("PRAGMA foreign_keys=ON")
     with _lock:  # threads of this process; other processes are kept apart by the write lock below
         for number, sql in enumerate(MIGRATIONS, start=1):

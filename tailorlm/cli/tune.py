@@ -7,7 +7,6 @@ Ctrl-C stops at the next step, keeps a checkpoint and says how to resume.
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 import threading
@@ -104,13 +103,11 @@ def _create(settings, jobs, base, data, validation, suffix, epochs, batch_size, 
 
 
 def _prepare_resume(jobs, job_id: str):
-    from tailorlm.tune.jobs import worker_alive
-
     job = jobs.get(job_id)
     if job.status == "succeeded":
         raise InvalidRequestError(f"job {job_id} has already succeeded: {job.fine_tuned_model}")
-    if job.status == "running" and job.worker_pid != os.getpid() and worker_alive(job.worker_pid, job_id):
-        raise InvalidRequestError(f"job {job_id} is running in process {job.worker_pid}")
+    if job.leased:  # a live trainer holds it (a server's worker, another `tailor tune`): never a second one
+        raise InvalidRequestError(f"job {job_id} is being trained by {job.lease_owner}")
     validated = any(e.message.startswith("Files validated") for e in jobs.events(job_id))
     jobs.event(job_id, "Resumed from the command line")
     return jobs.update(job_id, status="queued" if validated else "validating_files", cancel_requested=False,

@@ -88,16 +88,17 @@ def apply(preset: Preset, messages: list[dict[str, Any]], sources: list[Source])
 
     One leading system message, because many chat templates accept no other.
     """
-    return with_sources(messages, sources, preset.system)
+    return with_sources(messages, sources, preset.system, preset.client_system)
 
 
-def with_sources(messages: list[dict[str, Any]], sources: list[Source],
-                 system: str | None = None) -> list[dict[str, Any]]:
-    """`messages` with one leading system message: their own (or else `system`), then the numbered sources."""
+def with_sources(messages: list[dict[str, Any]], sources: list[Source], system: str | None = None,
+                 client_system: str = "append") -> list[dict[str, Any]]:
+    """`messages` with one leading system message: `system`, then their own system message if they have one
+    (after it; instead of it with `client_system` "replace"), then the numbered sources."""
     rest = list(messages)
     if rest and rest[0].get("role") in ("system", "developer"):
         own = message_text(rest.pop(0))
-        system = own if preset.client_system == "replace" or not system else f"{system}\n\n{own}"
+        system = own if client_system == "replace" or not system else f"{system}\n\n{own}"
     prompt = system_prompt(system, sources)
     return ([{"role": "system", "content": prompt}] if prompt else []) + rest
 
