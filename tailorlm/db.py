@@ -142,6 +142,43 @@ MIGRATIONS: list[str] = [
         input_items TEXT NOT NULL
     )
     """,
+    # v7: batches (/v1/batches) and their lines: each line's request is copied in when the batch is validated,
+    # and its result written when it completes, so a restarted server resumes and never runs a line twice.
+    """
+    CREATE TABLE batches (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        created_at INTEGER NOT NULL,
+        endpoint TEXT NOT NULL,
+        input_file_id TEXT NOT NULL,
+        completion_window TEXT NOT NULL,
+        status TEXT NOT NULL,
+        metadata TEXT,
+        errors TEXT,
+        output_file_id TEXT,
+        error_file_id TEXT,
+        expires_at INTEGER,
+        in_progress_at INTEGER,
+        finalizing_at INTEGER,
+        completed_at INTEGER,
+        failed_at INTEGER,
+        expired_at INTEGER,
+        cancelling_at INTEGER,
+        cancelled_at INTEGER
+    );
+    CREATE TABLE batch_lines (
+        batch_id TEXT NOT NULL REFERENCES batches (id) ON DELETE CASCADE,
+        line INTEGER NOT NULL,
+        custom_id TEXT NOT NULL,
+        request TEXT NOT NULL,
+        id TEXT,
+        status_code INTEGER,
+        request_id TEXT,
+        body TEXT,
+        done_at INTEGER,
+        PRIMARY KEY (batch_id, line)
+    )
+    """,
 ]
 
 _lock = threading.Lock()

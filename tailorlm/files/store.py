@@ -19,8 +19,9 @@ from typing import BinaryIO
 
 from tailorlm.errors import IntegrityError, InvalidRequestError, NotFoundError, PayloadTooLargeError
 
-PURPOSES = ("fine-tune", "fine-tune-results", "assistants", "batch", "user_data", "evals", "vision")
-# What a client may upload (OpenAI's CreateFileRequest); "fine-tune-results" files are written by jobs.
+PURPOSES = ("fine-tune", "fine-tune-results", "assistants", "batch", "batch_output", "user_data", "evals", "vision")
+# What a client may upload (OpenAI's CreateFileRequest); "fine-tune-results" files are written by jobs,
+# "batch_output" files by batches.
 UPLOAD_PURPOSES = ("fine-tune", "assistants", "batch", "user_data", "evals", "vision")
 CHUNK = 1024 * 1024
 

@@ -9,19 +9,31 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from tailorlm import __version__
+from tailorlm.batches import BatchStore
 from tailorlm.config import Settings, get_settings
 from tailorlm.db import connect
 from tailorlm.embeddings import EmbeddingModels
 from tailorlm.files import FileStore
 from tailorlm.server import errors
 from tailorlm.server.auth import KeyStore
+from tailorlm.server.batch_runner import BatchRunner
 from tailorlm.server.jobs_supervisor import JobSupervisor
 from tailorlm.server.knowledge import Knowledge
 from tailorlm.server.metrics import Metrics
 from tailorlm.server.middleware import GuardMiddleware
 from tailorlm.server.registry import ModelRegistry
 from tailorlm.responses import ResponseStore
-from tailorlm.server.routes import embeddings, files, fine_tuning, generate, health, models, responses, vector_stores
+from tailorlm.server.routes import (
+    batches,
+    embeddings,
+    files,
+    fine_tuning,
+    generate,
+    health,
+    models,
+    responses,
+    vector_stores,
+)
 from tailorlm.server.state import ServerState
 from tailorlm.tune.jobs import JobStore
 
@@ -34,8 +46,11 @@ def build_state(settings: Settings) -> ServerState:
     jobs = JobStore(db)
     files = FileStore(db, settings.files_dir, settings.max_upload_bytes)
     embeddings = EmbeddingModels(settings.embedding_model)
-    return ServerState(settings, registry, Metrics(registry.stats), KeyStore(db), files, jobs,
-                       JobSupervisor(settings, jobs), Knowledge(settings, files, embeddings), embeddings, ResponseStore(db))
+    state = ServerState(settings, registry, Metrics(registry.stats), KeyStore(db), files, jobs,
+                        JobSupervisor(settings, jobs), Knowledge(settings, files, embeddings), embeddings,
+                        ResponseStore(db), BatchStore(connect(settings.db_path)), None)  # type: ignore[arg-type]
+    state.batch_runner = BatchRunner(state)
+    return state
 
 
 async def _preload(state: ServerState) -> None:
@@ -54,9 +69,11 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(_: FastAPI):
         warm = asyncio.create_task(_preload(state)) if settings.preload else None
         state.supervisor.start()
+        state.batch_runner.start()
         yield
         if warm is not None:
             warm.cancel()
+        await state.batch_runner.stop()  # before the engines close: a line cut short keeps no result
         await asyncio.to_thread(state.supervisor.stop)  # a running job checkpoints and is requeued
         state.registry.close_all()  # cancels whatever is still in flight
         await asyncio.to_thread(state.knowledge.close)  # lets a running ingestion finish its transaction
@@ -65,7 +82,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     app.state.tailor = state
     errors.install(app)
     for router in (health.router, models.router, generate.router, responses.router, embeddings.router, files.router,
-                   fine_tuning.router, vector_stores.router):
+                   fine_tuning.router, vector_stores.router, batches.router):
         app.include_router(router)
     app.add_middleware(GuardMiddleware, state=state)
     return app

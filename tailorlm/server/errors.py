@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -17,6 +19,12 @@ log = logging.getLogger("tailorlm.server")
 
 def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def internal_error_body() -> dict:
+    """What a client is told of a bug (the log has the traceback)."""
+    return error_body("The server had an internal error while processing your request.", "server_error", None,
+                      "internal_error")
 
 
 # An absolute path in a message (a damaged blob under the store, a model's import source) tells a client how the
@@ -37,6 +45,21 @@ def error_response(exc: TailorError) -> JSONResponse:
     return JSONResponse(error_body(message, exc.type, exc.param, exc.code), status_code=exc.status, headers=headers)
 
 
+def validation_response(errors: Sequence[Any]) -> JSONResponse:
+    """A request body that does not validate (FastAPI's RequestValidationError, or pydantic's ValidationError for
+    a batch line's body): a 400 naming the first wrong field."""
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    loc = [str(p) for p in first.get("loc", ())]
+    if loc and loc[0] in ("body", "query", "path", "header"):  # where it came from; `param` names the field
+        loc = loc[1:]
+    param = ".".join(loc) or None
+    if first.get("type") == "json_invalid":
+        message = "We could not parse the JSON body of your request."
+    else:
+        message = f"Invalid value for {param or 'the request'}: {first.get('msg')}."
+    return JSONResponse(error_body(message, "invalid_request_error", param, "invalid_value"), status_code=400)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(TailorError)
     async def _tailor(_: Request, exc: TailorError) -> JSONResponse:
@@ -44,16 +67,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        loc = [str(p) for p in first.get("loc", ())]
-        if loc and loc[0] in ("body", "query", "path", "header"):  # where it came from; `param` names the field
-            loc = loc[1:]
-        param = ".".join(loc) or None
-        if first.get("type") == "json_invalid":
-            message = "We could not parse the JSON body of your request."
-        else:
-            message = f"Invalid value for {param or 'the request'}: {first.get('msg')}."
-        return JSONResponse(error_body(message, "invalid_request_error", param, "invalid_value"), status_code=400)
+        return validation_response(exc.errors())
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -68,8 +82,4 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _fault(_: Request, exc: Exception) -> JSONResponse:
         log.exception("internal error")
-        return JSONResponse(
-            error_body("The server had an internal error while processing your request.", "server_error", None,
-                       "internal_error"),
-            status_code=500,
-        )
+        return JSONResponse(internal_error_body(), status_code=500)

@@ -1,11 +1,14 @@
 """What every route needs, built once per app: settings, models, metrics, API keys, files, jobs, knowledge,
-stored responses."""
+stored responses, batches."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from fastapi import Request
+
+from tailorlm.batches import BatchStore
 
 from tailorlm.config import Settings
 from tailorlm.embeddings import EmbeddingModels
@@ -17,6 +20,9 @@ from tailorlm.server.knowledge import Knowledge
 from tailorlm.server.metrics import Metrics
 from tailorlm.server.registry import ModelRegistry
 from tailorlm.tune.jobs import JobStore
+
+if TYPE_CHECKING:
+    from tailorlm.server.batch_runner import BatchRunner
 
 
 @dataclass
@@ -31,6 +37,8 @@ class ServerState:
     knowledge: Knowledge  # knowledge bases (vector stores) and their background ingestion
     embeddings: EmbeddingModels  # embedding models, loaded on first use; shared by /v1/embeddings and knowledge
     responses: ResponseStore  # stored Responses (/v1/responses), for retrieval and previous_response_id
+    batches: BatchStore  # batches (/v1/batches) and their lines' results
+    batch_runner: BatchRunner  # runs batches, one line at a time, on the engines above
 
 
 def get_state(request: Request) -> ServerState:

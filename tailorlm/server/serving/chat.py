@@ -109,7 +109,7 @@ async def start(req: ChatCompletionRequest, state: ServerState) -> StartedChat:
     return StartedChat(req, model, runs, [plan.parser() for _ in runs], sources)
 
 
-async def create(req: ChatCompletionRequest, http: Request, state: ServerState):
+async def create(req: ChatCompletionRequest, http: Request | None, state: ServerState):
     started = await start(req, state)
     req, model, runs, parsers, sources = (started.req, started.model, started.runs, started.parsers,
                                           started.sources)

@@ -55,7 +55,7 @@ def _logprobs(model: OpenModel, prompt: list[int], run: gen.ChoiceRun, echo: boo
     return CompletionLogprobs(text_offset=offsets, token_logprobs=lps, tokens=tokens, top_logprobs=tops)
 
 
-async def create(req: CompletionRequest, http: Request, state: ServerState):
+async def create(req: CompletionRequest, http: Request | None, state: ServerState):
     if req.suffix:
         raise InvalidRequestError("suffix is not supported by this server.", param="suffix")
     if req.best_of not in (None, req.n):

@@ -68,13 +68,14 @@ async def run_choice(run: ChoiceRun, on_delta: Callable[[ChoiceRun, TextDelta], 
         on_delta(run, tail)
 
 
-async def collect(runs: list[ChoiceRun], http: Request,
+async def collect(runs: list[ChoiceRun], http: Request | None,
                   on_delta: Callable[[ChoiceRun, TextDelta], None] | None = None) -> None:
-    """Run all choices; if the client goes away first, cancel them (freeing their slots)."""
+    """Run all choices; if the client goes away first, cancel them (freeing their slots). Without an HTTP
+    request (a batch line) nothing is watched: cancelling the caller's task cancels the choices."""
     work = asyncio.gather(*(run_choice(r, on_delta) for r in runs))
 
     async def watch() -> None:
-        while not work.done():
+        while http is not None and not work.done():
             if await http.is_disconnected():
                 for r in runs:
                     r.request.cancel()

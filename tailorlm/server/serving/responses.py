@@ -137,7 +137,7 @@ async def _store(turn: Turn, body: ResponseObject, state: ServerState) -> dict[s
     return data
 
 
-async def create(body: CreateResponseRequest, http: Request, state: ServerState):
+async def create(body: CreateResponseRequest, http: Request | None, state: ServerState):
     turn = await _begin(body, state)
     if body.stream:
         return StreamingResponse(_stream(turn, state), media_type="text/event-stream")
