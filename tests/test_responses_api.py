@@ -191,7 +191,11 @@ def test_streaming_helper_equals_non_streamed(server, client, ask) -> None:
         deltas = "".join(e["delta"] for e in raw if e["type"] == "response.output_text.delta")
     else:
         assert "response.function_call_arguments.done" in kinds
-        deltas = "".join(e["delta"] for e in raw if e["type"] == "response.function_call_arguments.delta")
+        pieces = [e["delta"] for e in raw if e["type"] == "response.function_call_arguments.delta"]
+        assert len(pieces) >= 2  # the arguments stream as they are decoded, not whole at the end
+        deltas = "".join(pieces)
+        done = next(e for e in raw if e["type"] == "response.function_call_arguments.done")
+        assert done["arguments"] == deltas
     with client.responses.stream(model=MODEL, temperature=0, **ask) as stream:
         final = stream.get_final_response()
     assert shape(final.output) == shape(plain.output) and final.output_text == plain.output_text

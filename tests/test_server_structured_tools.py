@@ -114,3 +114,18 @@ def test_invalid_requests_are_400_with_param(server, client, body, param) -> Non
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(model=MODEL, messages=WEATHER_Q, **body)
     assert err.value.status_code == 400 and err.value.body["param"] == param
+
+
+def test_streamed_arguments_arrive_in_pieces(server, client) -> None:
+    """OpenAI's shape: the first delta of a call has index, id, type and name (arguments ""); later ones carry
+    pieces of the arguments as they are decoded, which join to the non-streamed arguments byte for byte."""
+    kw = dict(messages=WEATHER_Q, tools=[WEATHER, ADD], tool_choice=NAMED_ADD, max_tokens=48, temperature=0)
+    plain = client.chat.completions.create(model=MODEL, **kw).choices[0].message.tool_calls
+    deltas = [t for c in client.chat.completions.create(model=MODEL, stream=True, **kw) if c.choices
+              for t in c.choices[0].delta.tool_calls or []]
+    first, rest = deltas[0], deltas[1:]
+    assert (first.index, first.type, first.function.name, first.function.arguments) == (0, "function", "add", "")
+    assert first.id.startswith("call_")
+    assert len(rest) >= 2 and all(d.id is None and d.function.name is None and d.function.arguments for d in rest)
+    assert "".join(d.function.arguments for d in rest) == plain[0].function.arguments  # byte-identical
+    assert set(json.loads(plain[0].function.arguments)) == {"a", "b"}

@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -241,6 +241,23 @@ def plan(tokenizer: Any, messages: Sequence[Mapping], tools: Sequence[Mapping] |
     return dict(
         prompt=render(messages, tools, tool_choice, reasoning_effort, response_format),
         parser=HarmonyParser,
-        constraint=lambda: None,  # harmony output mixes channels: a schema cannot bind the whole text
+        constraint=call_constraint(tokenizer, tools, tool_choice),
         stop_token_ids=sorted(encoding().stop_tokens_for_assistant_actions()),  # <|return|>, <|call|>
     )
+
+
+def call_constraint(tokenizer: Any, tools: Sequence[Mapping] | None, tool_choice: Any) -> Callable[[], Any]:
+    """With `tool_choice` "required" or a named function, a grammar that makes the turn such a call (reasoning
+    first allowed); otherwise none: harmony output mixes channels, and `response_format` binds no channel yet."""
+    if not tools or tool_choice in (None, "auto", "none"):
+        return lambda: None
+    from tailorlm.chat import structured
+    from tailorlm.chat.tools import resolve_choice, validate_tools
+
+    specs = validate_tools(list(tools))
+    choice = resolve_choice(tool_choice, specs)
+    if choice in ("auto", "none"):
+        return lambda: None
+    functions = [s["function"] for s in specs if choice == "required" or s["function"]["name"] == choice]
+    param = "tools" if choice == "required" else "tool_choice"
+    return structured.grammar_constraint(tokenizer, structured.harmony_call_grammar(functions), param=param)

@@ -27,6 +27,7 @@ ConstraintFactory = Callable[[], "GrammarConstraint"]
 # model given free whitespace can pad with newlines until max_tokens. A schema may override this
 # with its own "x-guidance" options (applied after these defaults).
 JSON_OPTIONS: dict[str, Any] = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+HARMONY_JSON: dict[str, Any] = {**JSON_OPTIONS, "item_separator": ",", "key_separator": ":"}
 _cache: "weakref.WeakKeyDictionary[TextTokenizer, Any]" = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
 
@@ -176,6 +177,26 @@ def tool_call_grammar(functions: list[dict[str, Any]], *, many: bool, open_tag: 
     schema = {**schema, "x-guidance": JSON_OPTIONS, **({"$defs": defs} if defs else {})}
     head, tail = json.dumps(open_tag + "\n"), json.dumps("\n" + close_tag)  # lark literals are JSON strings
     return f"start: call{'+' if many else ''}\ncall: {head} body {tail}\nbody: %json {json.dumps(schema)}\n"
+
+
+def harmony_call_grammar(functions: list[dict[str, Any]]) -> str:
+    """Lark grammar of a harmony (gpt-oss) turn that calls one of `functions`: an optional analysis message
+    (free reasoning), then the call: `<|channel|>commentary to=functions.NAME <|constrain|>json<|message|>`,
+    arguments matching NAME's parameters (compact JSON, as gpt-oss writes it), and `<|call|>`.
+
+    Harmony's control tokens are matched as tokens (`<|name|>`), never as the text that spells them."""
+    rules = ["start: analysis? call",
+             'analysis: <|channel|> "analysis" <|message|> THINK <|end|> <|start|> "assistant"',
+             "THINK: /(.|\\n)*/",
+             "call: " + " | ".join(f"call{i}" for i in range(len(functions)))]
+    for i, fn in enumerate(functions):
+        defs: dict[str, Any] = {}
+        body = _nestable(fn["parameters"], f"t{i}_", defs)
+        body = {**body, "x-guidance": HARMONY_JSON, **({"$defs": defs} if defs else {})}
+        header = json.dumps(f"commentary to=functions.{fn['name']} ")  # the recipient where gpt-oss writes it
+        rules.append(f"call{i}: <|channel|> {header} <|constrain|> \"json\" <|message|> body{i} <|call|>")
+        rules.append(f"body{i}: %json {json.dumps(body)}")
+    return "\n".join(rules) + "\n"
 
 
 def _nestable(schema: Any, prefix: str, defs: dict[str, Any]) -> Any:

@@ -18,6 +18,7 @@ from typing import Any
 import jsonschema
 
 from tailorlm.chat import structured
+from tailorlm.chat.callscan import CallScanner
 from tailorlm.chat.output import MessageDelta, ParsedMessage, PlainParser, ToolCall, ToolCallDelta
 from tailorlm.chat.template import normalize_messages, render_chat, render_chat_text
 from tailorlm.chat.tokenizer import TextTokenizer
@@ -177,9 +178,12 @@ def call_grammar(specs: list[dict[str, Any]], *, many: bool) -> str:
 class ToolCallParser:
     """Content until a call opens; each well-formed call becomes a ToolCall, anything else stays content.
 
-    A call is held until it closes, then streamed as two deltas (id and name; then the arguments), so
-    malformed JSON can still be given back as text. Only a possible prefix of an opening tag is held
-    back from content, plus trailing whitespace (dropped when a call follows).
+    A Hermes (`<tool_call>`) or bare JSON call is read by a CallScanner as it arrives: once its name is
+    known and its arguments object has opened, the call opens (a delta with id and name) and the raw
+    text of the arguments streams as it is decoded; the message's arguments are exactly that text. Text
+    that never reaches that point (not JSON, no name, arguments that are not an object) is held until
+    the call closes and judged whole, so it can still be given back as text. Only a possible prefix of
+    an opening tag is held back from content, plus trailing whitespace (dropped when a call follows).
     """
 
     def __init__(self, names: set[str] | frozenset[str] = frozenset(), markers: dict[int, str] | None = None):
@@ -187,6 +191,8 @@ class ToolCallParser:
         self.names = names  # bare JSON (Llama 3.1 style) counts as a call only when it names a tool
         self.markers = markers or {}  # special token ids (skipped in text) that open calls
         self._buf, self._ws, self._mode = "", "", "start"
+        self._scan = CallScanner()
+        self._sent: int | None = None  # while a scanned call is open: how much of its arguments text went out
 
     def feed(self, text: str, token_id: int | None) -> list[MessageDelta]:
         if not text and token_id in self.markers:
@@ -212,15 +218,9 @@ class ToolCallParser:
                 if not final and (not s or (len(squeezed) < 8 and '{"name":'.startswith(squeezed))):
                     return out  # too early to tell
                 if re.match(r'\{\s*"name"\s*:', s):
-                    decoded = _decode(s, final)
-                    if decoded is None:
-                        return out  # the JSON may still complete
-                    call = _as_call(decoded[0]) if decoded else None
-                    if call and call["name"] in self.names:
-                        out += self._call(call)
-                        self._buf = s[decoded[1]:].lstrip().lstrip(";")  # more calls may follow
-                        continue
-                self._mode = "content"
+                    self._buf, self._mode, self._scan = s, "bare", CallScanner()
+                else:
+                    self._mode = "content"
             elif self._mode == "content":
                 hits = [(buf.find(o), o) for o in (OPEN, MISTRAL) if o in buf]
                 if not hits:
@@ -231,8 +231,25 @@ class ToolCallParser:
                 at, opener = min(hits)
                 out += self._content(buf[:at])
                 self._ws, self._buf = "", buf[at + len(opener):]
-                self._mode = "tag" if opener == OPEN else "list"
-            elif self._mode == "tag":
+                self._mode, self._scan = ("tag", CallScanner()) if opener == OPEN else ("list", self._scan)
+            elif self._mode in ("tag", "bare"):
+                sc = self._scan
+                sc.feed(buf)
+                self._buf = ""
+                out += self._stream_call()
+                if not sc.done and not final and not (self._mode == "bare" and self._sent is None and
+                                                      sc.name is not None and sc.name not in self.names):
+                    return out
+                out += self._end_scanned(final)
+            elif self._mode == "tail":  # after a scanned call: its closing tag
+                s = buf.lstrip()
+                if s.startswith(CLOSE):
+                    self._buf, self._mode = s[len(CLOSE):], "content"
+                elif CLOSE.startswith(s) and not final:
+                    return out
+                else:  # no closing tag: what follows is content again
+                    self._buf, self._mode = s, "content"
+            elif self._mode == "held":  # a call tag whose text is judged once it closes
                 end = buf.find(CLOSE)
                 if end < 0 and not final:
                     return out
@@ -258,6 +275,41 @@ class ToolCallParser:
                     self._buf = ""
                 self._mode = "content"
 
+    def _stream_call(self) -> list[MessageDelta]:
+        """Open the scanned call once its name and arguments object are known; then stream new argument text."""
+        sc, out = self._scan, []
+        if self._sent is None:
+            if sc.name is None or sc.args_start is None or not sc.name or \
+                    (self._mode == "bare" and sc.name not in self.names):
+                return out
+            out.append(self._open(sc.name))
+            self._sent = sc.args_start
+        known = sc.args_known
+        if known is not None and known > self._sent:
+            out.append(self._arguments(sc.text[self._sent:known]))
+            self._sent = known
+        return out
+
+    def _end_scanned(self, final: bool) -> list[MessageDelta]:
+        """The scanned call ended, broke off, or the output did: go on after it, or judge its text whole."""
+        sc, out, opened = self._scan, [], self._sent is not None
+        self._sent = None
+        rest = sc.text[sc.end if sc.end is not None else sc.pos:]
+        if opened:
+            self._buf, self._mode = (rest, "tail") if self._mode == "tag" else (rest.lstrip().lstrip(";"), "start")
+        elif self._mode == "tag":  # never opened: the old way, the whole tag at once
+            self._buf, self._mode = sc.text, "held"
+        else:
+            call = _as_call(_loads(sc.text[:sc.end])) if sc.end is not None else None
+            if call and call["name"] in self.names:
+                out += self._call(call)
+                self._buf, self._mode = rest.lstrip().lstrip(";"), "start"
+            else:
+                self._buf, self._mode = sc.text, "content"
+        if final and self._mode == "start":
+            self._mode = "content"  # nothing more will come: what is left is content
+        return out
+
     def _content(self, text: str) -> list[MessageDelta]:
         text = self._ws + text
         body = text.rstrip()
@@ -267,13 +319,20 @@ class ToolCallParser:
         self.message.content += body
         return [MessageDelta(content=body)]
 
-    def _call(self, call: dict[str, Any]) -> list[MessageDelta]:
+    def _open(self, name: str) -> MessageDelta:
         index = len(self.message.tool_calls)
-        tc = ToolCall(id=f"call_{uuid.uuid4().hex[:24]}", name=call["name"],
-                      arguments=json.dumps(call["arguments"], ensure_ascii=False))
+        tc = ToolCall(id=f"call_{uuid.uuid4().hex[:24]}", name=name, arguments="")
         self.message.tool_calls.append(tc)
-        return [MessageDelta(tool_calls=[ToolCallDelta(index=index, id=tc.id, name=tc.name, arguments="")]),
-                MessageDelta(tool_calls=[ToolCallDelta(index=index, arguments=tc.arguments)])]
+        return MessageDelta(tool_calls=[ToolCallDelta(index=index, id=tc.id, name=name, arguments="")])
+
+    def _arguments(self, text: str) -> MessageDelta:
+        index = len(self.message.tool_calls) - 1
+        self.message.tool_calls[index].arguments += text
+        return MessageDelta(tool_calls=[ToolCallDelta(index=index, arguments=text)])
+
+    def _call(self, call: dict[str, Any]) -> list[MessageDelta]:
+        """A call read whole: opened, then its arguments in one piece."""
+        return [self._open(call["name"]), self._arguments(json.dumps(call["arguments"], ensure_ascii=False))]
 
 
 def _partial_suffix(text: str) -> int:
