@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 from pathlib import Path
@@ -235,13 +236,23 @@ def test_hub_pull_imports_download(store: ModelStore, llama_dir: Path, monkeypat
 
     import huggingface_hub
 
+    asked: list[list[str]] = []
+
     def fake_snapshot_download(repo_id: str, *, local_dir: Path, allow_patterns: list[str], **kw: object) -> str:
-        assert "*.safetensors" in allow_patterns and "config.json" in allow_patterns
+        asked.append(allow_patterns)
         shutil.copytree(llama_dir, local_dir, dirs_exist_ok=True)
+        if repo_id.endswith("Opt"):  # a causal LM transformers runs, but not one tailorlm lists
+            cfg = json.loads((Path(local_dir) / "config.json").read_text())
+            (Path(local_dir) / "config.json").write_text(json.dumps({**cfg, "model_type": "opt"}))
         return str(local_dir)
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    with pytest.raises(UnsupportedModelError, match="supported model types"):
+        store.pull("SomeOrg/Tiny-Opt", show_progress=False)
+    assert asked == [["config.json"]]  # refused before any weight was asked for
+    asked.clear()
     m = store.pull("SomeOrg/Tiny-Llama", show_progress=False)
+    assert asked[0] == ["config.json"] and "*.safetensors" in asked[1] and "config.json" in asked[1]
     assert (m.name, m.source) == ("someorg/tiny-llama", "hub:SomeOrg/Tiny-Llama")
     assert store.path("someorg/tiny-llama") == store.models_dir / "someorg--tiny-llama"
     assert store.ensure("someorg/tiny-llama") == m

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from tailorlm.errors import InvalidRequestError, ModelNotFoundError, OfflineError, UnsupportedModelError
+from tailorlm.store.architectures import architecture
 from tailorlm.store.hf_folder import MODEL_FILE_PATTERNS
 
 ETAG_TIMEOUT_S = 5.0
@@ -19,16 +21,32 @@ def _root_cause(exc: BaseException) -> str:
 
 
 def download(repo_id: str, dest: Path) -> None:
-    """snapshot_download the files the store keeps (config, tokenizer, safetensors, card) into `dest`."""
+    """snapshot_download the files the store keeps (config, tokenizer, safetensors, card) into `dest`: config.json
+    first, so an architecture tailorlm does not run is refused before gigabytes of weights are fetched."""
+    _fetch(repo_id, dest, ["config.json"])
+    _check_architecture(repo_id, dest / "config.json")
+    _fetch(repo_id, dest, list(MODEL_FILE_PATTERNS))
+
+
+def _check_architecture(repo_id: str, config: Path) -> None:
+    if not config.is_file():
+        return  # check_download says so, in hub terms
+    try:
+        model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return  # unreadable: the import's own check names the problem
+    if isinstance(model_type, str):
+        architecture(model_type, f"tailorlm (pulling {repo_id})")
+
+
+def _fetch(repo_id: str, dest: Path, patterns: list[str]) -> None:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
         HfHubHTTPError, HFValidationError, RepositoryNotFoundError, RevisionNotFoundError,
     )
 
     try:
-        snapshot_download(
-            repo_id, allow_patterns=list(MODEL_FILE_PATTERNS), local_dir=dest, etag_timeout=ETAG_TIMEOUT_S
-        )
+        snapshot_download(repo_id, allow_patterns=patterns, local_dir=dest, etag_timeout=ETAG_TIMEOUT_S)
     except HFValidationError as exc:
         raise InvalidRequestError(f"{repo_id!r} is not a valid Hugging Face repo id", param="ref") from exc
     except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
