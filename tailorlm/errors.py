@@ -44,6 +44,13 @@ class AlreadyExistsError(TailorError):
     code = "already_exists"
 
 
+class PermissionDeniedError(TailorError):
+    """The request is understood but not allowed for this resource."""
+
+    status = 403
+    code = "insufficient_permissions"
+
+
 class InUseError(TailorError):
     """Something still needed by unfinished work cannot be removed."""
 

@@ -237,6 +237,19 @@ def test_training_end_to_end(tmp_path):
         assert res.status_code == 200, res.text
         validate(res.json(), "CreateChatCompletionResponse")
         assert res.json()["model"] == job["fine_tuned_model"]
+        # a fine-tuned model can be deleted, as on OpenAI (a base model cannot, over the API)
+        with pytest.raises(openai.PermissionDeniedError):
+            client.models.delete(MODEL)
+        deleted = client.models.delete(job["fine_tuned_model"])
+        assert (deleted.id, deleted.deleted) == (job["fine_tuned_model"], True)
+        with live.http() as http:
+            res = http.delete(f"/v1/models/{job['fine_tuned_model']}")
+            assert res.status_code == 404
+            validate(res.json(), "ErrorResponse")
+            gone = http.post("/v1/chat/completions", json={"model": job["fine_tuned_model"], "max_tokens": 2,
+                                                           "messages": [{"role": "user", "content": "Hi"}]})
+            assert gone.status_code == 404  # never a fallback to the base
+        assert job["fine_tuned_model"] not in [m.id for m in client.models.list()]
 
 
 @needs_worker

@@ -84,6 +84,12 @@ class ModelRegistry:
             log.warning("unloading %s with requests still in flight after %.0fs", name, self.settings.unload_drain_s)
         model.close(f"the model {name} was unloaded to make room for another model (memory_budget_gb); retry")
 
+    def forget_adapter(self, name: str) -> None:
+        """Stop serving adapter `name` in every loaded engine (its requests in flight end with an error)."""
+        for model in list(self._loaded.values()):
+            if name in model.engine.adapters:
+                model.engine.unload_adapter(name)
+
     def stats(self) -> dict[str, dict[str, int]]:
         return {name: m.engine.stats() for name, m in list(self._loaded.items())}
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from tailorlm.server.protocol.common import OpenAIResponse
+from tailorlm.server.protocol.common import Deletion, OpenAIResponse
 
 
 class ModelCard(OpenAIResponse):
@@ -17,3 +17,7 @@ class ModelCard(OpenAIResponse):
 class ModelList(OpenAIResponse):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+class DeleteModelResponse(Deletion):
+    object: Literal["model"] = "model"

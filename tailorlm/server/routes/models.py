@@ -7,7 +7,8 @@ from datetime import datetime
 from fastapi import APIRouter, Depends
 
 from tailorlm.presets import Preset
-from tailorlm.server.protocol.models import ModelCard, ModelList
+from tailorlm.errors import PermissionDeniedError
+from tailorlm.server.protocol.models import DeleteModelResponse, ModelCard, ModelList
 from tailorlm.server.state import ServerState, get_state
 from tailorlm.store import AdapterManifest, Manifest
 
@@ -50,3 +51,16 @@ def get_model(model_id: str, state: ServerState = Depends(get_state)) -> dict:
     if found.manifest is None:  # the embedded default, not pulled yet: not a model of this server until it is
         state.registry.store.get(found.model)
     return _card(found.manifest).model_dump(mode="json")
+
+
+@router.delete("/v1/models/{model_id:path}")
+def delete_model(model_id: str, state: ServerState = Depends(get_state)) -> dict:
+    """Delete a fine-tuned model (an `ft:` adapter), as OpenAI allows; base models, exports and presets are
+    removed from the command line (`tailor rm`, `tailor preset rm`). Requests still using it end with an error."""
+    found = state.registry.resolve(model_id)  # 404 for an unknown name
+    if found.adapter is None or found.preset is not None or not found.adapter.name.startswith("ft:"):
+        raise PermissionDeniedError(f"only fine-tuned models (ft:...) can be deleted over the API; {model_id} is "
+                                    "not one (remove it with the tailor command on the server)", param="model")
+    state.registry.forget_adapter(found.adapter.name)
+    state.registry.adapters.remove(found.adapter.name)
+    return DeleteModelResponse(id=found.adapter.name).model_dump(mode="json")
