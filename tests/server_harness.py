@@ -89,3 +89,48 @@ def stream_chunks(live: LiveServer, body: dict) -> list[dict]:
     for chunk in chunks:
         validate(chunk, "CreateChatCompletionStreamResponse")
     return chunks
+
+
+@contextmanager
+def served_process(home, **env: str) -> Iterator[tuple["subprocess.Popen", LiveServer]]:
+    """`tailor serve` as a process of its own (its own session) on `home`, for fault tests that kill it with
+    SIGKILL; a process still running when the block ends gets SIGTERM, then SIGKILL."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    port = free_port()
+    environ = {**os.environ, "TAILOR_HOME": str(home), "TAILOR_PRELOAD": "false", "TAILOR_THREADS": "2", **env}
+    proc = subprocess.Popen([sys.executable, "-m", "tailorlm", "serve", "--port", str(port)], env=environ,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    live = LiveServer(f"http://127.0.0.1:{port}", None, None)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the server process did not start")
+            try:
+                with live.http() as http:
+                    if http.get("/health").status_code == 200:
+                        break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        yield proc, live
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def kill9(proc: "subprocess.Popen") -> None:
+    """SIGKILL a served_process's whole session: no shutdown hook, no flush, as a crash."""
+    import os
+    import signal
+
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)

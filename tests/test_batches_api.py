@@ -8,14 +8,13 @@ import sqlite3
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 
 from tailorlm.config import Settings
 from tailorlm.embeddings import packaged_folder
 from tailorlm.errors import ModelNotFoundError
-from tests.server_harness import LiveServer, live_server
+from tests.server_harness import LiveServer, kill9, live_server, served_process
 from tests.spec import validate
 from tests.test_fine_tuning_api import MODEL, make_home
 
@@ -220,54 +219,22 @@ def get_status(db_path: Path, batch_id: str) -> str:
 def test_a_batch_survives_kill_9_of_the_server(tmp_path):
     """The server process is killed (SIGKILL: no shutdown, no flush) mid-batch; a new one on the same home
     finishes the batch of 50, every custom_id answered exactly once, lines done before the kill not run again."""
-    import os
-    import signal
-    import socket
-    import subprocess
-    import sys
-
     home = make_home(tmp_path)
-
-    def start() -> tuple[subprocess.Popen, LiveServer]:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        env = {**os.environ, "TAILOR_HOME": str(home), "TAILOR_PRELOAD": "false", "TAILOR_THREADS": "2"}
-        proc = subprocess.Popen([sys.executable, "-m", "tailorlm", "serve", "--port", str(port)], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        live = LiveServer(f"http://127.0.0.1:{port}", None, None)
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None and time.monotonic() < deadline, "the server did not start"
-            try:
-                with live.http() as http:
-                    if http.get("/health").status_code == 200:
-                        return proc, live
-            except httpx.TransportError:
-                time.sleep(0.2)
-
-    proc, live = start()
-    try:
+    with served_process(home) as (proc, live):
         batch_id = submit(live, slow_rows(50))["id"]
         deadline = time.monotonic() + 60
         while get(live, batch_id)["request_counts"]["completed"] < 5:
             assert time.monotonic() < deadline
             time.sleep(0.05)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+        kill9(proc)
     db_path = home / "tailor.db"
     with sqlite3.connect(db_path) as db:
         before = dict(db.execute("SELECT custom_id, id FROM batch_lines WHERE batch_id = ? AND done_at IS NOT NULL",
                                  (batch_id,)).fetchall())
     assert 5 <= len(before) < 50 and get_status(db_path, batch_id) == "in_progress"
-    proc, live = start()
-    try:
+    with served_process(home) as (proc, live):
         done = wait(live, batch_id, timeout=120)
         assert done["status"] == "completed" and done["request_counts"] == {"total": 50, "completed": 50, "failed": 0}
         out = lines_of(live, done["output_file_id"])
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=60)
     assert sorted(o["custom_id"] for o in out) == sorted(f"req-{i}" for i in range(50))  # each exactly once
     assert {o["custom_id"]: o["id"] for o in out if o["custom_id"] in before} == before  # not run again

@@ -14,7 +14,7 @@ import pytest
 
 from tailorlm.config import Settings
 from tailorlm.store import ModelStore
-from tests.server_harness import LiveServer, live_server
+from tests.server_harness import LiveServer, kill9, live_server, served_process
 from tests.spec import validate
 from tests.tiny import make_tiny_model, save_tiny_tokenizer
 
@@ -267,6 +267,38 @@ def test_a_job_survives_a_server_restart(tmp_path):
         assert job["status"] == "succeeded", job["error"]
         steps = [c.step_number for c in live.app.state.tailor.jobs.checkpoints(job_id)]
         assert max(steps) > steps_before
+        assert live.client().models.retrieve(job["fine_tuned_model"]).id == job["fine_tuned_model"]
+
+
+@needs_worker
+def test_a_job_survives_kill_9_of_the_server_and_its_worker(tmp_path):
+    """A crash: the server and its training worker both get SIGKILL mid-training (no checkpoint on the way out).
+    A new server on the same home sees the job's lease is dead, queues it again, and it resumes from its last
+    checkpoint to the same kind of result: one trainer at a time, nothing trained from scratch."""
+    import os
+    import signal
+    import sqlite3
+
+    home = make_home(tmp_path)
+    with served_process(home) as (proc, live):
+        job_id = upload_and_create(live.client(), 40, n_epochs=5, batch_size=1)
+        with live.http() as http:
+            wait_for(live, job_id, lambda j: j["status"] == "running" and http.get(
+                f"{JOBS}/{job_id}/checkpoints").json()["data"])
+            before = max(c["step_number"] for c in http.get(f"{JOBS}/{job_id}/checkpoints").json()["data"])
+        with sqlite3.connect(home / "tailor.db") as db:
+            worker = db.execute("SELECT worker_pid FROM fine_tuning_jobs WHERE id = ?", (job_id,)).fetchone()[0]
+        os.kill(worker, signal.SIGKILL)
+        kill9(proc)
+    with served_process(home) as (proc, live):
+        job = wait_for(live, job_id, lambda j: False)
+        assert job["status"] == "succeeded", job["error"]
+        with live.http() as http:
+            steps = [c["step_number"] for c in http.get(f"{JOBS}/{job_id}/checkpoints").json()["data"]]
+        assert max(steps) > before
+        with sqlite3.connect(home / "tailor.db") as db:  # among many metrics events: read them all
+            messages = [m for (m,) in db.execute("SELECT message FROM fine_tuning_events WHERE job_id = ?", (job_id,))]
+        assert any("queued again and resumes from its last checkpoint" in m for m in messages)
         assert live.client().models.retrieve(job["fine_tuned_model"]).id == job["fine_tuned_model"]
 
 
