@@ -179,6 +179,20 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (batch_id, line)
     )
     """,
+    # v8: files added to a knowledge base and not yet ingested, so that a server that stops or dies resumes them
+    # (tailorlm/server/knowledge.py): a row from the add until the knowledge base records the file.
+    """
+    CREATE TABLE kb_ingest_queue (
+        kb_id TEXT NOT NULL REFERENCES kb (id) ON DELETE CASCADE,
+        file_id TEXT NOT NULL,
+        filename TEXT NOT NULL,
+        bytes INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        attributes TEXT,
+        chunking TEXT,
+        PRIMARY KEY (kb_id, file_id)
+    )
+    """,
 ]
 
 _lock = threading.Lock()

@@ -268,3 +268,42 @@ def test_cancelling_a_batch_stops_the_files_still_waiting(server, client):
         time.sleep(0.2)
     assert client.vector_stores.file_batches.retrieve(batch.id, vector_store_id=store.id).status == "cancelled"
     assert all(h.file_id != late.id for h in client.vector_stores.search(store.id, query="greenhouse key").data)
+
+
+def test_files_added_before_a_kill_9_are_ingested_at_the_next_start(tmp_path):
+    """The server dies (SIGKILL) while a long file is being ingested and another waits its turn; the next server
+    on the same home ingests both: each file once, its chunks all there, searchable. Nothing added is lost."""
+    import sqlite3
+
+    from tests.server_harness import kill9, served_process
+
+    home = tmp_path / "home"
+    long_doc = b"".join(b"# Section %d\n\n" % i + b"Seed saving step %d: dry the pods in a paper bag. " % i * 20 + b"\n\n"
+                        for i in range(100))
+    with served_process(home) as (proc, live):
+        client = live.client()
+        store = client.vector_stores.create(name="crash")
+        big = client.files.create(file=("big.md", long_doc), purpose="assistants")
+        small = client.files.create(file=("hours.md", HOURS), purpose="assistants")
+        client.vector_stores.files.create(vector_store_id=store.id, file_id=big.id)
+        client.vector_stores.files.create(vector_store_id=store.id, file_id=small.id)
+        time.sleep(0.5)  # the big file's embedding has begun; the small one waits behind it
+        kill9(proc)
+    with sqlite3.connect(home / "tailor.db") as db:
+        queued = {f for (f,) in db.execute("SELECT file_id FROM kb_ingest_queue WHERE kb_id = ?", (store.id,))}
+        done = {f for (f,) in db.execute("SELECT id FROM kb_files WHERE kb_id = ?", (store.id,))}
+    assert small.id in queued and small.id not in done  # it had not been ingested when the server died
+    with served_process(home) as (proc, live):
+        client = live.client()
+        for file in (big, small):
+            assert wait_done(client, store.id, file.id).status == "completed"
+        listed = [f.id for f in client.vector_stores.files.list(vector_store_id=store.id)]
+        assert sorted(listed) == sorted([big.id, small.id])  # each once
+        hits = client.vector_stores.search(store.id, query="When does the library open on Saturdays?")
+        assert any(h.file_id == small.id for h in hits.data)
+    with sqlite3.connect(home / "tailor.db") as db:
+        assert db.execute("SELECT count(*) FROM kb_ingest_queue").fetchone()[0] == 0
+        per_file = dict(db.execute("SELECT id, chunks FROM kb_files WHERE kb_id = ?", (store.id,)).fetchall())
+        counted = dict(db.execute("SELECT file_id, count(*) FROM kb_chunks WHERE kb_id = ? GROUP BY file_id",
+                                  (store.id,)).fetchall())
+    assert per_file == counted  # the counts the store reports are the chunks it holds

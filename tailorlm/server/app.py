@@ -70,6 +70,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         warm = asyncio.create_task(_preload(state)) if settings.preload else None
         state.supervisor.start()
         state.batch_runner.start()
+        await asyncio.to_thread(state.knowledge.resume)  # files added before the last stop, not yet ingested
         yield
         if warm is not None:
             warm.cancel()

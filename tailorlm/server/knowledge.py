@@ -1,11 +1,15 @@
 """Knowledge bases for the server: one KnowledgeBases, built on first use, and ingestion off the event loop.
 
 An uploaded file added to a vector store is ingested by one background thread (writes go one at a time);
-until it ends, the file reports `in_progress` from `pending`, then the knowledge base's own record.
+until it ends, the file reports `in_progress` from `pending`, then the knowledge base's own record. Each add is
+also a row of `kb_ingest_queue` until the knowledge base records the file (its rows are written in one
+transaction), so a server that stops, or dies, ingests at its next start what it had not finished: nothing
+added is lost, and nothing is ingested twice.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -52,6 +56,7 @@ class Knowledge:
         self.pending: dict[tuple[str, str], PendingFile] = {}
         self._pool: ThreadPoolExecutor | None = None
         self._batches: Any = None
+        self._stopping = False
 
     @property
     def batches(self) -> Any:
@@ -78,16 +83,45 @@ class Knowledge:
         """Start ingesting uploaded file `file_id` into `kb_id`; returns its in-progress record at once."""
         record = self.files.get(file_id)  # 404 for an unknown file, before anything starts
         pending = PendingFile(record.id, kb_id, record.filename, record.bytes, int(time.time()), attributes, chunking)
+        self.files.conn.execute(
+            "INSERT OR REPLACE INTO kb_ingest_queue (kb_id, file_id, filename, bytes, created_at, attributes, chunking) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)", (kb_id, record.id, record.filename, record.bytes, pending.created_at,
+                                            json.dumps(attributes), json.dumps(list(chunking)) if chunking else None))
+        self._submit(pending)
+        return pending
+
+    def resume(self) -> int:
+        """Queue again every file added and not ingested when the server last stopped; returns how many."""
+        rows = self.files.conn.execute("SELECT * FROM kb_ingest_queue ORDER BY created_at, rowid").fetchall()
+        for row in rows:
+            attributes = json.loads(row["attributes"]) if row["attributes"] else None
+            chunking = tuple(json.loads(row["chunking"])) if row["chunking"] else None
+            self._submit(PendingFile(row["file_id"], row["kb_id"], row["filename"], row["bytes"], row["created_at"],
+                                     attributes, chunking))  # type: ignore[arg-type]
+        if rows:
+            log.info("resuming the ingestion of %d file(s) added before the last stop", len(rows))
+        return len(rows)
+
+    def _done(self, pending: PendingFile) -> None:
+        self.files.conn.execute("DELETE FROM kb_ingest_queue WHERE kb_id = ? AND file_id = ?",
+                                (pending.kb_id, pending.id))
+
+    def _submit(self, pending: PendingFile) -> None:
         with self._lock:
-            self.pending[(kb_id, file_id)] = pending
+            self.pending[(pending.kb_id, pending.id)] = pending
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(1, thread_name_prefix="kb-ingest")
         self._pool.submit(self._ingest, pending)
-        return pending
 
     def _ingest(self, pending: PendingFile) -> None:
         key = (pending.kb_id, pending.id)
         if pending.cancelled:  # cancelled while it waited its turn
+            self._done(pending)
+            return
+        if self._recorded(pending):  # a resumed add whose ingestion had committed just before the stop
+            self._done(pending)
+            with self._lock:
+                self.pending.pop(key, None)
             return
         try:
             with _named_copy(self.files.path(pending.id), pending.filename, self.settings.files_dir) as path:
@@ -98,11 +132,18 @@ class Knowledge:
         except Exception as exc:  # reported on the file object, as OpenAI does
             log.warning("ingesting %s into %s failed: %s", pending.id, pending.kb_id, exc)
             pending.status, pending.error = "failed", getattr(exc, "message", None) or str(exc)
+        if not self._stopping:  # a shutdown cut it short: it stays queued for the next start
+            self._done(pending)
         with self._lock:
             if pending.cancelled:
                 pending.status, pending.error = "cancelled", None
             elif pending.status != "failed":  # the knowledge base's record now speaks for it
                 self.pending.pop(key, None)
+
+    def _recorded(self, pending: PendingFile) -> bool:
+        row = self.files.conn.execute("SELECT 1 FROM kb_files WHERE kb_id = ? AND id = ?",
+                                      (pending.kb_id, pending.id)).fetchone()
+        return row is not None
 
     def pending_for(self, kb_id: str) -> list[PendingFile]:
         with self._lock:
@@ -115,6 +156,7 @@ class Knowledge:
                 p = self.pending.get((kb_id, file_id))
                 if p is not None and p.status == "in_progress":
                     p.cancelled, p.status = True, "cancelled"
+                    self._done(p)
 
     def forget(self, kb_id: str, file_id: str | None = None) -> PendingFile | None:
         """Drop the pending record(s) of a removed file or knowledge base."""
@@ -123,9 +165,12 @@ class Knowledge:
             dropped = [p for key in keys if (p := self.pending.pop(key, None)) is not None]
             for p in dropped:  # an ingestion still running checks this before it writes
                 p.cancelled = True
+                self._done(p)
             return dropped[0] if file_id is not None and dropped else None
 
     def close(self) -> None:
+        """Let a running ingestion finish its transaction; files still waiting stay queued for the next start."""
+        self._stopping = True
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
 
