@@ -163,6 +163,14 @@ class JobStore:
         """Every job, oldest first."""
         return [_job(r) for r in self.conn.execute("SELECT * FROM fine_tuning_jobs ORDER BY seq")]
 
+    def needing_file(self, file_id: str) -> list[str]:
+        """Unfinished jobs that read `file_id` (again, when one resumes after a restart), oldest first."""
+        marks = ",".join("?" * len(TERMINAL))
+        rows = self.conn.execute(
+            f"SELECT id FROM fine_tuning_jobs WHERE status NOT IN ({marks}) AND ? IN (training_file, validation_file) "
+            "ORDER BY seq", (*TERMINAL, file_id)).fetchall()
+        return [r["id"] for r in rows]
+
     def with_status(self, *statuses: str) -> list[Job]:
         """Jobs in any of `statuses`, oldest first (the order a worker takes them in)."""
         marks = ",".join("?" * len(statuses))

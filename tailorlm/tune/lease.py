@@ -37,11 +37,11 @@ def alive(owner: str | None, expires: float | None, now: float | None = None) ->
     """Whether a lease still holds: not expired and, when its owner is on this host, its process exists."""
     if not owner or expires is None or expires < (now or time.time()):
         return False
-    host, _, pid = owner.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
+    pid = local_pid(owner)
+    if not pid:
         return True  # another machine's process: the TTL is all we can know
     try:
-        os.kill(int(pid), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:

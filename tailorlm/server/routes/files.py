@@ -65,9 +65,8 @@ def _read(handle: BinaryIO) -> Iterator[bytes]:
 @router.delete("/v1/files/{file_id}")
 def delete_file(file_id: str, state: ServerState = Depends(get_state)) -> dict:
     state.files.get(file_id)  # 404 first
-    needed = [j.id for j in state.jobs.with_status("validating_files", "queued", "running")
-              if file_id in (j.training_file, j.validation_file)]
-    if needed:  # a job that resumes (after a restart, a pause) reads its files again
+    needed = state.jobs.needing_file(file_id)
+    if needed:
         raise InUseError(f"file {file_id} is used by fine-tuning job {needed[0]}, which has not finished; cancel it "
                          "or wait for it to end, then delete the file", param="file_id")
     record = state.files.delete(file_id)

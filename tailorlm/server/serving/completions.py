@@ -21,16 +21,21 @@ from tailorlm.server.serving import generation as gen
 from tailorlm.server.state import ServerState
 
 
+def _one_prompt(prompt) -> bool:
+    """A string or one list of token ids (as opposed to a list of prompts)."""
+    return isinstance(prompt, str) or bool(prompt) and all(isinstance(p, int) for p in prompt)
+
+
 def _prompts(model: OpenModel, prompt) -> list[list[int]]:
     """A string, a list of strings, a list of token ids, or a list of lists of token ids."""
     if isinstance(prompt, str):
         return [model.tokenizer.encode(prompt)]
     if not prompt:
         raise InvalidRequestError("The prompt is empty.", param="prompt")
+    if _one_prompt(prompt):
+        return [list(prompt)]
     if all(isinstance(p, str) for p in prompt):
         return [model.tokenizer.encode(p) for p in prompt]
-    if all(isinstance(p, int) for p in prompt):
-        return [list(prompt)]
     return [list(p) for p in prompt]
 
 
@@ -66,8 +71,7 @@ async def create(req: CompletionRequest, http: Request | None, state: ServerStat
                     if k in CompletionRequest.model_fields}
         req = CompletionRequest.model_validate({**req.model_dump(exclude_unset=True), **defaults})
     # the number of prompts is known before any is tokenized: a huge list is refused without the work
-    count = 1 if isinstance(req.prompt, str) or (req.prompt and all(isinstance(p, int) for p in req.prompt)) \
-        else len(req.prompt)
+    count = 1 if _one_prompt(req.prompt) else len(req.prompt)
     if req.n * count > state.settings.max_n:
         raise InvalidRequestError(f"n × prompts must be at most {state.settings.max_n}.", param="n")
     model = await state.registry.get(found)
