@@ -59,7 +59,9 @@ def test_native_step_up_to_the_last_cache_position(model_path):
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "int8"])
 def test_reduced_precision_native_step_is_as_close_to_float32_as_the_torch_step(model_path, dtype):
-    """Both steps round (bf16 cache, bf16 or int8 weights); the native one must not be further from float32."""
+    """Both steps round (bf16 cache, bf16 or int8 weights); the native one must not be further from float32, but
+    for what int8 adds on purpose: it also rounds the activations, to int8 blocks of 32 (llama.cpp's q8_0 x q8_0),
+    so its bound is twice the torch step's (on the default model the parity gate measures it: top-1 97.9%)."""
     ref = reference_of(model_path)
     native, torch_step = runner(model_path, dtype, kernels="native"), runner(model_path, dtype)
     assert native.native is not None and torch_step.native is None
@@ -69,7 +71,7 @@ def test_reduced_precision_native_step_is_as_close_to_float32_as_the_torch_step(
     other = decode_steps(torch_step, PROMPTS, 6, feed)
     err = max((g - w).abs().max().item() for g, w in zip(got, want))
     err_torch = max((o.float() - w).abs().max().item() for o, w in zip(other, want))
-    assert err <= 1.6 * err_torch + 0.02, (err, err_torch)
+    assert err <= (2.0 if dtype == "int8" else 1.6) * err_torch + 0.02, (err, err_torch)
     agree = sum(int((g.argmax(-1) == w.argmax(-1)).sum()) for g, w in zip(got, want)) / (6 * len(PROMPTS))
     assert agree >= 0.8
 
@@ -129,7 +131,7 @@ def _random_linear(kind: str, out: int, inp: int, gen: torch.Generator) -> tuple
 
 
 @pytest.mark.parametrize("kind", ["float32", "bfloat16", "int8"])
-@pytest.mark.parametrize("hidden", [64, 40], ids=["vector-kernels", "plain-loops"])
+@pytest.mark.parametrize("hidden", [64, 96, 40], ids=["vector-kernels", "odd-block-pairs", "plain-loops"])
 @pytest.mark.parametrize("rows", [1, 3, 11])
 def test_the_matrix_vector_kernels_on_a_head_only_model(kind, hidden, rows):
     """No layers: logits = head(norm(embedding)), against float32 torch with the same weights: one input row
@@ -145,8 +147,26 @@ def test_the_matrix_vector_kernels_on_a_head_only_model(kind, hidden, rows):
     x = dense[tokens]
     x = norm * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6))
     want = x @ dense.t() + bias
-    tol = {"float32": 1e-4, "bfloat16": 2e-2, "int8": 2e-3}[kind]  # bf16: the input rounds to bf16 (AVX512-BF16)
+    tol = {"float32": 1e-4, "bfloat16": 2e-2, "int8": 1e-2}[kind]  # bf16: the input rounds to bf16 (AVX512-BF16)
     torch.testing.assert_close(got, want, atol=tol * want.abs().max().item(), rtol=0)
+    if kind == "int8":  # the kernels' integers exactly: the input rows as the step quantizes them, then int64 sums
+        exact = (_q8_blocks(x) @ head.double().t()) * scale.double() + bias.double()
+        torch.testing.assert_close(got.double(), exact, atol=1e-5 * exact.abs().max().item(), rtol=0)
+
+
+def _q8_blocks(x: torch.Tensor) -> torch.Tensor:
+    """Rows of x as the step's int8 inputs stand for them (tiles_i8.h's quantize_row8, in the same float32
+    operations): blocks of 32 with integer multipliers 1..256 of the row's unit amax / (127 * 256)."""
+    out = torch.empty(x.shape, dtype=torch.float64)
+    for r, row in enumerate(x.float()):
+        amax = row.abs().max()
+        unit = amax / torch.tensor(127.0 * 256.0) if amax > 0 else torch.tensor(1.0)
+        for k0 in range(0, row.numel(), 32):
+            block = row[k0:k0 + 32]
+            m = torch.clamp(torch.ceil(block.abs().max() / (torch.tensor(127.0) * unit)), 1, 256)
+            q = torch.clamp(torch.round(block * (torch.tensor(1.0) / (m * unit))), -127, 127)
+            out[r, k0:k0 + 32] = q.double() * m.double() * unit.double()
+    return out
 
 
 def _add_adapters(r: ModelRunner, base, tmp_path, specs: dict[str, dict]) -> None:

@@ -114,8 +114,9 @@ def _cosines(got, want) -> torch.Tensor:
 
 def test_a_q4_model_decodes_in_the_native_step_as_its_dequantized_weights(tiny):
     """Greedy decode through the engine (prompts through the C++ step's q4 tiles as well): the logits of float32
-    over the dequantized weights, to the rounding of the int16 activations and the bf16 cache; and near float32's
-    own. Measured here: cosine 0.99998 to the dequantized model (1.0 top-1), mean cosine 0.985 to float32;
+    over the dequantized weights, to the rounding of the activations (int16 rows for the q4 layers, int8 blocks for
+    the int8 head) and the bf16 cache; and near float32's own. Measured here: cosine 0.99998 to the dequantized
+    model (top-1 17 of 18: a near tie the head's int8 activations flip), mean cosine 0.985 to float32;
     with the nibbles of every byte swapped (a layout bug) 0.20 and top-1 0.17, so both bounds catch it."""
     q4 = runner(tiny, "q4", kernels="native")
     assert q4.native is not None and q4.native_prefill
@@ -126,7 +127,7 @@ def test_a_q4_model_decodes_in_the_native_step_as_its_dequantized_weights(tiny):
     feed = [g.argmax(-1).tolist() for g in got]
     want = decode_steps(_dequantized_reference(tiny, q4.dtype), PROMPTS, 6, feed)
     agree = sum(int((g.argmax(-1) == w.argmax(-1)).sum()) for g, w in zip(got, want)) / (6 * len(PROMPTS))
-    assert _cosines(got, want).min() >= 0.999 and agree >= 0.95, (_cosines(got, want).min(), agree)
+    assert _cosines(got, want).min() >= 0.999 and agree >= 0.9, (_cosines(got, want).min(), agree)
     assert _cosines(got, decode_steps(runner(tiny), PROMPTS, 6, feed)).mean() >= 0.95
 
 

@@ -9,10 +9,10 @@
 // Weights are read in place from the model's tensors (nothing is copied), row-major [out, in]:
 //   float32, bfloat16, int8 with one float scale per output row (weight-only int8), or 4-bit blocks of 32
 //   with one float scale per block (q4, tiles_q4.h; [out, in / 2] bytes).
-// Activations stay float32 between layers. For int8 weights each input row is quantized once to int16
-// with its own scale (13 bits: far finer than the bfloat16 activations of the torch path), so the
-// products are exact integer dot products (AVX512-VNNI `vpdpwssd` where the CPU has it); q4 weights take the
-// same int16 rows.
+// Activations stay float32 between layers. For int8 weights each input row is quantized once to int8 blocks
+// of 32 with integer block multipliers (tiles_i8.h: as fine as llama.cpp's q8_0 activations), so the products
+// are exact integer dot products, 32 or 64 per `vpmaddubsw`; q4 weights take the row quantized to int16 with one
+// scale (13 bits).
 // The KV cache is the engine's slot cache: [slots, kv_heads, capacity, head_dim], float32 or bfloat16;
 // row b of the step is slot b (or slots[b]), and writes its new key and value at positions[b] before any
 // row attends. So rows of one slot at successive positions are a causal prefill: a prompt's chunk goes
@@ -42,11 +42,11 @@ namespace {
 
 enum class Kind { F32, BF16, I8, Q4 };
 
-// int8 and q4 weights both read the int16-quantized input rows (and may share them: an int8 head after q4 layers)
+// int8 and q4 weights read quantized input rows (int8 blocks and int16 rows), and may share a group's input:
+// an int8 head after q4 layers
 inline bool quantized(Kind k) { return k == Kind::I8 || k == Kind::Q4; }
 
-constexpr float kQ16 = 8191.0f;   // int16 activation range: products fit int32 for 2^15 inputs per chunk
-constexpr int64_t kChunk = 2048;  // int8 sums stay exact in int32 over this many inputs: 2048 * 8191 * 127 < 2^31
+constexpr float kQ16 = 8191.0f;  // q4's int16 activation range: a block's 32 products fit int32
 
 inline float bf16_to_f32(uint16_t v) {
   uint32_t u = uint32_t(v) << 16;
@@ -113,8 +113,6 @@ inline void softmax_rows(float* scores, int64_t G, int64_t len) {
   }
 }
 
-inline int32_t widen(int8_t v) { return v; }
-inline int32_t widen(int16_t v) { return v; }
 inline float widen(float v) { return v; }
 inline float widen(uint16_t v) { return bf16_to_f32(v); }
 
@@ -165,53 +163,6 @@ Linear make_linear(const torch::Tensor& weight, const torch::Tensor& scale, cons
   return l;
 }
 
-// The rows a group of linear layers reads, in the form their kernel wants.
-struct Input {
-  int64_t rows = 0, n = 0;
-  const float* f32 = nullptr;  // [rows, n]
-  std::vector<int16_t> q16;    // int8 and q4 weights: [rows, n] quantized
-  std::vector<float> qscale;   // int8 and q4 weights: one scale per row
-  std::vector<uint16_t> h16;   // bfloat16 weights with AVX512-BF16: [rows, n]
-};
-
-void prepare_shape(Input& x, const float* src, int64_t rows, int64_t n, Kind kind) {
-  x.rows = rows;
-  x.n = n;
-  x.f32 = src;
-  if (quantized(kind)) {
-    x.q16.resize(rows * n);
-    x.qscale.resize(rows);
-  }
-#if defined(__AVX512BF16__)
-  if (kind == Kind::BF16) x.h16.resize(rows * n);
-#endif
-}
-
-// Row r of the input in its kernel's form (local restrict pointers: the loops must vectorize).
-void quantize_row(const float* __restrict v, int64_t n, int16_t* __restrict q, float* scale_out) {
-  float amax = 0.f;
-  for (int64_t k = 0; k < n; ++k) amax = std::max(amax, std::fabs(v[k]));
-  const float scale = amax > 0.f ? amax / kQ16 : 1.f;
-  const float inv = 1.f / scale;
-  for (int64_t k = 0; k < n; ++k) q[k] = int16_t(std::nearbyint(v[k] * inv));
-  *scale_out = scale;
-}
-
-void prepare_row(Input& x, int64_t r, Kind kind) {
-  const int64_t n = x.n;
-  if (quantized(kind)) quantize_row(x.f32 + r * n, n, x.q16.data() + r * n, x.qscale.data() + r);
-#if defined(__AVX512BF16__)
-  if (kind == Kind::BF16) {
-    const float* v = x.f32 + r * n;
-    uint16_t* h = x.h16.data() + r * n;
-    int64_t k = 0;
-    for (; k + 16 <= n; k += 16)  // round to nearest even, as f32_to_bf16
-      _mm256_storeu_si256((__m256i*)(h + k), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(v + k)));
-    for (; k < n; ++k) h[k] = f32_to_bf16(v[k]);
-  }
-#endif
-}
-
 // ---- tiles: kTile weight rows (row stride n) against the input rows (row stride n) -------------------------
 // out[b * kTile + i] = dot(weight row i, input row b). The vector kernels keep R weight rows x NB input rows of
 // sums in 16 registers, so each weight vector is loaded (and widened) once for NB input rows and each input
@@ -234,17 +185,6 @@ inline __m512 hsum16(const __m512* v) {
   const __m512 w0 = _mm512_add_ps(_mm512_shuffle_f32x4(u[0], u[1], 0x88), _mm512_shuffle_f32x4(u[0], u[1], 0xDD));
   const __m512 w1 = _mm512_add_ps(_mm512_shuffle_f32x4(u[2], u[3], 0x88), _mm512_shuffle_f32x4(u[2], u[3], 0xDD));
   return _mm512_add_ps(_mm512_shuffle_f32x4(w0, w1, 0x88), _mm512_shuffle_f32x4(w0, w1, 0xDD));
-}
-
-inline __m512i hsum16(const __m512i* v) {
-  __m512i r[8], u[4];
-  for (int i = 0; i < 8; ++i)
-    r[i] = _mm512_add_epi32(_mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]));
-  for (int i = 0; i < 4; ++i)
-    u[i] = _mm512_add_epi32(_mm512_unpacklo_epi64(r[2 * i], r[2 * i + 1]), _mm512_unpackhi_epi64(r[2 * i], r[2 * i + 1]));
-  const __m512i w0 = _mm512_add_epi32(_mm512_shuffle_i32x4(u[0], u[1], 0x88), _mm512_shuffle_i32x4(u[0], u[1], 0xDD));
-  const __m512i w1 = _mm512_add_epi32(_mm512_shuffle_i32x4(u[2], u[3], 0x88), _mm512_shuffle_i32x4(u[2], u[3], 0xDD));
-  return _mm512_add_epi32(_mm512_shuffle_i32x4(w0, w1, 0x88), _mm512_shuffle_i32x4(w0, w1, 0xDD));
 }
 
 inline __m512 widen_bf16(const uint16_t* p) {
@@ -313,58 +253,6 @@ void block_bf16(const uint16_t* w, int64_t n, const float* x, const uint16_t* xh
 }
 #endif
 
-#if defined(__AVX512BW__) && defined(__AVX512VNNI__)
-// int16 inputs x int8 weights; exact int32 sums per chunk of kChunk (16 lanes of one chunk fit int32).
-template <int R, int NB>
-void block_i8(const int8_t* w, int64_t n, const int16_t* x, int r0, int64_t* out) {
-  int64_t total[16] = {0};
-  for (int64_t c = 0; c < n; c += kChunk) {
-    const int64_t end = std::min(n, c + kChunk);
-    __m512i a[16];
-    for (int j = 0; j < 16; ++j) a[j] = _mm512_setzero_si512();
-    for (int64_t k = c; k < end; k += 32) {
-      __m512i wv[R];
-      for (int i = 0; i < R; ++i) wv[i] = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i*)(w + i * n + k)));
-      for (int b = 0; b < NB; ++b) {
-        const __m512i xv = _mm512_loadu_si512(x + b * n + k);
-        for (int i = 0; i < R; ++i) a[b * R + i] = _mm512_dpwssd_epi32(a[b * R + i], wv[i], xv);
-      }
-    }
-    if constexpr (R * NB <= 4) {
-      for (int j = 0; j < R * NB; ++j) total[j] += _mm512_reduce_add_epi32(a[j]);
-    } else {
-      alignas(64) int32_t sums[16];
-      _mm512_store_si512(sums, hsum16(a));
-      for (int j = 0; j < R * NB; ++j) total[j] += sums[j];
-    }
-  }
-  for (int b = 0; b < NB; ++b)
-    for (int i = 0; i < R; ++i) out[b * kTile + r0 + i] = total[b * R + i];
-}
-#endif
-
-#if defined(__AVX512BW__) && defined(__AVX512VNNI__)
-// One input row (the memory-bound case): 4 weight rows per pass, each sum reduced on its own.
-void row_i8(const int8_t* w, int64_t n, const int16_t* x, int r0, int64_t* out) {
-  for (int i = 0; i < 4; ++i) out[r0 + i] = 0;
-  for (int64_t c = 0; c < n; c += kChunk) {
-    const int64_t end = std::min(n, c + kChunk);
-    __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
-    for (int64_t k = c; k < end; k += 32) {
-      const __m512i xv = _mm512_loadu_si512(x + k);
-      a0 = _mm512_dpwssd_epi32(a0, _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i*)(w + k))), xv);
-      a1 = _mm512_dpwssd_epi32(a1, _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i*)(w + n + k))), xv);
-      a2 = _mm512_dpwssd_epi32(a2, _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i*)(w + 2 * n + k))), xv);
-      a3 = _mm512_dpwssd_epi32(a3, _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i*)(w + 3 * n + k))), xv);
-    }
-    out[r0] += _mm512_reduce_add_epi32(a0);
-    out[r0 + 1] += _mm512_reduce_add_epi32(a1);
-    out[r0 + 2] += _mm512_reduce_add_epi32(a2);
-    out[r0 + 3] += _mm512_reduce_add_epi32(a3);
-  }
-}
-#endif
-
 #if defined(__AVX512F__)
 // One input row, float weights: 4 weight rows per pass (W: float or bf16 widened to float; x float32).
 template <typename W>
@@ -409,19 +297,13 @@ void row_bf16(const uint16_t* w, int64_t n, const uint16_t* xh, int r0, float* o
 // ---- AVX2 + FMA kernels (no AVX-512: e.g. AMD Zen 2/3, Intel Haswell to Alder Lake) -------------------------
 // The same tiles as above on 8-lane vectors: R weight rows x NB input rows of sums in registers (16 ymm
 // registers hold 8 sums, R weight vectors and an input vector at 4 x 2), folded by one transposing
-// reduction. bfloat16 weights widen by a 16-bit shift (no bf16 instructions); int8 weights widen to int16
-// and meet the int16 inputs in `vpmaddwd` (pairs of exact products summed into int32 lanes).
-#if defined(TAILOR_AVX2)
+// reduction. bfloat16 weights widen by a 16-bit shift (no bf16 instructions). The 8-lane reductions are built on
+// AVX-512 machines too: tiles_i8.h's 256-bit kernel takes rows of 64k + 32 inputs there.
+#if defined(__AVX2__) && defined(__FMA__)
 inline float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
   return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
-}
-
-inline int32_t hsum(__m256i v) {
-  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
-  return _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1)));
 }
 
 // lane j of the result = the sum of v[j]'s 8 lanes
@@ -429,12 +311,6 @@ inline __m256 hsum8(const __m256* v) {
   const __m256 ab = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
   const __m256 cd = _mm256_hadd_ps(_mm256_hadd_ps(v[4], v[5]), _mm256_hadd_ps(v[6], v[7]));
   return _mm256_add_ps(_mm256_permute2f128_ps(ab, cd, 0x20), _mm256_permute2f128_ps(ab, cd, 0x31));
-}
-
-inline __m256i hsum8(const __m256i* v) {
-  const __m256i ab = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
-  const __m256i cd = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
-  return _mm256_add_epi32(_mm256_permute2x128_si256(ab, cd, 0x20), _mm256_permute2x128_si256(ab, cd, 0x31));
 }
 
 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
@@ -456,6 +332,9 @@ inline void finish8(const __m256* a, int r0, float* out) {
   }
 }
 
+#endif
+
+#if defined(TAILOR_AVX2)
 // Sums for R weight rows (W: float or bf16) x NB float input rows into out[b * kTile + r0 + i].
 template <int R, int NB, typename W>
 void block8(const W* w, int64_t n, const float* x, int r0, float* out) {
@@ -473,35 +352,6 @@ void block8(const W* w, int64_t n, const float* x, int r0, float* out) {
   finish8<R, NB>(a, r0, out);
 }
 
-// int8 weights x int16 inputs, exact int32 sums per chunk of kChunk (each lane sums kChunk / 8 products).
-template <int R, int NB>
-void block8_i8(const int8_t* w, int64_t n, const int16_t* x, int r0, int64_t* out) {
-  static_assert(R * NB <= 8, "one transposing reduction folds 8 sums");
-  int64_t total[8] = {0};
-  for (int64_t c = 0; c < n; c += kChunk) {
-    const int64_t end = std::min(n, c + kChunk);
-    __m256i a[8];
-    for (int j = 0; j < 8; ++j) a[j] = _mm256_setzero_si256();
-    for (int64_t k = c; k < end; k += 16) {
-      __m256i wv[R];
-      for (int i = 0; i < R; ++i) wv[i] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(w + i * n + k)));
-      for (int b = 0; b < NB; ++b) {
-        const __m256i xv = _mm256_loadu_si256((const __m256i*)(x + b * n + k));
-        for (int i = 0; i < R; ++i) a[b * R + i] = _mm256_add_epi32(a[b * R + i], _mm256_madd_epi16(wv[i], xv));
-      }
-    }
-    if constexpr (R * NB <= 4) {
-      for (int j = 0; j < R * NB; ++j) total[j] += hsum(a[j]);
-    } else {
-      alignas(32) int32_t sums[8];
-      _mm256_store_si256((__m256i*)sums, hsum8(a));
-      for (int j = 0; j < R * NB; ++j) total[j] += sums[j];
-    }
-  }
-  for (int b = 0; b < NB; ++b)
-    for (int i = 0; i < R; ++i) out[b * kTile + r0 + i] = total[b * R + i];
-}
-
 // A tile's kTile weight rows against nb input rows: 4 weight rows x 2 input rows per pass.
 template <typename W>
 void dot8(const W* w, int64_t n, const float* x, int nb, float* out) {
@@ -509,14 +359,6 @@ void dot8(const W* w, int64_t n, const float* x, int nb, float* out) {
     for (int r0 = 0; r0 < kTile; r0 += 4) {
       if (nb - b >= 2) block8<4, 2>(w + r0 * n, n, x + b * n, r0, out + b * kTile);
       else block8<4, 1>(w + r0 * n, n, x + b * n, r0, out + b * kTile);
-    }
-}
-
-void dot8_i8(const int8_t* w, int64_t n, const int16_t* x, int nb, int64_t* out) {
-  for (int b = 0; b < nb; b += 2)
-    for (int r0 = 0; r0 < kTile; r0 += 4) {
-      if (nb - b >= 2) block8_i8<4, 2>(w + r0 * n, n, x + b * n, r0, out + b * kTile);
-      else block8_i8<4, 1>(w + r0 * n, n, x + b * n, r0, out + b * kTile);
     }
 }
 
@@ -552,6 +394,76 @@ void attend8(const float* q, int64_t G, const T* keys, const T* values, int64_t 
 #endif
 
 #include "tiles_q4.h"
+#include "tiles_i8.h"
+
+// The rows a group of linear layers reads, in the form their kernel wants.
+// The forms of an input row the model's weights read (a bit set: a model's layers and head may differ).
+enum Form : unsigned { kFormI8 = 1, kFormQ16 = 2, kFormBF16 = 4 };
+
+inline unsigned form_of(Kind k) {
+  if (k == Kind::I8) return kFormI8;
+  if (k == Kind::Q4) return kFormQ16;
+#if defined(__AVX512BF16__)
+  if (k == Kind::BF16) return kFormBF16;
+#endif
+  return 0;
+}
+
+struct Input {
+  int64_t rows = 0, n = 0;
+  unsigned forms = 0;
+  const float* f32 = nullptr;  // [rows, n]
+  std::vector<int8_t> q8;      // int8 weights: [rows, n] in blocks of 32 (tiles_i8.h)
+  std::vector<int16_t> mult;   // int8 weights: [rows, blocks8(n)] block multipliers
+  std::vector<float> unit;     // int8 weights: [rows]
+  std::vector<int16_t> q16;    // q4 weights: [rows, n] quantized
+  std::vector<float> qscale;   // q4 weights: one scale per row
+  std::vector<uint16_t> h16;   // bfloat16 weights with AVX512-BF16: [rows, n]
+};
+
+void prepare_shape(Input& x, const float* src, int64_t rows, int64_t n, unsigned forms) {
+  x.rows = rows;
+  x.n = n;
+  x.f32 = src;
+  x.forms = forms;
+  if (forms & kFormI8) {
+    x.q8.resize(rows * n);
+    x.mult.resize(rows * blocks8(n));
+    x.unit.resize(rows);
+  }
+  if (forms & kFormQ16) {
+    x.q16.resize(rows * n);
+    x.qscale.resize(rows);
+  }
+  if (forms & kFormBF16) x.h16.resize(rows * n);
+}
+
+// Row r of the input in its kernel's form (local restrict pointers: the loops must vectorize).
+void quantize_row(const float* __restrict v, int64_t n, int16_t* __restrict q, float* scale_out) {
+  float amax = 0.f;
+  for (int64_t k = 0; k < n; ++k) amax = std::max(amax, std::fabs(v[k]));
+  const float scale = amax > 0.f ? amax / kQ16 : 1.f;
+  const float inv = 1.f / scale;
+  for (int64_t k = 0; k < n; ++k) q[k] = int16_t(std::nearbyint(v[k] * inv));
+  *scale_out = scale;
+}
+
+void prepare_row(Input& x, int64_t r) {
+  const int64_t n = x.n;
+  if (x.forms & kFormI8)
+    quantize_row8(x.f32 + r * n, n, x.q8.data() + r * n, x.mult.data() + r * blocks8(n), x.unit.data() + r);
+  if (x.forms & kFormQ16) quantize_row(x.f32 + r * n, n, x.q16.data() + r * n, x.qscale.data() + r);
+#if defined(__AVX512BF16__)
+  if (x.forms & kFormBF16) {
+    const float* v = x.f32 + r * n;
+    uint16_t* h = x.h16.data() + r * n;
+    int64_t k = 0;
+    for (; k + 16 <= n; k += 16)  // round to nearest even, as f32_to_bf16
+      _mm256_storeu_si256((__m256i*)(h + k), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(v + k)));
+    for (; k < n; ++k) h[k] = f32_to_bf16(v[k]);
+  }
+#endif
+}
 
 // Plain loops: rows [0, nr) of the tile against input rows [0, nb).
 template <typename W, typename X, typename Acc>
@@ -561,43 +473,10 @@ void dot_loops(const W* w, int64_t n, const X* x, int nr, int nb, Acc* out) {
       const W* wr = w + i * n;
       const X* xb = x + b * n;
       Acc total = 0;
-      for (int64_t c = 0; c < n; c += kChunk) {  // int8: exact int32 sums per chunk
-        const int64_t end = std::min(n, c + kChunk);
-        std::conditional_t<std::is_integral_v<Acc>, int32_t, float> sum = 0;
-        for (int64_t k = c; k < end; ++k) sum += widen(wr[k]) * widen(xb[k]);
-        total += sum;
-      }
+      for (int64_t k = 0; k < n; ++k) total += widen(wr[k]) * widen(xb[k]);
       out[b * kTile + i] = total;
     }
   }
-}
-
-// out[b * kTile + i] for the tile's nr weight rows and nb (<= kTile) input rows.
-void dot_i8(const int8_t* w, int64_t n, const int16_t* x, int nr, int nb, int64_t* out) {
-#if defined(__AVX512BW__) && defined(__AVX512VNNI__)
-  if (nr == kTile && n % 32 == 0) {
-    if (nb == 1) {
-      for (int r0 = 0; r0 < kTile; r0 += 4) row_i8(w + r0 * n, n, x, r0, out);
-      return;
-    }
-    for (int b = 0; b < nb; b += 4) {
-      const int left = nb - b;
-      for (int r0 = 0; r0 < kTile; r0 += 4) {
-        const int8_t* wr = w + r0 * n;
-        const int16_t* xb = x + b * n;
-        int64_t* ob = out + b * kTile;
-        if (left >= 4) block_i8<4, 4>(wr, n, xb, r0, ob);
-        else if (left == 3) block_i8<4, 3>(wr, n, xb, r0, ob);
-        else if (left == 2) block_i8<4, 2>(wr, n, xb, r0, ob);
-        else block_i8<4, 1>(wr, n, xb, r0, ob);
-      }
-    }
-    return;
-  }
-#elif defined(TAILOR_AVX2)
-  if (nr == kTile && n % 16 == 0) return dot8_i8(w, n, x, nb, out);
-#endif
-  dot_loops(w, n, x, nr, nb, out);
 }
 
 void dot_f32(const float* w, int64_t n, const float* x, int nr, int nb, float* out) {
@@ -658,10 +537,11 @@ void tile(const Linear& l, int64_t r0, int nr, const Input& x, float* y) {
     const int nb = int(std::min<int64_t>(kTile, x.rows - b0));
     float out[kTile * kTile];
     if (l.kind == Kind::I8) {
-      int64_t acc[kTile * kTile];
-      dot_i8(static_cast<const int8_t*>(l.w) + r0 * n, n, x.q16.data() + b0 * n, nr, nb, acc);
+      const int64_t mstride = blocks8(n);
+      dot_i8(static_cast<const int8_t*>(l.w) + r0 * n, n, x.q8.data() + b0 * n, x.mult.data() + b0 * mstride, mstride,
+             nr, nb, out);
       for (int b = 0; b < nb; ++b)
-        for (int i = 0; i < nr; ++i) out[b * kTile + i] = float(acc[b * kTile + i]) * x.qscale[b0 + b] * l.s[r0 + i];
+        for (int i = 0; i < nr; ++i) out[b * kTile + i] *= x.unit[b0 + b] * l.s[r0 + i];
     } else if (l.kind == Kind::Q4) {
       dot_q4(static_cast<const uint8_t*>(l.w) + r0 * (n / 2), l.s + r0 * (n / kQ4Block), n, x.q16.data() + b0 * n, nr,
              nb, out);
@@ -873,11 +753,14 @@ class DecodeStep {
     head_ = lin(linears.size() - 1);
     TORCH_CHECK(head_.in == hidden_, "decode step: head shape");
     TORCH_CHECK(embed_.kind != Kind::Q4, "decode step: a q4 embedding is not supported (use the int8 head's)");
-    // Every layer reads its input in the head's form (float, bf16, or int16 rows for int8 and q4 alike).
+    // Every layer reads the same input forms (float, bf16, int8 blocks and int16 rows for int8 and q4).
+    forms_ = 0;
     for (const Layer& layer : layers_)
-      for (const Linear* l : {&layer.q, &layer.k, &layer.v, &layer.o, &layer.gate, &layer.up, &layer.down})
+      for (const Linear* l : {&layer.q, &layer.k, &layer.v, &layer.o, &layer.gate, &layer.up, &layer.down}) {
         TORCH_CHECK(l->kind == head_.kind || (quantized(l->kind) && quantized(head_.kind)),
                     "decode step: mixed weight dtypes (int8 and q4 may mix; float kinds may not)");
+        forms_ |= form_of(l->kind);
+      }
     final_norm_ = final_norm.to(torch::kFloat).contiguous();
     inter_ = layers_.empty() ? 0 : layers_[0].gate.out;
     lora_.resize(7 * n_layers);
@@ -1006,11 +889,10 @@ class DecodeStep {
       }
     }
     const bool bf16_cache = cache_type == torch::kBFloat16;
-    const Kind kind = head_.kind;
-    prepare_shape(in_dim_, xn_.data(), B, dim, kind);  // the inputs' shapes; their rows are filled per layer
-    prepare_shape(in_att_, att_.data(), B, H * D, kind);
-    prepare_shape(in_inter_, gate_.data(), B, I, kind);
-    prepare_shape(in_head_, xf_.data(), P, dim, kind);
+    prepare_shape(in_dim_, xn_.data(), B, dim, forms_);  // the inputs' shapes; their rows are filled per layer
+    prepare_shape(in_att_, att_.data(), B, H * D, forms_);
+    prepare_shape(in_inter_, gate_.data(), B, I, forms_);
+    prepare_shape(in_head_, xf_.data(), P, dim, form_of(head_.kind));
     double last = omp_get_wtime();  // phase timing (profile_): thread 0 after each barrier
     auto mark = [&](int phase) {
       if (profile_ && omp_get_thread_num() == 0) {
@@ -1026,7 +908,7 @@ class DecodeStep {
         for_rows(B, [&](int64_t b) {
           if (l > 0) add_into(h_.data() + b * dim, o_.data() + b * dim, dim);  // the last layer's MLP
           rms_norm(h_.data() + b * dim, L.ln1.data_ptr<float>(), xn_.data() + b * dim, 1, dim, eps_);
-          prepare_row(in_dim_, b, kind);
+          prepare_row(in_dim_, b);
         });
         mark(kElementwise);
         const int64_t slot = int64_t(7 * l);  // the layer's first LoRA slot
@@ -1057,19 +939,19 @@ class DecodeStep {
             run(static_cast<const float*>(keys[l].data_ptr()), static_cast<const float*>(values[l].data_ptr()));
         }
         mark(kAttention);  // RoPE, cache writes and attention
-        for_rows(B, [&](int64_t b) { prepare_row(in_att_, b, kind); });
+        for_rows(B, [&](int64_t b) { prepare_row(in_att_, b); });
         mark(kElementwise);
         project({{&L.o, o_.data(), slot + 3}}, in_att_, ids, kMatvec, mark);
         for_rows(B, [&](int64_t b) {
           add_into(h_.data() + b * dim, o_.data() + b * dim, dim);
           rms_norm(h_.data() + b * dim, L.ln2.data_ptr<float>(), xn_.data() + b * dim, 1, dim, eps_);
-          prepare_row(in_dim_, b, kind);
+          prepare_row(in_dim_, b);
         });
         mark(kElementwise);
         project({{&L.gate, gate_.data(), slot + 4}, {&L.up, up_.data(), slot + 5}}, in_dim_, ids, kMatvec, mark);
         for_rows(B, [&](int64_t b) {
           silu_mul(gate_.data() + b * I, up_.data() + b * I, I);
-          prepare_row(in_inter_, b, kind);
+          prepare_row(in_inter_, b);
         });
         mark(kElementwise);
         project({{&L.down, o_.data(), slot + 6}}, in_inter_, ids, kMatvec, mark);
@@ -1078,7 +960,7 @@ class DecodeStep {
         const int64_t b = picked[j];
         if (!layers_.empty()) add_into(h_.data() + b * dim, o_.data() + b * dim, dim);
         rms_norm(h_.data() + b * dim, final_norm_.data_ptr<float>(), xf_.data() + j * dim, 1, dim, eps_);
-        prepare_row(in_head_, j, kind);
+        prepare_row(in_head_, j);
       });
       mark(kElementwise);
       project({{&head_, out, -1}}, in_head_, nullptr, kHead, mark);  // the head has no adapter
@@ -1188,6 +1070,7 @@ class DecodeStep {
   std::vector<float> h_, xn_, q_, k_, v_, att_, o_, gate_, up_, scores_, cos_, sin_, lora_h_;
   std::vector<float> xf_;  // the picked rows after the final norm
   Input in_dim_, in_att_, in_inter_, in_head_;
+  unsigned forms_ = 0;  // the input forms the layers read (Form bits)
 };
 
 }  // namespace
