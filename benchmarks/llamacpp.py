@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 SDIST = f"llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}"
-TARGETS = ("llama-server", "llama-quantize")
+TARGETS = ("llama-server", "llama-quantize", "llama-bench")
 CMAKE_FLAGS = ("-DLLAMA_CURL=OFF", "-DCMAKE_BUILD_TYPE=Release")
 # Kernels per ISA: native (this CPU's), or AVX2 + FMA + F16C only, the peer of our forced-AVX2 runs on an AVX-512
 # machine (GGML_NATIVE off, so the build machine's AVX-512 is not picked up). Each ISA builds in its own folder.
