@@ -1,6 +1,6 @@
 """Per-row LoRA cost on the default model, side by side with PEFT's mixed-batch `generate`.
 
-    python benchmarks/bench_lora.py [--threads 2] [--new-tokens 64] [--rank 16] [--adapters 8]
+    python benchmarks/bench_lora.py [--threads 2] [--new-tokens 64] [--rank 16] [--adapters 8] [--dtype int8]
 
 --adapters N random adapters (every linear layer of every block, rank --rank) are made with PEFT. Measured
 in one run on the same weights and threads: single-stream decode tok/s and aggregate output tok/s at 16
@@ -9,6 +9,9 @@ requests of one adapter, and the mix where request i uses adapter i % N (8 disti
 requests by default, no base rows). The line `mixed N-adapter batch: X.XX× of base aggregate` is that mix's
 aggregate over the base's with no adapter loaded (the issue's bar is ≥ 0.80 for N = 8). The peer is PEFT's
 `generate(adapter_names=...)` on the same 16-request mix over the same N adapters, one left-padded batch.
+--dtype is the base's weight format (default int8, what `tailor serve` picks by default; float32 for the fp32 base);
+the adapters stay float32. For an AVX2 run on an AVX-512 machine prefix the command with
+`TAILOR_ISA=avx2 ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2`.
 """
 
 from __future__ import annotations
@@ -95,17 +98,21 @@ def main() -> None:
     ap = engine_args(__doc__, new_tokens=64)
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--adapters", type=int, default=8, help="number of distinct adapters in the mix")
+    ap.add_argument("--dtype", default="int8", help="the base's weights: int8 (serve's default) or float32, bfloat16")
     args = ap.parse_args()
     if args.adapters < 1:
         ap.error("--adapters must be at least 1")
     quiet_torch(args.threads)
 
-    model = open_model(args.model, show_progress=True)
+    from tailorlm.config import get_settings
+
+    settings = get_settings().model_copy(update={"dtype": args.dtype, "threads": args.threads})
+    model = open_model(args.model, settings=settings, show_progress=True)
     eng, path = model.engine, model.engine.loaded.path
     prompts = [chat_prompt(model, [{"role": "user", "content": q}]) for q in QUESTIONS]
     info = machine()
-    print(f"# {model.name} · rank {args.rank} on {len(TARGETS)} layers per block · {info['cpu']} · "
-          f"{args.threads} threads · {info['date']}")
+    print(f"# {model.name} ({args.dtype}) · rank {args.rank} on {len(TARGETS)} layers per block · {info['cpu']} · "
+          f"{info['flags']} · {args.threads} threads · {info['date']} · commit {info['commit']}")
     with tempfile.TemporaryDirectory() as tmp:
         folders = make_adapters(path, args.rank, args.adapters, Path(tmp))
         names = list(folders)

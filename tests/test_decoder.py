@@ -26,8 +26,8 @@ def model_path(request, tmp_path_factory) -> Path:
 def runner(path: Path, dtype: str = "float32", kernels: str = "torch", **kw) -> ModelRunner:
     """A runner over a fresh load of `path`; the torch decode step unless `kernels` is native."""
     loaded = load_model(path, dtype=dtype)
-    return ModelRunner(loaded.model, max_slots=4, context_length=256, int8=loaded.int8, q4=loaded.q4, kernels=kernels,
-                       **kw)
+    kw = {"max_slots": 4, **kw}
+    return ModelRunner(loaded.model, context_length=256, int8=loaded.int8, q4=loaded.q4, kernels=kernels, **kw)
 
 
 def decode_steps(r: ModelRunner, prompts: list[list[int]], steps: int, feed: list[list[int]] | None = None):

@@ -177,10 +177,11 @@ def _add_adapters(r: ModelRunner, base, tmp_path, specs: dict[str, dict]) -> Non
         r.lora.add(name, lora_from_peft(config, tensors, linear_features(r.model), r.dtype))
 
 
-ADAPTERS = {  # different ranks and targets: every projection, attention only, the MLP only
-    "all": dict(seed=1, r=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                                             "down_proj"]),
-    "attn": dict(seed=2, r=4, target_modules=["q_proj", "v_proj", "o_proj"]),
+ADAPTERS = {  # different ranks (16 and 8: the vector kernels; 2: the loops) and targets: every projection,
+    # attention only, the MLP only
+    "all": dict(seed=1, r=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                              "down_proj"]),
+    "attn": dict(seed=2, r=8, target_modules=["q_proj", "v_proj", "o_proj"]),
     "mlp": dict(seed=3, r=2, lora_alpha=8, target_modules=["gate_proj", "up_proj", "down_proj"]),
 }
 
@@ -193,7 +194,7 @@ def test_a_mixed_lora_batch_decodes_in_the_native_step_as_in_the_torch_step(tmp_
     monkeypatch.setattr(native.lean, "forward", None)  # every decode below must take the C++ step
     monkeypatch.setattr(native, "native_prefill", True)  # and every prefill (float32 would take torch's GEMM)
     monkeypatch.setattr(native.model, "forward", None)
-    prompts = [[5, 6, 7, 8], [9, 10, 11], [12, 13, 14, 15, 16], [17, 18]]
+    prompts = [[5, 6, 7, 8, 20, 21], [9, 10, 11], [12, 13, 14, 15, 16], [17, 18]]  # 6 rows of one adapter: 2 tasks
     adapters = ["all", None, "mlp", "attn"]
     for slot, (p, a) in enumerate(zip(prompts, adapters)):
         torch.testing.assert_close(native.prefill(slot, p, 0, adapter=a, all_logits=True),
@@ -208,6 +209,34 @@ def test_a_mixed_lora_batch_decodes_in_the_native_step_as_in_the_torch_step(tmp_
     native.lora.remove("all")  # the step forgets it: row 0 is the base's again
     torch.testing.assert_close(native.decode(tokens, positions, [None, None, "mlp", "attn"])[0], base_only[0],
                                atol=1e-5, rtol=1e-5)
+
+
+def test_adapters_over_an_int8_base_decode_in_the_native_step(tmp_path):
+    """Over an int8 base the step holds adapters in bf16 (lora_rows.h): each row's adapter delta points where the
+    torch step's float32 adapters' does, and an adapter row is about as close to the torch step as a base row is
+    (both differ by the step's int8 activation blocks, which the torch step does not round)."""
+    base = make_tiny_model("llama", tmp_path / "base")
+    native, reference = runner(base, "int8", kernels="native", max_slots=8), runner(base, "int8", max_slots=8)
+    assert native.native is not None and reference.native is None
+    _add_adapters(native, base, tmp_path, ADAPTERS)
+    _add_adapters(reference, base, tmp_path, ADAPTERS)
+    adapters = ["all", "all", "attn", "mlp", "all", None, "all", "all"]  # 5 rows of "all": 2 tasks
+    for slot in range(len(adapters)):
+        for r in (native, reference):
+            r.prefill(slot, [5 + slot, 6, 7], 0)
+    tokens, positions = [3] * len(adapters), [3] * len(adapters)
+    got, want = native.decode(tokens, positions, adapters), reference.decode(tokens, positions, adapters)
+    got_base, want_base = (r.decode(tokens, positions, [None] * len(adapters)) for r in (native, reference))
+    base_err = ((got_base - want_base).norm(dim=-1) / want_base.norm(dim=-1)).max().item()  # int8 activations
+    for row, name in enumerate(adapters):
+        delta, want_delta = got[row] - got_base[row], want[row] - want_base[row]
+        if name is None:
+            assert delta.abs().max() == 0
+            continue
+        assert want_delta.abs().max() > 1e-2  # the adapter matters on this row
+        cos = torch.nn.functional.cosine_similarity(delta, want_delta, dim=0)
+        err = (got[row] - want[row]).norm() / want[row].norm()
+        assert cos > 0.98 and err < 1.5 * base_err + 0.01, (row, name, cos.item(), err.item(), base_err)
 
 
 def test_an_adapter_on_a_layer_outside_the_step_decodes_through_torch(tmp_path):

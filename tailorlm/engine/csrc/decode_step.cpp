@@ -705,12 +705,7 @@ void attend(const float* q, int64_t G, int64_t D, const T* keys, const T* values
   }
 }
 
-// The LoRA adapters on one linear layer, concatenated along the rank: y_b += (x_b A[:, lo:hi]) B[lo:hi] where
-// [lo, hi) are the columns of row b's adapter (spans[id]); the adapter's scale is folded into B.
-struct Lora {
-  torch::Tensor a, b, spans;  // a: float32 [in, R]; b: float32 [R, out]; spans: int64 [ids, 2], -1 where absent
-  int64_t rank = 0;           // R (0: no adapter on this layer)
-};
+#include "lora_rows.h"
 
 struct Layer {
   torch::Tensor ln1, ln2;  // float32
@@ -779,7 +774,7 @@ class DecodeStep {
     const int64_t* sp = spans.data_ptr<int64_t>();
     for (int64_t i = 0; i < spans.size(0); ++i)
       TORCH_CHECK(sp[2 * i] < 0 || (sp[2 * i] <= sp[2 * i + 1] && sp[2 * i + 1] <= a.size(1)), "decode step: LoRA span");
-    lora_[index] = Lora{a, b, spans, a.size(1)};
+    store_lora(lora_[index], a, b, spans, l.kind != Kind::F32);  // bf16 adapters over a rounded base (lora_rows.h)
     refresh_max_rank();
   }
 
@@ -860,7 +855,8 @@ class DecodeStep {
       TORCH_CHECK(adapter_ids.scalar_type() == torch::kLong && adapter_ids.numel() == B && adapter_ids.is_contiguous(),
                   "decode step: adapter ids are int64 [B]");
       ids = adapter_ids.data_ptr<int64_t>();
-      lora_h_.resize(B * 3 * std::max<int64_t>(max_rank_, 1));
+      lora_chunks_ = lora_chunks(ids, B);
+      lora_h_.resize(at::get_num_threads() * kLoraRows * std::max<int64_t>(max_rank_, 1));
     }
     const int64_t D = head_dim_, H = heads_, KV = kv_heads_, group = H / KV, dim = hidden_, I = inter_;
     h_.assign(B * dim, 0.f);
@@ -986,41 +982,20 @@ class DecodeStep {
   void project(std::initializer_list<Target> group, const Input& x, const int64_t* ids, int phase, Mark& mark) {
     matvec(group, x);
     mark(phase);
-    if (ids) apply_lora(group, x, ids);
+    if (ids) apply_lora(group, x);
     mark(kLora);
   }
 
-  // After a group's matvec: each row with an adapter on a layer of the group adds its low-rank delta, one
-  // (row, layer) per task: x_b A[:, lo:hi] (in x r), then that times B[lo:hi] into y_b (r x out).
-  void apply_lora(std::initializer_list<Target> group, const Input& x, const int64_t* ids) {
-    const int64_t G = int64_t(group.size()), B = x.rows;
+  // After a group's matvec: the rows with an adapter add its low-rank delta, one (layer, chunk of one adapter's
+  // rows) per task (lora_rows.h).
+  void apply_lora(std::initializer_list<Target> group, const Input& x) {
+    const int64_t G = int64_t(group.size()), chunks = int64_t(lora_chunks_.size());
 #pragma omp for schedule(dynamic)
-    for (int64_t task = 0; task < B * G; ++task) {
-      const int64_t b = task / G;
+    for (int64_t task = 0; task < chunks * G; ++task) {
       const Target& target = *(group.begin() + task % G);
       if (target.lora < 0) continue;
-      const Lora& lr = lora_[target.lora];
-      if (lr.rank == 0 || ids[b] < 0 || ids[b] >= lr.spans.size(0)) continue;
-      const int64_t* span = lr.spans.data_ptr<int64_t>() + 2 * ids[b];
-      const int64_t lo = span[0], r = span[1] - span[0];
-      if (lo < 0 || r <= 0) continue;
-      const int64_t in = lr.a.size(0), out = lr.b.size(1), R = lr.rank;
-      const float* a = lr.a.data_ptr<float>() + lo;
-      const float* xb = x.f32 + b * in;
-      float* h = lora_h_.data() + task * max_rank_;
-      for (int64_t j = 0; j < r; ++j) h[j] = 0.f;
-      for (int64_t k = 0; k < in; ++k) {
-        const float xk = xb[k];
-        const float* ak = a + k * R;
-        for (int64_t j = 0; j < r; ++j) h[j] += xk * ak[j];
-      }
-      float* yb = target.out + b * out;
-      const float* bm = lr.b.data_ptr<float>() + lo * out;
-      for (int64_t j = 0; j < r; ++j) {
-        const float hj = h[j];
-        const float* bj = bm + j * out;
-        for (int64_t o = 0; o < out; ++o) yb[o] += hj * bj[o];
-      }
+      float* h = lora_h_.data() + omp_get_thread_num() * kLoraRows * max_rank_;
+      lora_apply(lora_[target.lora], lora_chunks_[task / G], x.f32, target.out, h);
     }
   }
 
@@ -1068,6 +1043,7 @@ class DecodeStep {
   std::vector<Lora> lora_;
   int64_t max_rank_ = 0;
   std::vector<float> h_, xn_, q_, k_, v_, att_, o_, gate_, up_, scores_, cos_, sin_, lora_h_;
+  std::vector<LoraChunk> lora_chunks_;  // this step's rows by adapter
   std::vector<float> xf_;  // the picked rows after the final norm
   Input in_dim_, in_att_, in_inter_, in_head_;
   unsigned forms_ = 0;  // the input forms the layers read (Form bits)
