@@ -36,6 +36,8 @@ void block_q4(const uint8_t* w, const float* s, int64_t n, const int16_t* x, int
   __m512 a[R * NB];
   for (int j = 0; j < R * NB; ++j) a[j] = _mm512_setzero_ps();
   for (int64_t blk = 0; blk < row_blocks; ++blk) {
+    if ((blk & 3) == 0)  // the next pass's rows, a line ahead (rows of n / 2 bytes are short streams)
+      for (int i = 0; i < R; ++i) _mm_prefetch((const char*)(w + (i + R) * row_bytes + blk * 16), _MM_HINT_T0);
     for (int i = 0; i < R; ++i) {  // one weight row's block at a time: few registers, each widened once
       const __m512i wv = unpack_q4(w + i * row_bytes + blk * 16);
       const __m512 sv = _mm512_set1_ps(s[i * row_blocks + blk]);
@@ -73,6 +75,8 @@ void block8_q4(const uint8_t* w, const float* s, int64_t n, const int16_t* x, in
   __m256 a[8];
   for (int j = 0; j < 8; ++j) a[j] = _mm256_setzero_ps();
   for (int64_t blk = 0; blk < row_blocks; ++blk) {
+    if ((blk & 3) == 0)
+      for (int i = 0; i < R; ++i) _mm_prefetch((const char*)(w + (i + R) * row_bytes + blk * 16), _MM_HINT_T0);
     for (int i = 0; i < R; ++i) {
       const __m128i bytes = _mm_loadu_si128((const __m128i*)(w + i * row_bytes + blk * 16));
       const __m256i lo = _mm256_cvtepi8_epi16(_mm_sub_epi8(_mm_and_si128(bytes, m), eight));  // elements 0..15
