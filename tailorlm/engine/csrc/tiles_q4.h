@@ -52,6 +52,10 @@ void block_q4(const uint8_t* w, const float* s, int64_t n, const int16_t* x, int
 
 void dot_q4_vec(const uint8_t* w, const float* s, int64_t n, const int16_t* x, int nb, float* out) {
   const int64_t row_bytes = n / 2, row_blocks = n / kQ4Block;
+  if (nb == 1) {  // one input row: weight rows one after the other, a single forward stream (as tiles_i8.h)
+    for (int r0 = 0; r0 < kTile; ++r0) block_q4<1, 1>(w + r0 * row_bytes, s + r0 * row_blocks, n, x, r0, out);
+    return;
+  }
   for (int b = 0; b < nb; b += 4) {
     const int left = nb - b;
     for (int r0 = 0; r0 < kTile; r0 += 4) {
@@ -95,6 +99,10 @@ void block8_q4(const uint8_t* w, const float* s, int64_t n, const int16_t* x, in
 
 void dot_q4_vec(const uint8_t* w, const float* s, int64_t n, const int16_t* x, int nb, float* out) {
   const int64_t row_bytes = n / 2, row_blocks = n / kQ4Block;
+  if (nb == 1) {  // one input row: weight rows one after the other, a single forward stream (as tiles_i8.h)
+    for (int r0 = 0; r0 < kTile; ++r0) block8_q4<1, 1>(w + r0 * row_bytes, s + r0 * row_blocks, n, x, r0, out);
+    return;
+  }
   for (int b = 0; b < nb; b += 2)
     for (int r0 = 0; r0 < kTile; r0 += 4) {
       const uint8_t* wr = w + r0 * row_bytes;
