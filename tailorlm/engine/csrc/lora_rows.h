@@ -7,14 +7,16 @@
 //
 // Why this layout and order: at 16 rows a rank-16 adapter on the 7 layers of every block is ~5 M weights per
 // adapter, 20 MB in float32, read once per row that uses it: for 16 rows of 8 adapters that is more bytes than the
-// int8 base step itself reads. So (1) the rows of one adapter are taken together, up to kLoraRows per task, and each
-// adapter's weights are read once per task, not once per row; (2) each adapter's A columns are stored contiguously
+// int8 base step itself reads. So (1) the rows of one adapter are taken together, up to kLoraTaskRows per task, and
+// each adapter's weights are read from memory once per task, not once per row; (2) each adapter's A columns are stored contiguously
 // ([in, r] at offset lo * in) so a task streams them instead of striding over every adapter's columns; (3) over a
 // base already rounded (int8, q4, bf16 weights) the adapters are held in bf16 (half the bytes, widened by a shift,
 // float32 arithmetic), while a float32 base keeps float32 adapters and its exact results.
 #pragma once
 
-constexpr int kLoraRows = 4;  // rows of one adapter per task: the shrink keeps kLoraRows x r sums in registers
+constexpr int kLoraRows = 4;       // rows the kernels take at once: the shrink keeps kLoraRows x r sums in registers
+constexpr int kLoraTaskRows = 16;  // rows of one adapter per task (a prompt's rows share its adapter), in passes of
+                                   // kLoraRows over the same weights, by then in cache
 
 struct Lora {
   torch::Tensor spans;  // int64 [ids, 2], -1 where absent
@@ -126,14 +128,14 @@ void lora_expand(const T* b, int64_t r, int64_t out, const float* h, float* cons
     }
 }
 
-// The rows of one adapter in one task: its id and up to kLoraRows row indices.
+// The rows of one adapter in one task: its id and up to kLoraTaskRows row indices.
 struct LoraChunk {
   int64_t id = -1;
   int rows = 0;
-  int64_t row[kLoraRows];
+  int64_t row[kLoraTaskRows];
 };
 
-// The step's rows grouped by adapter id (rows without one left out), kLoraRows at most per chunk.
+// The step's rows grouped by adapter id (rows without one left out), kLoraTaskRows at most per chunk.
 inline std::vector<LoraChunk> lora_chunks(const int64_t* ids, int64_t B) {
   std::vector<LoraChunk> chunks;
   std::vector<bool> taken(B, false);
@@ -143,7 +145,7 @@ inline std::vector<LoraChunk> lora_chunks(const int64_t* ids, int64_t B) {
     c.id = ids[b];
     for (int64_t e = b; e < B; ++e) {
       if (taken[e] || ids[e] != c.id) continue;
-      if (c.rows == kLoraRows) {
+      if (c.rows == kLoraTaskRows) {
         chunks.push_back(c);
         c.rows = 0;
       }
@@ -161,17 +163,20 @@ inline void lora_apply(const Lora& l, const LoraChunk& c, const float* x, float*
   const int64_t* span = l.spans.data_ptr<int64_t>() + 2 * c.id;
   const int64_t lo = span[0], r = span[1] - span[0];
   if (lo < 0 || r <= 0) return;
-  const float* xs[kLoraRows];
-  float* ys[kLoraRows];
-  for (int i = 0; i < c.rows; ++i) {
-    xs[i] = x + c.row[i] * l.in;
-    ys[i] = y + c.row[i] * l.out;
-  }
-  if (l.bf16) {
-    lora_shrink(l.ah.data() + lo * l.in, l.in, r, xs, c.rows, h);
-    lora_expand(l.bh.data() + lo * l.out, r, l.out, h, ys, c.rows);
-  } else {
-    lora_shrink(l.af.data() + lo * l.in, l.in, r, xs, c.rows, h);
-    lora_expand(l.bf.data() + lo * l.out, r, l.out, h, ys, c.rows);
+  for (int first = 0; first < c.rows; first += kLoraRows) {
+    const int rows = std::min(kLoraRows, c.rows - first);
+    const float* xs[kLoraRows];
+    float* ys[kLoraRows];
+    for (int i = 0; i < rows; ++i) {
+      xs[i] = x + c.row[first + i] * l.in;
+      ys[i] = y + c.row[first + i] * l.out;
+    }
+    if (l.bf16) {
+      lora_shrink(l.ah.data() + lo * l.in, l.in, r, xs, rows, h);
+      lora_expand(l.bh.data() + lo * l.out, r, l.out, h, ys, rows);
+    } else {
+      lora_shrink(l.af.data() + lo * l.in, l.in, r, xs, rows, h);
+      lora_expand(l.bf.data() + lo * l.out, r, l.out, h, ys, rows);
+    }
   }
 }
