@@ -193,6 +193,14 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (kb_id, file_id)
     )
     """,
+    # v9: the token usage of each answered batch line (summed into the batch's `usage`). A line that expired
+    # before it ran is done (done_at) with no status_code: it is reported, never run.
+    """
+    ALTER TABLE batch_lines ADD COLUMN input_tokens INTEGER;
+    ALTER TABLE batch_lines ADD COLUMN output_tokens INTEGER;
+    ALTER TABLE batch_lines ADD COLUMN cached_tokens INTEGER;
+    ALTER TABLE batch_lines ADD COLUMN reasoning_tokens INTEGER
+    """,
 ]
 
 _lock = threading.Lock()

@@ -66,8 +66,7 @@ class Turn:
         usage = None
         if status != "in_progress":
             use = gen.usage(self.started.runs)
-            usage = ResponseUsage(input_tokens=use["prompt_tokens"], output_tokens=use["completion_tokens"],
-                                  total_tokens=use["total_tokens"])
+            usage = ResponseUsage.of(use["prompt_tokens"], use["completion_tokens"])
         return ResponseObject(
             id=self.id, created_at=self.created_at, status=status,
             completed_at=now() if status == "completed" else None,
