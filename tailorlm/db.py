@@ -201,6 +201,18 @@ MIGRATIONS: list[str] = [
     ALTER TABLE batch_lines ADD COLUMN cached_tokens INTEGER;
     ALTER TABLE batch_lines ADD COLUMN reasoning_tokens INTEGER
     """,
+    # v10: background responses. `request` is the create request of a background response until it ends (a
+    # restarted server runs it again from there, or fails it); a streamed one's events are kept, numbered, so
+    # that a client can resume its stream after any sequence number, during the run and after it.
+    """
+    ALTER TABLE responses ADD COLUMN request TEXT;
+    CREATE TABLE response_events (
+        response_id TEXT NOT NULL REFERENCES responses (id) ON DELETE CASCADE,
+        seq INTEGER NOT NULL,
+        event TEXT NOT NULL,
+        PRIMARY KEY (response_id, seq)
+    )
+    """,
 ]
 
 _lock = threading.Lock()

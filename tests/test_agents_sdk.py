@@ -17,14 +17,7 @@ agents = pytest.importorskip("agents", reason="openai-agents is in the test extr
 from openai import AsyncOpenAI  # noqa: E402
 from pydantic import BaseModel  # noqa: E402
 
-from tests.server_harness import live_server  # noqa: E402
-from tests.test_responses_api import MODEL, tiny_home, tiny_settings  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with live_server(tiny_settings(tiny_home(tmp_path_factory.mktemp("agents")))) as live:
-        yield live
+from tests.test_responses_api import MODEL, home, server  # noqa: E402, F401  (fixtures)
 
 
 class Forecast(BaseModel):

@@ -167,13 +167,13 @@ def test_bad_requests_are_openai_errors(server, client):
 
 
 def test_an_invalid_body_fails_its_line_only(server):
-    rows = [chat_line(0), chat_line(1, temperature=9), chat_line(2, stream=True)]
+    rows = [chat_line(0), chat_line(1, temperature=9), chat_line(2, stream=True), chat_line(3, background=True)]
     done = wait(server, submit(server, rows)["id"])
-    assert done["status"] == "completed" and done["request_counts"] == {"total": 3, "completed": 1, "failed": 2}
+    assert done["status"] == "completed" and done["request_counts"] == {"total": 4, "completed": 1, "failed": 3}
     assert [o["custom_id"] for o in lines_of(server, done["output_file_id"])] == ["req-0"]
     bad = lines_of(server, done["error_file_id"])
     assert [(b["custom_id"], b["response"]["status_code"], b["response"]["body"]["error"]["param"])
-            for b in bad] == [("req-1", 400, "temperature"), ("req-2", 400, "stream")]
+            for b in bad] == [("req-1", 400, "temperature"), ("req-2", 400, "stream"), ("req-3", 400, "background")]
     for b in bad:
         validate(b["response"]["body"], "ErrorResponse")
         assert b["error"]["code"] == "invalid_value" or b["error"]["code"] == "invalid_request"

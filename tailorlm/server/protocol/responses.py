@@ -68,6 +68,7 @@ class ResponseObject(OpenAIResponse):
     object: Literal["response"] = "response"
     created_at: int
     status: Literal["completed", "incomplete", "in_progress", "failed", "cancelled", "queued"]
+    background: bool = False
     completed_at: int | None = None
     error: dict[str, Any] | None = None
     incomplete_details: IncompleteDetails | None = None
