@@ -40,7 +40,7 @@ def get(server, response_id: str) -> dict:
 def poll(server, response_id: str, until=("completed", "incomplete", "failed", "cancelled"), timeout=120) -> dict:
     deadline = time.monotonic() + timeout
     while (body := get(server, response_id))["status"] not in until:
-        assert time.monotonic() < deadline, body["status"]
+        assert time.monotonic() < deadline, (response_id, body["status"])
         time.sleep(0.05)
     return body
 
@@ -210,3 +210,29 @@ def test_a_restarted_server_takes_up_what_was_left(tmp_path: Path) -> None:
         assert rest[-1]["type"] == "response.failed" and rest[-1]["response"]["status"] == "failed"
         numbers = [e["sequence_number"] for e in stream_again(live, streamed)]
         assert numbers == list(range(len(numbers))) and len(numbers) > len(seen)
+
+
+def test_background_responses_survive_kill_9_of_the_server(tmp_path: Path) -> None:
+    """SIGKILL (no shutdown, no flush) while two background responses run: everything a client was sent had been
+    stored first, so a new server on the same home completes the plain one and ends the streamed one's stream,
+    after exactly the events its client saw, with response.failed."""
+    from tests.server_harness import kill9, served_process
+
+    home = tiny_home(tmp_path, context=32768)
+    endless = {**LONG, "max_output_tokens": 32000}  # still running at the kill, however fast the process
+    with served_process(home) as (proc, live):
+        with live.http() as http, http.stream("POST", "/v1/responses", json={
+                "model": MODEL, "input": "Tell me a story.", "background": True, "stream": True, **endless}) as res:
+            seen = read_events(res.iter_lines(), count=20)
+            plain = create(live, **LONG)
+            kill9(proc)
+    streamed = seen[0]["response"]["id"]
+    with sqlite3.connect(home / "tailor.db") as db:
+        left = dict(db.execute("SELECT id, json_extract(body, '$.status') FROM responses").fetchall())
+    assert left[streamed] == "in_progress" and left[plain["id"]] in ("queued", "in_progress")
+    with served_process(home) as (proc, live):
+        assert poll(live, plain["id"])["usage"]["output_tokens"] == 1500
+        assert poll(live, streamed)["status"] == "failed"
+        events = stream_again(live, streamed)
+        assert events[:len(seen)] == seen and events[-1]["type"] == "response.failed"
+        assert [e["sequence_number"] for e in events] == list(range(len(events)))
