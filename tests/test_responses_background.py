@@ -172,6 +172,22 @@ def test_a_background_stream_resumes_after_any_sequence_number(server, client) -
     assert events[-1].type == "response.incomplete" and events[-1].response.output_text == text_of(whole)
 
 
+def test_the_official_client_streams_in_the_background_and_resumes(client) -> None:
+    """docs/api.md's example: a background stream left after 10 events, picked up after the last one seen."""
+    stream = client.responses.create(model=MODEL, input="Tell me a story.", background=True, stream=True,
+                                     max_output_tokens=100, temperature=0, extra_body={"ignore_eos": True})
+    for event in stream:
+        if event.type == "response.created":
+            response_id = event.response.id
+        last = event.sequence_number
+        if last == 10:
+            break
+    stream.close()
+    rest = list(client.responses.retrieve(response_id, stream=True, starting_after=last))
+    assert rest[0].sequence_number == 11 and rest[-1].type == "response.incomplete"
+    assert rest[-1].response.usage.output_tokens == 100 and rest[-1].response.background is True
+
+
 def test_cancelling_a_streamed_background_response_ends_its_streams(server, client) -> None:
     with server.http() as http, http.stream("POST", "/v1/responses", json={
             "model": MODEL, "input": "Tell me a story.", "background": True, "stream": True, **LONG}) as res:
