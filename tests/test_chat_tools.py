@@ -241,3 +241,7 @@ def test_tools_with_a_response_format(smol_tok: TextTokenizer) -> None:
     assert accepts(smol_tok, constraint("required")(), CALL, only_eos=False)
     assert not accepts(smol_tok, constraint("required")(), '{"sky": "sunny"}')
     assert constraint("none")() is not None and accepts(smol_tok, constraint("none")(), '{"sky": "rainy"}')
+    fmt["json_schema"]["schema"] = {"type": "nonsense"}
+    with pytest.raises(InvalidRequestError) as err:
+        constraint("auto")
+    assert err.value.param == "response_format"

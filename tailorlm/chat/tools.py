@@ -52,6 +52,8 @@ def plan(tok: TextTokenizer, messages: Sequence[Mapping[str, Any]], tools: list[
     prompt = render_with_tools(tok, messages, specs)
     constraint: Callable[[], Any] = lambda: None
     if choice == "required" or (choice == "auto" and answer is not None):
+        if choice == "auto":
+            structured.json_schema_constraint(tok, answer)  # a schema that does not compile: the format's 400
         grammar = call_grammar(specs, many=parallel_tool_calls is not False, answer=answer if choice == "auto" else None)
         constraint = structured.grammar_constraint(tok, grammar, param="tools")
     elif choice not in ("auto", "none"):
