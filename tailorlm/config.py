@@ -104,6 +104,10 @@ class Settings(BaseSettings):
     preload: bool = Field(True, description="`tailor serve` loads the default model at startup (importing it into the store if need be), "
                           "so the first request does not wait for it.")
     graceful_timeout: float = Field(10.0, ge=0, description="Seconds in-flight requests get to finish on shutdown.")
+    batch_window_s: int = Field(
+        24 * 3600, ge=1, description="How long a batch's completion_window (`24h`, the one OpenAI offers) lasts, in "
+        "seconds: a batch not finished by then ends `expired`, its finished lines in its files and the rest in its "
+        "error file as batch_expired. Lower it to see expiry.")
     train_dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="LoRA training: dtype of the frozen base matmuls; auto is bfloat16 on CPUs with native bf16."
     )

@@ -193,6 +193,26 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (kb_id, file_id)
     )
     """,
+    # v9: the token usage of each answered batch line (summed into the batch's `usage`). A line that expired
+    # before it ran is done (done_at) with no status_code: it is reported, never run.
+    """
+    ALTER TABLE batch_lines ADD COLUMN input_tokens INTEGER;
+    ALTER TABLE batch_lines ADD COLUMN output_tokens INTEGER;
+    ALTER TABLE batch_lines ADD COLUMN cached_tokens INTEGER;
+    ALTER TABLE batch_lines ADD COLUMN reasoning_tokens INTEGER
+    """,
+    # v10: background responses. `request` is the create request of a background response until it ends (a
+    # restarted server runs it again from there, or fails it); a streamed one's events are kept, numbered, so
+    # that a client can resume its stream after any sequence number, during the run and after it.
+    """
+    ALTER TABLE responses ADD COLUMN request TEXT;
+    CREATE TABLE response_events (
+        response_id TEXT NOT NULL REFERENCES responses (id) ON DELETE CASCADE,
+        seq INTEGER NOT NULL,
+        event TEXT NOT NULL,
+        PRIMARY KEY (response_id, seq)
+    )
+    """,
 ]
 
 _lock = threading.Lock()

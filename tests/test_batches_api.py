@@ -88,6 +88,13 @@ def test_chat_batch_of_50_matches_the_endpoint(server, client):
         validate(o["response"]["body"], "CreateChatCompletionResponse")
         direct = client.chat.completions.create(**row["body"])
         assert o["response"]["body"]["choices"][0]["message"]["content"] == direct.choices[0].message.content
+    inputs = sum(o["response"]["body"]["usage"]["prompt_tokens"] for o in out)
+    outputs = sum(o["response"]["body"]["usage"]["completion_tokens"] for o in out)
+    assert done["usage"] == {"input_tokens": inputs, "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+                             "output_tokens": outputs, "output_tokens_details": {"reasoning_tokens": 0},
+                             "total_tokens": inputs + outputs}
+    assert 0 < outputs <= 50 * 8
+    assert client.batches.retrieve(done["id"]).usage.total_tokens == inputs + outputs
 
 
 def test_embeddings_batch_matches_the_endpoint(server, client):
@@ -106,6 +113,22 @@ def test_embeddings_batch_matches_the_endpoint(server, client):
     for o, d in zip(out, direct.data):
         validate(o["response"]["body"], "CreateEmbeddingResponse")
         assert np.allclose(o["response"]["body"]["data"][0]["embedding"], d.embedding, atol=1e-5)
+    inputs = sum(o["response"]["body"]["usage"]["prompt_tokens"] for o in out)
+    assert (done["usage"]["input_tokens"], done["usage"]["output_tokens"], done["usage"]["total_tokens"]) == (
+        inputs, 0, inputs) and inputs > 0
+
+
+def test_responses_batch_sums_input_and_output_tokens(server):
+    rows = [{"custom_id": f"r{i}", "method": "POST", "url": "/v1/responses",
+             "body": {"model": MODEL, "input": f"Tell me about number {i}.", "max_output_tokens": 6,
+                      "temperature": 0, "ignore_eos": True}} for i in range(3)]
+    done = wait(server, submit(server, rows, "/v1/responses")["id"])
+    assert done["status"] == "completed" and done["request_counts"] == {"total": 3, "completed": 3, "failed": 0}
+    out = lines_of(server, done["output_file_id"])
+    for o in out:
+        validate(o["response"]["body"], "Response")
+    inputs = sum(o["response"]["body"]["usage"]["input_tokens"] for o in out)
+    assert (done["usage"]["input_tokens"], done["usage"]["output_tokens"]) == (inputs, 3 * 6)
 
 
 def test_a_bad_file_fails_the_batch_naming_each_line(server):
@@ -144,13 +167,13 @@ def test_bad_requests_are_openai_errors(server, client):
 
 
 def test_an_invalid_body_fails_its_line_only(server):
-    rows = [chat_line(0), chat_line(1, temperature=9), chat_line(2, stream=True)]
+    rows = [chat_line(0), chat_line(1, temperature=9), chat_line(2, stream=True), chat_line(3, background=True)]
     done = wait(server, submit(server, rows)["id"])
-    assert done["status"] == "completed" and done["request_counts"] == {"total": 3, "completed": 1, "failed": 2}
+    assert done["status"] == "completed" and done["request_counts"] == {"total": 4, "completed": 1, "failed": 3}
     assert [o["custom_id"] for o in lines_of(server, done["output_file_id"])] == ["req-0"]
     bad = lines_of(server, done["error_file_id"])
     assert [(b["custom_id"], b["response"]["status_code"], b["response"]["body"]["error"]["param"])
-            for b in bad] == [("req-1", 400, "temperature"), ("req-2", 400, "stream")]
+            for b in bad] == [("req-1", 400, "temperature"), ("req-2", 400, "stream"), ("req-3", 400, "background")]
     for b in bad:
         validate(b["response"]["body"], "ErrorResponse")
         assert b["error"]["code"] == "invalid_value" or b["error"]["code"] == "invalid_request"
@@ -187,6 +210,37 @@ def test_cancel_stops_and_keeps_what_completed(server, client):
         assert len(lines_of(server, done["output_file_id"])) == counts["completed"]
     with server.http() as http:  # a finished batch cannot be cancelled
         assert http.post(f"/v1/batches/{created['id']}/cancel").status_code == 400
+
+
+def test_a_batch_past_its_window_expires_keeping_what_finished(tmp_path):
+    """completion_window "24h" lasts `batch_window_s` (here 4 s): the fast first lines finish, the line in flight
+    when the window closes is dropped, and the batch ends `expired`: answered lines in the output file, every other
+    line in the error file as batch_expired, as OpenAI reports them."""
+    settings = Settings(home=make_home(tmp_path), preload=False, batch_window_s=4)
+    rows = [chat_line(i) for i in range(3)] + slow_rows(1003)[3:]  # far more than 4 s of work
+    with live_server(settings) as live:
+        created = submit(live, rows)
+        assert created["expires_at"] - created["created_at"] == 4
+        done = wait(live, created["id"], until=("expired", "completed"), timeout=60)
+        assert done["status"] == "expired", done["request_counts"]
+        assert done["expired_at"] >= done["expires_at"] and done["finalizing_at"] <= done["expired_at"]
+        assert "completed_at" not in done
+        counts = done["request_counts"]
+        assert counts["total"] == 1003 and counts["completed"] + counts["failed"] == 1003
+        assert 3 <= counts["completed"] < 1003
+        kept = lines_of(live, done["output_file_id"])
+        expired = lines_of(live, done["error_file_id"])
+        assert [o["custom_id"] for o in kept] == [f"req-{i}" for i in range(counts["completed"])]
+        assert [o["custom_id"] for o in expired] == [f"req-{i}" for i in range(counts["completed"], 1003)]
+        for o in expired:
+            assert o["response"] is None and o["id"].startswith("batch_req_")
+            assert o["error"] == {"code": "batch_expired", "message": "This request could not be executed before "
+                                  "the completion window expired."}
+        assert done["usage"]["output_tokens"] == sum(o["response"]["body"]["usage"]["completion_tokens"]
+                                                     for o in kept)
+        with live.http() as http:  # an expired batch has ended: it cannot be cancelled
+            assert http.post(f"/v1/batches/{created['id']}/cancel").status_code == 400
+        assert live.client().batches.retrieve(created["id"]).status == "expired"
 
 
 def test_a_restarted_server_resumes_and_runs_no_line_twice(tmp_path):

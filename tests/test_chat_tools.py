@@ -220,3 +220,28 @@ def test_call_grammar_moves_defs_to_the_root(smol_tok: TextTokenizer) -> None:
     ok = '<tool_call>\n{"name": "pick", "arguments": {"c": "red"}}\n</tool_call>'
     assert accepts(smol_tok, grammar_constraint(smol_tok, grammar)(), ok)
     assert not accepts(smol_tok, grammar_constraint(smol_tok, grammar)(), ok.replace("red", "green"))
+
+
+def test_tools_with_a_response_format(smol_tok: TextTokenizer) -> None:
+    """An agent with tools and an output type: under "auto" the output is calls or the answer's JSON; a required
+    or named call is a call even with a response format (before, the format's constraint replaced the call's)."""
+    from tailorlm.chat.plan import ChatOptions, plan_chat
+
+    answer = {"type": "object", "properties": {"sky": {"enum": ["sunny", "rainy"]}}, "required": ["sky"],
+              "additionalProperties": False}
+    fmt = {"type": "json_schema", "json_schema": {"name": "forecast", "schema": answer, "strict": True}}
+
+    def constraint(choice):
+        return plan_chat(smol_tok, "llama", HISTORY[:1], ChatOptions(tools=[WEATHER], tool_choice=choice,
+                                                                     response_format=fmt)).constraint
+
+    auto = constraint("auto")
+    assert accepts(smol_tok, auto(), CALL, only_eos=False) and accepts(smol_tok, auto(), '{"sky": "sunny"}')
+    assert not accepts(smol_tok, auto(), '{"sky": "foggy"}') and not accepts(smol_tok, auto(), "Sunny!")
+    assert accepts(smol_tok, constraint("required")(), CALL, only_eos=False)
+    assert not accepts(smol_tok, constraint("required")(), '{"sky": "sunny"}')
+    assert constraint("none")() is not None and accepts(smol_tok, constraint("none")(), '{"sky": "rainy"}')
+    fmt["json_schema"]["schema"] = {"type": "nonsense"}
+    with pytest.raises(InvalidRequestError) as err:
+        constraint("auto")
+    assert err.value.param == "response_format"

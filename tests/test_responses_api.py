@@ -26,12 +26,12 @@ HOURS = b"# Opening hours\n\nThe Lindenfeld library opens at nine on weekdays an
 CARDS = b"# Library cards\n\nA library card costs twelve euros a year. Students get theirs for free.\n"
 
 
-def tiny_home(root: Path) -> Path:
+def tiny_home(root: Path, context: int = 2048) -> Path:
     """A store holding one tiny random chat model, `tiny`."""
     from tailorlm.store import ModelStore
     from tests.tiny import make_tiny_model, save_tiny_tokenizer
 
-    base = save_tiny_tokenizer(make_tiny_model("llama", root / "base", max_position_embeddings=2048))
+    base = save_tiny_tokenizer(make_tiny_model("llama", root / "base", max_position_embeddings=context))
     ModelStore(root / "home").import_path(base, name=MODEL, show_progress=False)
     return root / "home"
 

@@ -50,15 +50,15 @@ def plan_chat(tokenizer: TextTokenizer, model_type: str, messages: Sequence[Mapp
 
         return ChatPlan(**harmony.plan(tokenizer, messages, o.tools, o.tool_choice, o.reasoning_effort,
                                        o.response_format))
-    if o.tools and o.tool_choice != "none":
+    from tailorlm.chat import structured
+
+    answer = structured.answer_schema(o.response_format) if o.response_format else None
+    if o.tools and o.tool_choice != "none":  # the tools' grammar holds the answer's schema too
         from tailorlm.chat import tools
 
-        plan = ChatPlan(**tools.plan(tokenizer, messages, o.tools, o.tool_choice,
-                                     parallel_tool_calls=o.parallel_tool_calls))
-    else:
-        plan = ChatPlan(prompt=render_chat(tokenizer, list(messages), add_generation_prompt=True))
-    if o.response_format and o.response_format.get("type") != "text":
-        from tailorlm.chat import structured
-
-        plan.constraint = structured.constraint_factory(tokenizer, o.response_format)
+        return ChatPlan(**tools.plan(tokenizer, messages, o.tools, o.tool_choice,
+                                     parallel_tool_calls=o.parallel_tool_calls, answer=answer))
+    plan = ChatPlan(prompt=render_chat(tokenizer, list(messages), add_generation_prompt=True))
+    if answer is not None:
+        plan.constraint = structured.json_schema_constraint(tokenizer, answer)
     return plan

@@ -141,14 +141,17 @@ def grammar_constraint(tok: TextTokenizer, grammar: str, *, param: str = "respon
     return compiled_constraint(tok, _llguidance().LLMatcher.grammar_from_lark(grammar), param=param)
 
 
-def constraint_factory(tok: TextTokenizer, response_format: dict[str, Any]) -> ConstraintFactory:
-    """The constraint for OpenAI's `response_format`: json_object, or json_schema {name, schema, strict}."""
+def answer_schema(response_format: Any) -> dict[str, Any] | None:
+    """The JSON schema OpenAI's `response_format` asks the answer to match (json_object: any object); None for
+    `text`. A malformed response_format is a 400 here, before generation."""
     param = "response_format"
     if not isinstance(response_format, dict):
         raise InvalidRequestError("'response_format' must be an object with a 'type'.", param=param)
     kind = response_format.get("type")
+    if kind == "text":
+        return None
     if kind == "json_object":
-        return json_schema_constraint(tok, {"type": "object"}, param=param)
+        return {"type": "object"}
     if kind == "json_schema":
         spec = response_format.get("json_schema")
         if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
@@ -156,15 +159,25 @@ def constraint_factory(tok: TextTokenizer, response_format: dict[str, Any]) -> C
                 "'response_format.json_schema' must be an object with a 'name' and a 'schema' object.",
                 param=param,
             )
-        return json_schema_constraint(tok, spec["schema"], param=param)
+        return spec["schema"]
     raise InvalidRequestError(
         f"'response_format.type' is {kind!r}; it must be 'text', 'json_object' or 'json_schema'.", param=param
     )
 
 
-def tool_call_grammar(functions: list[dict[str, Any]], *, many: bool, open_tag: str, close_tag: str) -> str:
+def constraint_factory(tok: TextTokenizer, response_format: dict[str, Any]) -> ConstraintFactory:
+    """The constraint for OpenAI's `response_format`: json_object, or json_schema {name, schema, strict}."""
+    schema = answer_schema(response_format)
+    if schema is None:
+        raise InvalidRequestError("'response_format' of type 'text' constrains nothing.", param="response_format")
+    return json_schema_constraint(tok, schema, param="response_format")
+
+
+def tool_call_grammar(functions: list[dict[str, Any]], *, many: bool, open_tag: str, close_tag: str,
+                      answer: dict[str, Any] | None = None) -> str:
     """Lark grammar of `open_tag` newline {"name": ..., "arguments": ...} newline `close_tag`, once (or, with
-    `many`, one or more times), naming one of `functions` ({name, parameters}) with matching arguments.
+    `many`, one or more times), naming one of `functions` ({name, parameters}) with matching arguments; with
+    `answer` (a JSON schema), that or else one JSON value matching `answer` (tools with a response format).
 
     Calls follow each other with no separator, so that after a call the model chooses between EOS and
     another call; with a newline allowed there, small models keep repeating the call.
@@ -176,7 +189,12 @@ def tool_call_grammar(functions: list[dict[str, Any]], *, many: bool, open_tag: 
     schema: dict[str, Any] = options[0] if len(options) == 1 else {"anyOf": options}
     schema = {**schema, "x-guidance": JSON_OPTIONS, **({"$defs": defs} if defs else {})}
     head, tail = json.dumps(open_tag + "\n"), json.dumps("\n" + close_tag)  # lark literals are JSON strings
-    return f"start: call{'+' if many else ''}\ncall: {head} body {tail}\nbody: %json {json.dumps(schema)}\n"
+    calls = f"call{'+' if many else ''}"
+    rules = f"call: {head} body {tail}\nbody: %json {json.dumps(schema)}\n"
+    if answer is None:
+        return f"start: {calls}\n" + rules
+    answer = {"x-guidance": JSON_OPTIONS, **answer}  # the schema's own options, if any, win
+    return f"start: {calls} | answer\n" + rules + f"answer: %json {json.dumps(answer)}\n"
 
 
 def harmony_call_grammar(functions: list[dict[str, Any]]) -> str:

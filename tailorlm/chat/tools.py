@@ -38,18 +38,23 @@ _supports: "weakref.WeakKeyDictionary[TextTokenizer, bool]" = weakref.WeakKeyDic
 
 
 def plan(tok: TextTokenizer, messages: Sequence[Mapping[str, Any]], tools: list[dict] | None,
-         tool_choice: str | dict | None, parallel_tool_calls: bool | None = None) -> dict[str, Any]:
+         tool_choice: str | dict | None, parallel_tool_calls: bool | None = None,
+         answer: dict[str, Any] | None = None) -> dict[str, Any]:
     """Prompt ids, per-choice parser and constraint factories for a request with `tools`.
 
     "required" constrains the output to one or more calls (exactly one with `parallel_tool_calls`
-    false); a named function to exactly one call of it.
+    false); a named function to exactly one call of it. `answer`, the JSON schema of a response format:
+    under "auto" the output is calls or that JSON (an agent with an output type still calls its tools); a
+    required or named call leaves it out, as no answer is written then.
     """
     specs = validate_tools(tools)
     choice = resolve_choice(tool_choice, specs)
     prompt = render_with_tools(tok, messages, specs)
     constraint: Callable[[], Any] = lambda: None
-    if choice == "required":
-        grammar = call_grammar(specs, many=parallel_tool_calls is not False)
+    if choice == "required" or (choice == "auto" and answer is not None):
+        if choice == "auto":
+            structured.json_schema_constraint(tok, answer)  # a schema that does not compile: the format's 400
+        grammar = call_grammar(specs, many=parallel_tool_calls is not False, answer=answer if choice == "auto" else None)
         constraint = structured.grammar_constraint(tok, grammar, param="tools")
     elif choice not in ("auto", "none"):
         grammar = call_grammar([s for s in specs if s["function"]["name"] == choice], many=False)
@@ -170,9 +175,11 @@ def _with_dict_arguments(m: dict[str, Any]) -> dict[str, Any]:
     return {**m, "tool_calls": calls}
 
 
-def call_grammar(specs: list[dict[str, Any]], *, many: bool) -> str:
-    """Lark grammar of one (with `many`, one or more) `<tool_call>` blocks calling a tool of `specs`."""
-    return structured.tool_call_grammar([s["function"] for s in specs], many=many, open_tag=OPEN, close_tag=CLOSE)
+def call_grammar(specs: list[dict[str, Any]], *, many: bool, answer: dict[str, Any] | None = None) -> str:
+    """Lark grammar of one (with `many`, one or more) `<tool_call>` blocks calling a tool of `specs` (or, with
+    `answer`, else a JSON value matching that schema)."""
+    return structured.tool_call_grammar([s["function"] for s in specs], many=many, open_tag=OPEN, close_tag=CLOSE,
+                                        answer=answer)
 
 
 class ToolCallParser:

@@ -16,6 +16,7 @@ from tailorlm.embeddings import EmbeddingModels
 from tailorlm.files import FileStore
 from tailorlm.server import errors
 from tailorlm.server.auth import KeyStore
+from tailorlm.server.background_responses import BackgroundResponses
 from tailorlm.server.batch_runner import BatchRunner
 from tailorlm.server.jobs_supervisor import JobSupervisor
 from tailorlm.server.knowledge import Knowledge
@@ -48,8 +49,9 @@ def build_state(settings: Settings) -> ServerState:
     embeddings = EmbeddingModels(settings.embedding_model)
     state = ServerState(settings, registry, Metrics(registry.stats), KeyStore(db), files, jobs,
                         JobSupervisor(settings, jobs), Knowledge(settings, files, embeddings), embeddings,
-                        ResponseStore(db), BatchStore(connect(settings.db_path)), None)  # type: ignore[arg-type]
+                        ResponseStore(db), BatchStore(connect(settings.db_path)), None, None)  # type: ignore[arg-type]
     state.batch_runner = BatchRunner(state)
+    state.background = BackgroundResponses(state)
     return state
 
 
@@ -70,10 +72,12 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         warm = asyncio.create_task(_preload(state)) if settings.preload else None
         state.supervisor.start()
         state.batch_runner.start()
+        state.background.start()  # background responses the last server left unfinished
         await asyncio.to_thread(state.knowledge.resume)  # files added before the last stop, not yet ingested
         yield
         if warm is not None:
             warm.cancel()
+        await state.background.stop()  # graceful_timeout to end, then cut short as they stand (recover)
         await state.batch_runner.stop()  # before the engines close: a line cut short keeps no result
         await asyncio.to_thread(state.supervisor.stop)  # a running job checkpoints and is requeued
         state.registry.close_all()  # cancels whatever is still in flight

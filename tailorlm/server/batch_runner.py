@@ -4,8 +4,10 @@ One asyncio task (started by the app's lifespan) takes the oldest active batch a
 no result, through the same serving function the endpoint's route calls; the result is written to SQLite before
 the next line starts. At most one batch line is ever in flight, so interactive requests share the engine with a
 single low-priority sequence. Once every line has a result, the output and error files are written from the
-rows; a cancelled batch writes what had completed. A restarted server picks up where the rows say it stopped; a
-line that was in flight at the stop has no result and runs again, a line with one never does.
+rows; a cancelled batch writes what had completed. A batch whose window (`expires_at`) closes before every line
+has a result stops there, the line in flight dropped: it ends `expired`, its answered lines in its files and the
+others in its error file as batch_expired. A restarted server picks up where the rows say it stopped; a line that
+was in flight at the stop has no result and runs again, a line with one never does.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from tailorlm.batches import BatchRecord, LineResult
@@ -68,7 +71,8 @@ class BatchRunner:
                 batch = store.next_active()
                 if batch is None:
                     await self._wake.wait()
-                elif batch.status == "in_progress" and (line := store.next_line(batch.id)) is not None:
+                elif (batch.status == "in_progress" and not batch.expired
+                      and (line := store.next_line(batch.id)) is not None):
                     await self._run_line(batch, line)
                 else:
                     await self._finalize(batch)
@@ -83,29 +87,35 @@ class BatchRunner:
 
         task = asyncio.create_task(batch_lines.run(batch.endpoint, line, self.state))
         self._line = (batch.id, task)
+        window = None if batch.expires_at is None else max(0.0, batch.expires_at - time.time())
         try:
-            await asyncio.wait({task})
+            await asyncio.wait({task}, timeout=window)
         finally:
             self._line = None
-            task.cancel()  # only does anything when this runner itself is being stopped
-        if not task.cancelled():  # a cancelled batch's line in flight keeps no result
+            task.cancel()  # when the window closed first, or this runner itself is being stopped
+        await asyncio.gather(task, return_exceptions=True)
+        if not task.cancelled():  # a line dropped (cancelled batch, closed window) keeps no result
             self.state.batches.record(batch.id, task.result())
 
     async def _finalize(self, batch: BatchRecord) -> None:
-        """Write the output and error files from the rows, then end the batch (`completed` or `cancelled`)."""
+        """Write the output and error files from the rows, then end the batch (`completed`, `expired` when lines
+        were left when its window closed, or `cancelled`)."""
         store = self.state.batches
         if batch.status == "in_progress":
             if not store.set_status(batch.id, "finalizing", only_from=("in_progress",)):
                 return  # cancelled meanwhile: the next turn sees it
+        if batch.status != "cancelling":  # a finalizing batch has lines left only when its window closed
+            await asyncio.to_thread(store.expire_unrun, batch.id)
         results = await asyncio.to_thread(store.results, batch.id)
         ok = [r for r in results if r.status_code == 200]
         bad = [r for r in results if r.status_code != 200]
         output = await asyncio.to_thread(self._write, batch.id, "output", ok)
         errors = await asyncio.to_thread(self._write, batch.id, "error", bad)
-        end = "cancelled" if batch.status == "cancelling" else "completed"
+        end = "cancelled" if batch.status == "cancelling" else \
+            "expired" if any(r.status_code is None for r in bad) else "completed"
         store.set_status(batch.id, end, only_from=(batch.status if end == "cancelled" else "finalizing",),
                          output_file_id=output, error_file_id=errors)
-        log.info("batch %s %s: %d completed, %d failed", batch.id, end, len(ok), len(bad))
+        log.info("batch %s %s: %d completed, %d failed or expired", batch.id, end, len(ok), len(bad))
 
     def _write(self, batch_id: str, kind: str, results: list[LineResult]) -> str | None:
         if not results:

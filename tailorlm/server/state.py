@@ -1,5 +1,5 @@
 """What every route needs, built once per app: settings, models, metrics, API keys, files, jobs, knowledge,
-stored responses, batches."""
+stored responses and the runs of background ones, batches."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from tailorlm.server.registry import ModelRegistry
 from tailorlm.tune.jobs import JobStore
 
 if TYPE_CHECKING:
+    from tailorlm.server.background_responses import BackgroundResponses
     from tailorlm.server.batch_runner import BatchRunner
 
 
@@ -39,6 +40,7 @@ class ServerState:
     responses: ResponseStore  # stored Responses (/v1/responses), for retrieval and previous_response_id
     batches: BatchStore  # batches (/v1/batches) and their lines' results
     batch_runner: BatchRunner  # runs batches, one line at a time, on the engines above
+    background: BackgroundResponses  # the runs of background responses (and their event logs)
 
 
 def get_state(request: Request) -> ServerState:

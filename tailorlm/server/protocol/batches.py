@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 from pydantic import Field
 
 from tailorlm.server.protocol.common import OpenAIRequest, OpenAIResponse
+from tailorlm.server.protocol.responses import ResponseUsage
 
 if TYPE_CHECKING:
     from tailorlm.batches import BatchRecord
@@ -57,6 +58,7 @@ class Batch(OpenAIResponse):
     cancelling_at: int | None = None
     cancelled_at: int | None = None
     request_counts: RequestCounts
+    usage: ResponseUsage  # every answered line's tokens, summed
     metadata: dict[str, str] | None = None
 
     @classmethod
@@ -66,4 +68,4 @@ class Batch(OpenAIResponse):
                    output_file_id=b.output_file_id, error_file_id=b.error_file_id, created_at=b.created_at,
                    expires_at=b.expires_at, **b.stamps,
                    request_counts=RequestCounts(total=b.total, completed=b.completed, failed=b.failed),
-                   metadata=b.metadata)
+                   usage=ResponseUsage.of(**b.usage), metadata=b.metadata)

@@ -44,11 +44,19 @@ class OutputTokensDetails(OpenAIResponse):
 
 
 class ResponseUsage(OpenAIResponse):
+    """Tokens in OpenAI's newer shape (input/output), as the response object and the batch object count them."""
+
     input_tokens: int
     input_tokens_details: InputTokensDetails = Field(default_factory=InputTokensDetails)
     output_tokens: int
     output_tokens_details: OutputTokensDetails = Field(default_factory=OutputTokensDetails)
     total_tokens: int
+
+    @classmethod
+    def of(cls, inputs: int, outputs: int, cached: int = 0, reasoning: int = 0) -> "ResponseUsage":
+        return cls(input_tokens=inputs, input_tokens_details=InputTokensDetails(cached_tokens=cached),
+                   output_tokens=outputs, output_tokens_details=OutputTokensDetails(reasoning_tokens=reasoning),
+                   total_tokens=inputs + outputs)
 
 
 class IncompleteDetails(OpenAIResponse):
@@ -60,6 +68,7 @@ class ResponseObject(OpenAIResponse):
     object: Literal["response"] = "response"
     created_at: int
     status: Literal["completed", "incomplete", "in_progress", "failed", "cancelled", "queued"]
+    background: bool = False
     completed_at: int | None = None
     error: dict[str, Any] | None = None
     incomplete_details: IncompleteDetails | None = None

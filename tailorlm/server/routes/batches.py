@@ -23,7 +23,8 @@ def _create(body: CreateBatchRequest, state: ServerState) -> BatchRecord:
                                   "input file is uploaded with purpose 'batch'.", param="input_file_id")
     with open(state.files.path(record.id), "rb") as fh:
         lines, errors = read_input(fh, body.endpoint)
-    return state.batches.create(body.endpoint, record.id, body.completion_window, body.metadata, lines, errors)
+    return state.batches.create(body.endpoint, record.id, body.completion_window, body.metadata, lines, errors,
+                                window_s=state.settings.batch_window_s)
 
 
 @router.post(BATCHES)

@@ -39,8 +39,9 @@ async def run(url: str, line: InputLine, state: ServerState) -> LineResult:
     """Run `line` against `url`; every failure is the line's answer (a 4xx/5xx body), only cancellation escapes."""
     model, handler = ENDPOINTS[url]
     try:
-        if line.body.get("stream"):
-            raise InvalidRequestError("A batch request cannot be streamed; leave stream unset.", param="stream")
+        for flag in ("stream", "background"):  # a line is answered whole, now
+            if line.body.get(flag):
+                raise InvalidRequestError(f"A batch request cannot set {flag}; leave it unset.", param=flag)
         answer = await handler(model.model_validate(line.body), state)
         status, body = answer.status_code, json.loads(bytes(answer.body))
     except ValidationError as exc:

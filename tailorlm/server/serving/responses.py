@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,19 +61,21 @@ class Turn:
     started: chat.StartedChat
     builder: OutputBuilder
 
-    def response(self, status: str) -> ResponseObject:
+    def response(self, status: str, error: dict[str, str] | None = None) -> ResponseObject:
+        """The response object as it stands: `queued` and `in_progress` ones have no output or usage yet; a
+        `failed` one carries `error` ({code, message})."""
         req, b = self.started.req, self.body
+        running = status in ("queued", "in_progress")
         usage = None
-        if status != "in_progress":
+        if not running:
             use = gen.usage(self.started.runs)
-            usage = ResponseUsage(input_tokens=use["prompt_tokens"], output_tokens=use["completion_tokens"],
-                                  total_tokens=use["total_tokens"])
+            usage = ResponseUsage.of(use["prompt_tokens"], use["completion_tokens"])
         return ResponseObject(
-            id=self.id, created_at=self.created_at, status=status,
+            id=self.id, created_at=self.created_at, status=status, background=b.background is True, error=error,
             completed_at=now() if status == "completed" else None,
             incomplete_details=IncompleteDetails(reason="max_output_tokens") if status == "incomplete" else None,
             instructions=b.instructions, max_output_tokens=b.max_output_tokens, model=b.model,
-            output=list(self.builder.items) if status != "in_progress" else [],
+            output=[] if running else list(self.builder.items),
             parallel_tool_calls=b.parallel_tool_calls is not False, previous_response_id=b.previous_response_id,
             reasoning=b.reasoning, store=b.store is not False,
             temperature=1.0 if req.temperature is None else req.temperature,
@@ -84,6 +86,11 @@ class Turn:
     @property
     def status(self) -> str:
         return "incomplete" if gen.finish_reason(self.started.runs[0].result) == "length" else "completed"
+
+    @property
+    def aborted(self) -> bool:
+        """Whether the engine dropped the generation (shutdown) rather than the model ending it."""
+        return any(run.result.finish_reason == "abort" for run in self.started.runs)
 
 
 def _chat_request(body: CreateResponseRequest, messages: list[dict[str, Any]],
@@ -104,12 +111,16 @@ def _chat_request(body: CreateResponseRequest, messages: list[dict[str, Any]],
         raise InvalidRequestError(f"Invalid value for {param}: {first['msg']}.", param=param) from None
 
 
-async def _begin(body: CreateResponseRequest, state: ServerState) -> Turn:
-    if body.background:
-        raise InvalidRequestError("Background responses are not supported by this server.", param="background")
+async def begin(body: CreateResponseRequest, state: ServerState, *, response_id: str | None = None,
+                created_at: int | None = None) -> Turn:
+    """Check the request and start its generation (a 4xx now for anything wrong with it); `response_id` and
+    `created_at` name a stored response being run again."""
     history: list[dict[str, Any]] = []
     if body.previous_response_id is not None:
         prev = await asyncio.to_thread(state.responses.get, body.previous_response_id, param="previous_response_id")
+        if prev.body.get("status") in ("queued", "in_progress"):
+            raise InvalidRequestError(f"The previous response {prev.id} is still {prev.body['status']}; continue it "
+                                      "once it has ended.", param="previous_response_id")
         history = prev.input_items + prev.body["output"]
     items = history + stored_input(body.input)
     functions, searches = split_tools(body.tools)
@@ -127,7 +138,7 @@ async def _begin(body: CreateResponseRequest, state: ServerState) -> Turn:
         raise
     annotate = (lambda text: file_search.citations(text, search.sources)) if search else None
     builder = OutputBuilder([search.item] if search else [], annotate)
-    return Turn(body, item_id("resp"), now(), items, started, builder)
+    return Turn(body, response_id or item_id("resp"), created_at or now(), items, started, builder)
 
 
 async def _store(turn: Turn, body: ResponseObject, state: ServerState) -> dict[str, Any]:
@@ -138,7 +149,8 @@ async def _store(turn: Turn, body: ResponseObject, state: ServerState) -> dict[s
 
 
 async def create(body: CreateResponseRequest, http: Request | None, state: ServerState):
-    turn = await _begin(body, state)
+    """A response answered now, whole or streamed (serving/background.py runs `background` ones)."""
+    turn = await begin(body, state)
     if body.stream:
         return StreamingResponse(_stream(turn, state), media_type="text/event-stream")
     parser = turn.started.parsers[0]
@@ -156,28 +168,35 @@ async def create(body: CreateResponseRequest, http: Request | None, state: Serve
     return JSONResponse(await _store(turn, turn.response(status), state))
 
 
+async def events(turn: Turn, state: ServerState,
+                 save: Callable[[ResponseObject], Awaitable[dict[str, Any]]]) -> AsyncIterator[dict[str, Any]]:
+    """The stream events of a turn from `response.in_progress` to its end, without sequence numbers (whoever
+    sends them numbers them); the last one carries what `save` stored of the final response."""
+    yield {"type": "response.in_progress", "response": turn.response("in_progress").model_dump(mode="json")}
+    for e in turn.builder.opening_events():
+        yield e
+    parser = turn.started.parsers[0]
+    async for _, delta in gen.merged_deltas(turn.started.runs):
+        for piece in parser.feed(delta.text, delta.token_id) if delta is not None else parser.finish():
+            for e in turn.builder.feed(piece):
+                yield e
+    status = turn.status
+    for e in turn.builder.finish(status):
+        yield e
+    gen.record(state.metrics, turn.started.model.name, turn.started.runs)
+    final = await save(turn.response(status))
+    yield {"type": f"response.{status}", "response": final}
+
+
 async def _stream(turn: Turn, state: ServerState) -> AsyncIterator[str]:
     numbers = itertools.count()
 
     def event(e: dict[str, Any]) -> str:
         return gen.sse({**e, "sequence_number": next(numbers)}, e["type"])
 
-    shell = turn.response("in_progress").model_dump(mode="json")
-    yield event({"type": "response.created", "response": shell})
-    yield event({"type": "response.in_progress", "response": shell})
-    for e in turn.builder.opening_events():
+    yield event({"type": "response.created", "response": turn.response("in_progress").model_dump(mode="json")})
+    async for e in events(turn, state, lambda body: _store(turn, body, state)):
         yield event(e)
-    parser = turn.started.parsers[0]
-    async for _, delta in gen.merged_deltas(turn.started.runs):
-        for piece in parser.feed(delta.text, delta.token_id) if delta is not None else parser.finish():
-            for e in turn.builder.feed(piece):
-                yield event(e)
-    status = turn.status
-    for e in turn.builder.finish(status):
-        yield event(e)
-    gen.record(state.metrics, turn.started.model.name, turn.started.runs)
-    final = await _store(turn, turn.response(status), state)
-    yield event({"type": f"response.{status}", "response": final})
 
 
 # -- stored responses ---------------------------------------------------------------------------------------------
