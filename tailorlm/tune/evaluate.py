@@ -255,8 +255,8 @@ def loss_pass(target: EvalTarget, examples: Sequence[HeldOut], tokenizer: TextTo
     import torch
     from transformers import AutoModelForCausalLM
 
-    from tailorlm.tune.packing import encode_example
-    from tailorlm.tune.trainer import mean_loss
+    from tailorlm.tune.objective import mean_loss
+    from tailorlm.tune.packing import MAX_MICRO_TOKENS, encode_example
 
     sequences = [encode_example(tokenizer, e.data) for e in examples]
     model = pretrained(AutoModelForCausalLM, target.base_path, dtype=torch.float32, attn_implementation="sdpa")
@@ -265,7 +265,7 @@ def loss_pass(target: EvalTarget, examples: Sequence[HeldOut], tokenizer: TextTo
 
         model = pretrained(PeftModel, model, target.adapter_path)
     advance = start(f"loss {target.name}", len(sequences))
-    return mean_loss(model, sequences, on_scored=advance)
+    return mean_loss(model, sequences, MAX_MICRO_TOKENS, on_scored=advance)
 
 
 def generation_pass(target: EvalTarget, examples: Sequence[HeldOut], max_new_tokens: int | None,
