@@ -18,7 +18,7 @@ from tailorlm.chat import TextTokenizer
 from tailorlm.errors import InvalidRequestError, TailorError
 from tailorlm.tune.data_messages import check_message, check_tools, kind
 from tailorlm.tune.data_preference import check_preference, is_preference
-from tailorlm.tune.data_stats import DataStats, summarize
+from tailorlm.tune.data_stats import DPO_COST, TRAIN_TOKENS_PER_SECOND, DataStats, summarize
 from tailorlm.tune.data_tokens import count_chat, count_completion, count_preference
 
 Severity = Literal["error", "warning"]
@@ -115,27 +115,32 @@ def check_file(path: str | Path, tokenizer: TextTokenizer | None, context_length
         unit = "pairs" if report.format == "preference" else "examples"
         report.problems.append(Problem(
             None, "warning", f"only {len(report.examples)} valid {unit}; at least {MIN_EXAMPLES} are recommended"))
-    report.stats = summarize(count, report.examples, dropped, epochs)
+    speed = TRAIN_TOKENS_PER_SECOND / (DPO_COST if report.format == "preference" else 1.0)
+    report.stats = summarize(count, report.examples, dropped, epochs, speed)
     return report
+
+
+def method_mismatch(report: DataReport, method: str) -> str | None:
+    """Why `method` cannot train on the kind of lines this file holds, or None when it can."""
+    fmt = report.format
+    if method == "supervised" and fmt == "preference":
+        return f'holds preference pairs (from line {report.format_line}); train on them with method {{"type": "dpo"}}'
+    if method == "dpo" and fmt not in (None, "preference"):
+        return (f"holds {LABELS[fmt]} examples (from line {report.format_line}), not preference pairs: method dpo "
+                'trains on lines of {"input": {"messages": [...]}, "preferred_output": [...], "non_preferred_output": '
+                "[...]}")
+    return None
 
 
 def require_method(report: DataReport, method: str, param: str, name: str) -> None:
     """Refuse a file that `method` cannot train on: preference pairs for supervised, anything else for dpo, and
     for dpo any invalid line (a pair missing a side is a broken file, not a smaller one: docs/decisions.md).
     The message names the file, the line and the field, as `tailor data check` does."""
-    fmt = report.format
-    if method == "supervised" and fmt == "preference":
-        raise InvalidRequestError(f"{param} {name} holds preference pairs (from line {report.format_line}); "
-                                  'train on them with method {"type": "dpo"}', param=param)
-    if method != "dpo":
-        return
-    if fmt not in (None, "preference"):
-        raise InvalidRequestError(
-            f"{param} {name} holds {LABELS[fmt]} examples (from line {report.format_line}), not preference pairs: "
-            'method dpo trains on lines of {"input": {"messages": [...]}, "preferred_output": [...], '
-            '"non_preferred_output": [...]}', param=param)
+    mismatch = method_mismatch(report, method)
+    if mismatch:
+        raise InvalidRequestError(f"{param} {name} {mismatch}", param=param)
     errors = report.errors
-    if errors:
+    if method == "dpo" and errors:
         first = errors[0]
         where = f" line {first.line}" if first.line is not None else ""
         more = f" ({len(errors) - 1} more errors; see `tailor data check`)" if len(errors) > 1 else ""
