@@ -213,3 +213,35 @@ def test_dpo_stop_and_resume_equals_an_uninterrupted_run(tiny, tok, tmp_path):
     keys = ("step", "train_loss", "train_reward_margin", "valid_loss", "learning_rate")
     rows = [read_metrics(tmp_path / run / "metrics.csv") for run in ("full", "split")]
     assert [[r[k] for k in keys] for r in rows[0]] == [[r[k] for k in keys] for r in rows[1]]
+
+
+# -- the CLI: a file of pairs makes a DPO job; killed, it resumes from its checkpoint -----------------
+def test_cli_tune_on_pairs_resumes_after_kill(tiny, tmp_path):
+    import sqlite3
+
+    from tailorlm.store import ModelStore
+    from tests.test_tune_train import _env, _tune_cmd, kill_at_first_checkpoint
+
+    home = tmp_path / "home"
+    ModelStore(home).import_path(tiny, name="tiny", show_progress=False)
+    broken = write(tmp_path / "broken.jsonl", *pairs(2), {k: v for k, v in pair("x").items() if k != "input"})
+    done = subprocess.run(_tune_cmd("tiny", "--data", str(broken)), env=_env(home), capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 1 and f"error: --data {broken} line 3: input is missing" in done.stderr
+    data = write(tmp_path / "pairs.jsonl", *pairs(120))
+    args = ["tiny", "--data", str(data), "--epochs", "1", "--batch-size", "1", "--beta", "0.2", "--seed", "3",
+            "--lora-rank", "4", "--suffix", "pairs"]
+    job_dir = kill_at_first_checkpoint(home, *args)
+    assert json.loads((job_dir / "config.json").read_text())["method"] == "dpo"
+    killed_at = len(read_metrics(job_dir / "metrics.csv"))
+    assert 0 < killed_at < 120, "the job was killed mid-run"
+    done = subprocess.run(_tune_cmd("--resume", job_dir.name), env=_env(home), capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == f"ft:tiny:pairs:{job_dir.name}"
+    rows = read_metrics(job_dir / "metrics.csv")
+    assert [r["step"] for r in rows] == list(range(1, 121))  # no step lost or repeated
+    with sqlite3.connect(home / "tailor.db") as db:
+        messages = [m for (m,) in db.execute("SELECT message FROM fine_tuning_events WHERE job_id = ?", (job_dir.name,))]
+    resumed = [m for m in messages if m.startswith("Resuming from step")]
+    assert resumed and "dpo (beta 0.2)" in resumed[0] and int(resumed[0].split()[3].rstrip(":")) <= killed_at

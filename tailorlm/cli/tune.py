@@ -146,10 +146,9 @@ def _prepare_resume(jobs, job_id: str):
         raise InvalidRequestError(f"job {job_id} has already succeeded: {job.fine_tuned_model}")
     if job.leased:  # a live trainer holds it (a server's worker, another `tailor tune`): never a second one
         raise InvalidRequestError(f"job {job_id} is being trained by {job.lease_owner}")
-    validated = any(e.message.startswith("Files validated") for e in jobs.events(job_id))
     jobs.event(job_id, "Resumed from the command line")
-    return jobs.update(job_id, status="queued" if validated else "validating_files", cancel_requested=False,
-                       pause_requested=False, error=None, finished_at=None, worker_pid=None)
+    return jobs.update(job_id, status="queued" if jobs.files_validated(job_id) else "validating_files",
+                       cancel_requested=False, pause_requested=False, error=None, finished_at=None, worker_pid=None)
 
 
 def _run(settings, job_id: str) -> None:

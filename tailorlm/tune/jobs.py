@@ -28,6 +28,7 @@ TERMINAL: tuple[str, ...] = ("succeeded", "failed", "cancelled")
 Auto = Literal["auto"]
 Method = Literal["supervised", "dpo"]
 DEFAULT_BETA = 0.1  # DPO's "auto" beta: the paper's and TRL's default
+VALIDATED = "Files validated"  # the event that says a worker has checked the job's files
 
 
 class Hyperparameters(BaseModel):
@@ -233,6 +234,11 @@ class JobStore:
             fields.setdefault("worker_pid", None)
         return self.update(job_id, status=status, **fields)
 
+    def files_validated(self, job_id: str) -> bool:
+        """Whether a worker has checked the job's files (a job that stopped before then checks them again)."""
+        return self.conn.execute("SELECT 1 FROM fine_tuning_events WHERE job_id = ? AND message LIKE ? LIMIT 1",
+                                 (job_id, VALIDATED + "%")).fetchone() is not None
+
     def validated(self, job_id: str) -> bool:
         """validating_files -> queued, only from there (a job paused or cancelled meanwhile stays so)."""
         cur = self.conn.execute(
@@ -304,12 +310,13 @@ class JobStore:
         """Resume a paused job: back in the queue, to continue from its last checkpoint; a pause not yet taken
         (its trainer has not reached the next step) is simply withdrawn."""
         job = self.get(job_id)
-        if job.status != "paused" and not job.pause_requested:
+        if job.status in TERMINAL or (job.status != "paused" and not job.pause_requested):
             raise InvalidRequestError(f"Job {job_id} is {job.status}, not paused; only a paused job can be resumed",
                                       param="fine_tuning_job_id")
+        back = "queued" if self.files_validated(job_id) else "validating_files"  # where it paused from
         cur = self.conn.execute(
-            "UPDATE fine_tuning_jobs SET pause_requested = 0, status = CASE status WHEN 'paused' THEN 'queued' "
-            "ELSE status END WHERE id = ? AND (status = 'paused' OR pause_requested = 1)", (job_id,))
+            "UPDATE fine_tuning_jobs SET pause_requested = 0, status = CASE status WHEN 'paused' THEN ? "
+            "ELSE status END WHERE id = ? AND (status = 'paused' OR pause_requested = 1)", (back, job_id))
         if cur.rowcount:
             self.event(job_id, "Job resumed" + (": queued to continue from its last checkpoint"
                                                 if job.status == "paused" else " before it paused"))

@@ -29,7 +29,7 @@ from tailorlm.tune import lease
 from tailorlm.tune.data import DataReport, check_file, require_method
 from tailorlm.tune.data_stats import auto_epochs
 from tailorlm.tune.dpo import DPO, encode_pair
-from tailorlm.tune.jobs import DEFAULT_BETA, TERMINAL, DPOHyperparameters, Hyperparameters, Job, JobStore
+from tailorlm.tune.jobs import DEFAULT_BETA, TERMINAL, VALIDATED, DPOHyperparameters, Hyperparameters, Job, JobStore
 from tailorlm.tune.objective import Objective, Supervised, openai_names
 from tailorlm.tune.packing import encode_example
 from tailorlm.tune.progress import TrainProgress
@@ -115,7 +115,7 @@ def _run(job: Job, settings: Settings, jobs: JobStore, files: FileStore, show_pr
         valid = _load_file(jobs, files, job, job.validation_file, "validation_file", tokenizer,
                            manifest.context_length, fresh)
     if fresh and jobs.validated(job.id):
-        jobs.event(job.id, "Files validated, moving job to queued state")
+        jobs.event(job.id, f"{VALIDATED}, moving job to queued state")
     if not jobs.claim(job.id, os.getpid()):
         current = jobs.get(job.id)
         if current.pause_requested and current.status in ("validating_files", "queued"):
