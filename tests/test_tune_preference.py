@@ -245,3 +245,35 @@ def test_cli_tune_on_pairs_resumes_after_kill(tiny, tmp_path):
         messages = [m for (m,) in db.execute("SELECT message FROM fine_tuning_events WHERE job_id = ?", (job_dir.name,))]
     resumed = [m for m in messages if m.startswith("Resuming from step")]
     assert resumed and "dpo (beta 0.2)" in resumed[0] and int(resumed[0].split()[3].rstrip(":")) <= killed_at
+
+
+def test_cli_pause_then_resume_in_the_foreground(tiny, tmp_path, monkeypatch):
+    """`tailor tune --pause JOB` pauses a job wherever it is; `--resume` then trains it here to the end."""
+    from typer.testing import CliRunner
+
+    from tailorlm.cli import _register, app
+    from tailorlm.config import get_settings
+    from tailorlm.db import connect
+    from tailorlm.files import FileStore
+    from tailorlm.store import ModelStore
+    from tailorlm.tune.jobs import DPOHyperparameters, JobStore
+
+    _register()  # every verb, as `tailor` has them (with `tune` alone, typer would make it the whole app)
+    home = tmp_path / "home"
+    monkeypatch.setenv("TAILOR_HOME", str(home))
+    get_settings.cache_clear()
+    settings = get_settings()
+    ModelStore(home).import_path(tiny, name="tiny", show_progress=False)
+    jobs = JobStore(connect(settings.db_path))
+    data = FileStore(jobs.conn, settings.files_dir, settings.max_upload_bytes).add_path(
+        write(tmp_path / "pairs.jsonl", *pairs(8)))
+    job = jobs.create("tiny", data.id, hyperparameters=DPOHyperparameters(n_epochs=1, batch_size=4, lora_rank=4),
+                      method="dpo")
+    done = CliRunner().invoke(app, ["tune", "--pause", job.id])
+    assert done.exit_code == 0 and f"job {job.id}: paused" in done.output
+    assert jobs.get(job.id).status == "paused"
+    done = CliRunner().invoke(app, ["tune", "--resume", job.id])
+    assert done.exit_code == 0, done.output
+    finished = jobs.get(job.id)
+    assert finished.status == "succeeded" and done.stdout.strip().endswith(finished.fine_tuned_model)
+    assert CliRunner().invoke(app, ["tune", "--pause", job.id]).exit_code == 1  # a finished job cannot be paused
