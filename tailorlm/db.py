@@ -213,6 +213,12 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (response_id, seq)
     )
     """,
+    # v11: a fine-tuning job's method (supervised or dpo: which hyperparameters `config` holds and what trains),
+    # and a pause request, which its trainer takes at the next step as a cancel is (tailorlm/tune/jobs.py).
+    """
+    ALTER TABLE fine_tuning_jobs ADD COLUMN method TEXT NOT NULL DEFAULT 'supervised';
+    ALTER TABLE fine_tuning_jobs ADD COLUMN pause_requested INTEGER NOT NULL DEFAULT 0
+    """,
 ]
 
 _lock = threading.Lock()

@@ -226,3 +226,46 @@ def test_cli_unknown_model_is_one_line(home: Path, tmp_path: Path):
     assert done.returncode == 1, done.stderr
     assert done.stderr.startswith("error: ") and "no-such-model" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "eval-report").exists()
+
+
+def test_preference_pairs_report_the_shift(home: Path, folders, tmp_path: Path):
+    """On a file of pairs, eval scores each answer's summed log-probability: each model's win rate and margin, and
+    the adapter's implicit reward against its own base (β 0.1: this adapter was not made by a DPO job)."""
+    from peft import PeftModel
+
+    from tailorlm.tune.dpo import encode_pair
+    from tests.test_tune_preference import _answer_logp, pair
+
+    base, adapter = folders
+    rows = [pair("Hello?", "Hello world.", "Paris."), pair("Where?", "Paris.", "Hello world, how are you?"),
+            pair("How are you?", "Fine.", "The capital of France.")]
+    data = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    out = tmp_path / "report"
+    done = CliRunner().invoke(app, ["eval", BASE, ADAPTER, "--data", str(data), "--out", str(out)])
+    assert done.exit_code == 0, done.output
+    assert "3 preference pairs" in done.stdout and "win rate" in done.stdout
+    results = json.loads((out / "results.json").read_text())
+    assert results["kind"] == "preference" and results["pairs"] == 3 and results["lines"] == [1, 2, 3]
+    by_name = {m["name"]: m for m in results["models"]}
+    tok = load_tokenizer(base)
+    pairs = [encode_pair(tok, r) for r in rows]
+    plain = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), adapter)
+    margins = {name: [_answer_logp(m, p.chosen) - _answer_logp(m, p.rejected) for p in pairs]
+               for name, m in ((BASE, plain), (ADAPTER, tuned))}
+    for name, expected in margins.items():
+        m = by_name[name]
+        assert m["margins"] == pytest.approx(expected, abs=1e-3)
+        assert m["win_rate"] == sum(x > 0 for x in expected) / 3
+        assert m["mean_margin"] == pytest.approx(sum(expected) / 3, abs=1e-3)
+    rewards = [0.1 * (t - b) for t, b in zip(margins[ADAPTER], margins[BASE])]
+    assert by_name[ADAPTER]["beta"] == 0.1 and by_name[BASE]["reward_accuracy"] is None
+    assert by_name[ADAPTER]["reward_accuracy"] == sum(r > 0 for r in rewards) / 3
+    assert by_name[ADAPTER]["reward_margin"] == pytest.approx(sum(rewards) / 3, abs=1e-3)
+    report = (out / "report.md").read_text()
+    assert report.startswith("# Preference evaluation on `pairs.jsonl`")
+    assert f"| {BASE} | 3 | {by_name[BASE]['win_rate']:.1%} |" in report and "— (the base itself)" in report
+    assert "| Hello? | Hello world. | Paris. |" in report and "![training and validation loss](loss.png)" in report
+    broken = write_jsonl(tmp_path / "broken.jsonl", [rows[0], {"input": rows[1]["input"]}])
+    with pytest.raises(InvalidRequestError, match="data .* line 2: preferred_output is missing"):
+        evaluate([BASE], broken)

@@ -24,6 +24,15 @@ needs_worker = pytest.mark.skipif(importlib.util.find_spec("tailorlm.tune.worker
                                   reason="the training worker (tailorlm.tune.worker) is not there yet")
 
 
+def pairs_jsonl(n: int, good: str = "Hello.", bad: str = "Paris.", start: int = 0) -> bytes:
+    """Preference pairs the tiny model starts out getting wrong: it finds `bad` ~11 nats likelier than `good`."""
+    rows = [{"input": {"messages": [{"role": "system", "content": "Be brief."},
+                                    {"role": "user", "content": f"Hello {i}?"}]},
+             "preferred_output": [{"role": "assistant", "content": good}],
+             "non_preferred_output": [{"role": "assistant", "content": bad}]} for i in range(start, start + n)]
+    return "".join(json.dumps(r) + "\n" for r in rows).encode()
+
+
 def chat_jsonl(n: int) -> bytes:
     rows = [{"messages": [{"role": "user", "content": f"What is the capital of France? ({i})"},
                           {"role": "assistant", "content": "The capital of France is Paris."}]} for i in range(n)]
@@ -166,10 +175,10 @@ def test_invalid_requests(server, training_file):
     with server.http() as http:
         other = http.post("/v1/files", files={"file": ("b.jsonl", b"{}\n")}, data={"purpose": "batch"}).json()["id"]
     assert "purpose" in error(create(server, model=MODEL, training_file=other), 400, "training_file")["message"]
-    for kind in ("dpo", "reinforcement"):
+    for kind in ("reinforcement", "nope"):
         message = error(create(server, model=MODEL, training_file=training_file, method={"type": kind, kind: {}}),
                         400, "method.type")["message"]
-        assert "only 'supervised'" in message
+        assert "'supervised' and 'dpo' fine-tuning are" in message
     error(create(server, model=MODEL, training_file=training_file,
                  integrations=[{"type": "wandb", "wandb": {"project": "p"}}]), 400, "integrations")
     error(create(server, model=MODEL, training_file=training_file, suffix="x" * 65), 400, "suffix")
@@ -186,6 +195,81 @@ def test_invalid_requests(server, training_file):
         for path in (f"{JOBS}/ftjob-nope", f"{JOBS}/ftjob-nope/events", f"{JOBS}/ftjob-nope/checkpoints"):
             error(http.get(path), 404, "fine_tuning_job_id")
         error(http.post(f"{JOBS}/ftjob-nope/cancel"), 404, "fine_tuning_job_id")
+
+
+def dpo(**hyperparameters) -> dict:
+    return {"type": "dpo", "dpo": {"hyperparameters": hyperparameters}}
+
+
+def test_create_a_dpo_job(server, client):
+    pairs = client.files.create(file=("pairs.jsonl", pairs_jsonl(12)), purpose="fine-tune").id
+    body = job_body(create(server, model=MODEL, training_file=pairs, validation_file=pairs,
+                           method=dpo(beta=0.2, n_epochs=2, lora_rank=8)))
+    assert body["method"] == {"type": "dpo", "dpo": {"hyperparameters": {
+        "beta": 0.2, "n_epochs": 2, "batch_size": "auto", "learning_rate_multiplier": "auto"}}}
+    assert body["hyperparameters"] == {"n_epochs": 2, "batch_size": "auto", "learning_rate_multiplier": "auto"}
+    stored = server.app.state.tailor.jobs.get(body["id"])
+    assert (stored.method, stored.hyperparameters.beta, stored.hyperparameters.lora_rank) == ("dpo", 0.2, 8)
+    job = client.fine_tuning.jobs.create(model=MODEL, training_file=pairs, method={"type": "dpo"})  # all auto
+    assert job.method.type == "dpo" and job.method.dpo.hyperparameters.beta == "auto"
+    assert client.fine_tuning.jobs.retrieve(job.id).method.dpo is not None
+
+
+def test_dpo_bad_input_is_a_400_naming_line_and_field(server, client, training_file):
+    good, lines = pairs_jsonl(5).decode().splitlines(), []
+    for n, line in enumerate(good, start=1):
+        row = json.loads(line)
+        if n == 3:
+            del row["non_preferred_output"]
+        lines.append(json.dumps(row))
+    broken = client.files.create(file=("broken.jsonl", "\n".join(lines).encode()), purpose="fine-tune").id
+    pairs = client.files.create(file=("pairs.jsonl", pairs_jsonl(12)), purpose="fine-tune").id
+    message = error(create(server, model=MODEL, training_file=broken, method=dpo()), 400, "training_file")["message"]
+    assert message == f"training_file {broken} line 3: non_preferred_output is missing"
+    message = error(create(server, model=MODEL, training_file=pairs, validation_file=broken, method=dpo()), 400,
+                    "validation_file")["message"]
+    assert "line 3: non_preferred_output is missing" in message
+    # a file of the other kind, for either method
+    assert "not preference pairs" in error(create(server, model=MODEL, training_file=training_file, method=dpo()),
+                                           400, "training_file")["message"]
+    assert "holds preference pairs" in error(create(server, model=MODEL, training_file=pairs), 400,
+                                             "training_file")["message"]
+    # the hyperparameters
+    error(create(server, model=MODEL, training_file=pairs, method=dpo(beta=3)), 400, "method.dpo.hyperparameters.beta")
+    error(create(server, model=MODEL, training_file=pairs, method=dpo(beta=0)), 400, "method.dpo.hyperparameters.beta")
+    assert "LoRA adapter only" in error(create(server, model=MODEL, training_file=pairs, method=dpo(tuning="full")),
+                                        400, "method.dpo.hyperparameters.tuning")["message"]
+    error(create(server, model=MODEL, training_file=pairs, method=dpo(warmup=1)), 400, "method.dpo.hyperparameters.warmup")
+    error(create(server, model=MODEL, training_file=pairs, method={"type": "dpo", "dpo": {"hyperparameters": {}},
+                                                                   "supervised": {}}), 400, "method.supervised")
+    error(create(server, model=MODEL, training_file=pairs, method=dpo(), hyperparameters={"n_epochs": 1}), 400,
+          "hyperparameters")
+    with pytest.raises(openai.BadRequestError):
+        client.fine_tuning.jobs.create(model=MODEL, training_file=broken, method={"type": "dpo"})
+
+
+def test_pause_and_resume_a_job_that_has_not_started(server, client, training_file):
+    job = client.fine_tuning.jobs.create(model=MODEL, training_file=training_file)
+    with server.http() as http:
+        paused = job_body(http.post(f"{JOBS}/{job.id}/pause"))
+        assert paused["status"] == "queued"  # the spec has no `paused`: reported as queued (docs/decisions.md)
+        assert server.app.state.tailor.jobs.get(job.id).status == "paused"
+        assert job_body(http.post(f"{JOBS}/{job.id}/pause")) == paused  # pausing a paused job changes nothing
+        events = http.get(f"{JOBS}/{job.id}/events").json()
+        validate(events, "ListFineTuningJobEventsResponse")
+        assert events["data"][0]["message"] == "Job paused before its files were checked"
+        resumed = job_body(http.post(f"{JOBS}/{job.id}/resume"))
+        assert resumed["status"] == "validating_files"  # back where it paused: its files are still to check
+        error(http.post(f"{JOBS}/{job.id}/resume"), 400, "fine_tuning_job_id")  # not paused
+    assert client.fine_tuning.jobs.pause(job.id).status == "queued"
+    assert client.fine_tuning.jobs.cancel(job.id).status == "cancelled"  # a paused job is cancelled at once
+    with server.http() as http:
+        assert "cannot be paused" in error(http.post(f"{JOBS}/{job.id}/pause"), 400, "fine_tuning_job_id")["message"]
+        error(http.post(f"{JOBS}/{job.id}/resume"), 400, "fine_tuning_job_id")
+        for action in ("pause", "resume"):
+            error(http.post(f"{JOBS}/ftjob-nope/{action}"), 404, "fine_tuning_job_id")
+    with pytest.raises(openai.BadRequestError):
+        client.fine_tuning.jobs.pause(job.id)
 
 
 # -- training through the API, with the real worker ----------------------------------------------
@@ -315,3 +399,95 @@ def test_cancel_a_running_job(tmp_path):
         assert pid is None
         with pytest.raises(openai.BadRequestError):
             client.fine_tuning.jobs.cancel(job_id)
+
+
+def create_dpo(client, train: bytes, valid: bytes | None = None, **hyperparameters) -> str:
+    train_id = client.files.create(file=("pairs.jsonl", train), purpose="fine-tune").id
+    valid_id = client.files.create(file=("held.jsonl", valid), purpose="fine-tune").id if valid else None
+    hp = {"n_epochs": 3, "batch_size": 4, "learning_rate_multiplier": 5.0, "beta": 0.1, "lora_rank": 4,
+          **hyperparameters}
+    kw = {"validation_file": valid_id} if valid_id else {}
+    return client.fine_tuning.jobs.create(model=MODEL, training_file=train_id, suffix="dpo", seed=5,
+                                          method=dpo(**hp), **kw).id
+
+
+@needs_worker
+def test_a_dpo_job_moves_the_held_out_preference(tmp_path):
+    """DPO over the API on 16 pairs the tiny model gets wrong; `tailor eval`'s preference pass on 8 held-out pairs
+    (other prompts) then finds the tuned adapter preferring the preferred answers its base did not."""
+    from tailorlm.tune.eval_report import write_report
+    from tailorlm.tune.evaluate import evaluate
+
+    settings = Settings(home=make_home(tmp_path), threads=2, preload=False)
+    held = tmp_path / "held.jsonl"
+    held.write_bytes(pairs_jsonl(8, start=100))
+    with live_server(settings) as live:
+        client = live.client()
+        job_id = create_dpo(client, pairs_jsonl(16), held.read_bytes())
+        job = wait_for(live, job_id, lambda j: False)
+        assert job["status"] == "succeeded", job["error"]
+        assert job["method"]["dpo"]["hyperparameters"] == {"beta": 0.1, "n_epochs": 3, "batch_size": 4,
+                                                           "learning_rate_multiplier": 5.0}
+        events = events_of(live, job_id)[::-1]  # oldest first
+        steps = [e["data"] for e in events if e["type"] == "metrics" and "train_loss" in e["data"]]
+        assert len(steps) == 12 and steps[0]["train_loss"] == pytest.approx(0.6931, abs=1e-3)  # log 2 at the start
+        assert {"train_reward_accuracy", "train_reward_margin"} <= set(steps[-1])
+        valid = [e["data"] for e in events if e["type"] == "metrics" and "valid_loss" in e["data"]]
+        assert len(valid) == 3 and valid[-1]["valid_reward_accuracy"] == 1.0
+        with live.http() as http:
+            checkpoints = http.get(f"{JOBS}/{job_id}/checkpoints").json()
+        validate(checkpoints, "ListFineTuningJobCheckpointsResponse")
+        assert "train_reward_margin" in checkpoints["data"][0]["metrics"]
+        with live.http() as http:
+            res = http.post("/v1/chat/completions", json={
+                "model": job["fine_tuned_model"], "max_tokens": 4, "temperature": 0,
+                "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello 7?"}]})
+        assert res.status_code == 200, res.text
+        validate(res.json(), "CreateChatCompletionResponse")
+    run = evaluate([MODEL, job["fine_tuned_model"]], held, settings=settings)
+    base, tuned = run.preference
+    # measured: win rate 0% -> 100%, mean margin -5.6 -> +26.9 nats, reward accuracy 100%, reward margin +3.26
+    assert (base.win_rate, tuned.win_rate) == (0.0, 1.0), (base, tuned)
+    assert base.mean_margin < 0 < tuned.mean_margin
+    assert tuned.reward_accuracy == 1.0 and tuned.reward_margin > 0 and tuned.beta == 0.1
+    assert base.reward_accuracy is None
+    written = write_report(run, tmp_path / "report")
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "| tiny-chat | 8 | 0.0% |" in report and "| 100.0% |" in report and len(written) == 3
+
+
+@needs_worker
+def test_pause_a_running_job_then_resume_it_from_its_checkpoint(tmp_path):
+    from tailorlm.tune.checkpoint import list_steps
+    from tailorlm.tune.metrics import read_metrics
+
+    settings = Settings(home=make_home(tmp_path), threads=2, preload=False)
+    with live_server(settings) as live:
+        client, jobs = live.client(), live.app.state.tailor.jobs
+        job_id = create_dpo(client, pairs_jsonl(40), n_epochs=4, batch_size=1)  # 160 steps
+        wait_for(live, job_id, lambda j: j["status"] == "running" and jobs.checkpoints(job_id))
+        assert client.fine_tuning.jobs.pause(job_id).status in ("running", "queued")
+        deadline = time.monotonic() + 120
+        while jobs.get(job_id).status != "paused":
+            assert time.monotonic() < deadline and jobs.get(job_id).status == "running", jobs.get(job_id)
+            time.sleep(0.1)
+        message = next(e["message"] for e in events_of(live, job_id) if e["message"].startswith("Job paused"))
+        at = int(message.split("step ")[1].split(";")[0])
+        folder = settings.jobs_dir / job_id
+        assert 0 < at < 160 and list_steps(folder / "checkpoints")[-1] == at  # stopped at a step, checkpoint kept
+        assert job_body_of(live, job_id)["status"] == "queued"
+        time.sleep(1.0)  # a paused job stays where it is: nothing trains it
+        assert jobs.get(job_id).status == "paused" and len(read_metrics(folder / "metrics.csv")) == at
+        assert client.fine_tuning.jobs.resume(job_id).status == "queued"
+        job = wait_for(live, job_id, lambda j: False)
+        assert job["status"] == "succeeded", job["error"]
+        assert any(e.message.startswith(f"Resuming from step {at}:") for e in jobs.events(job_id))  # all 160+
+        steps = [r["step"] for r in read_metrics(folder / "metrics.csv") if r["train_loss"] is not None]
+        assert steps == list(range(1, 161))  # none lost, none trained twice
+        with pytest.raises(openai.BadRequestError):
+            client.fine_tuning.jobs.pause(job_id)
+
+
+def job_body_of(live: LiveServer, job_id: str) -> dict:
+    with live.http() as http:
+        return job_body(http.get(f"{JOBS}/{job_id}"))

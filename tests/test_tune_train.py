@@ -182,6 +182,19 @@ def _env(home: Path) -> dict[str, str]:
     return {**os.environ, "TAILOR_HOME": str(home), "TAILOR_THREADS": "1"}
 
 
+def kill_at_first_checkpoint(home: Path, *args: str) -> Path:
+    """Run `tailor tune ARGS`, SIGKILL it once it has written a checkpoint; the job's folder."""
+    proc = subprocess.Popen(_tune_cmd(*args), env=_env(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((home / "jobs").glob("*/checkpoints/step-*")):
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return next((home / "jobs").iterdir())
+
+
 def test_cli_tune_resumes_after_kill_to_the_same_result(tiny, tmp_path):
     from tailorlm.store import ModelStore
 
@@ -197,15 +210,7 @@ def test_cli_tune_resumes_after_kill_to_the_same_result(tiny, tmp_path):
                                   text=True, timeout=300)
             assert done.returncode == 0, done.stderr
         else:
-            proc = subprocess.Popen(_tune_cmd(*args, "--suffix", run), env=_env(home),
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            deadline = time.time() + 120
-            while time.time() < deadline and not list((home / "jobs").glob("*/checkpoints/step-*")):
-                assert proc.poll() is None, proc.stderr.read()
-                time.sleep(0.01)
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-            job_id = next((home / "jobs").iterdir()).name
+            job_id = kill_at_first_checkpoint(home, *args, "--suffix", run).name
             steps_done = len(read_metrics(home / "jobs" / job_id / "metrics.csv"))
             assert 0 < steps_done < 120, "the job was killed mid-run"
             done = subprocess.run(_tune_cmd("--resume", job_id), env=_env(home), capture_output=True,

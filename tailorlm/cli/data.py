@@ -1,4 +1,5 @@
-"""`tailor data check FILE`: validate a fine-tuning JSONL file before training on it."""
+"""`tailor data check FILE`: validate a fine-tuning JSONL file (chat, prompt/completion or preference pairs)
+before training on it."""
 
 from __future__ import annotations
 
@@ -30,23 +31,34 @@ def _duration(seconds: float) -> str:
 
 @data_app.command("check")
 def check(
-    file: Annotated[Path, typer.Argument(help="JSONL file: chat ({\"messages\": ...}) or {\"prompt\", \"completion\"}.")],
+    file: Annotated[Path, typer.Argument(help="JSONL file: chat ({\"messages\": ...}), {\"prompt\", \"completion\"} "
+                                              "or preference pairs ({\"input\", \"preferred_output\", "
+                                              "\"non_preferred_output\"}).")],
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Base model (default: the embedded one).")] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Epochs for the estimate (default: auto).")] = None,
+    method: Annotated[Optional[str], typer.Option(
+        "--method", help="supervised or dpo: the file must suit it (default: whichever its lines are for).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Report what is wrong in FILE, line by line, with token counts for MODEL; exit 1 on any error."""
     from tailorlm.chat import load_tokenizer
     from tailorlm.config import get_settings
+    from tailorlm.errors import InvalidRequestError
     from tailorlm.store import ModelStore
-    from tailorlm.tune import check_file
+    from tailorlm.tune import Problem, check_file
+    from tailorlm.tune.data import method_mismatch
 
     from tailorlm.runtime.resolve import resolve, stored
 
+    if method not in (None, "supervised", "dpo"):
+        raise InvalidRequestError(f"--method must be supervised or dpo, not {method!r}", param="method")
     store = ModelStore()
     manifest = stored(resolve(model, get_settings()), get_settings(), show_progress=sys.stderr.isatty())
     tokenizer = load_tokenizer(store.path(manifest.name), name=manifest.name)
     report = check_file(file, tokenizer, manifest.context_length, epochs=epochs)
+    mismatch = method_mismatch(report, method) if method else None
+    if mismatch:
+        report.problems.insert(0, Problem(None, "error", f"the file {mismatch}"))
     if as_json:
         print(json.dumps({"model": manifest.name, "context_length": manifest.context_length, **report.to_dict()},
                          ensure_ascii=False))
@@ -64,12 +76,15 @@ def print_report(report, model: str, context_length: int | None, auto: bool) -> 
             style = "red" if p.severity == "error" else "yellow"
             table.add_row("-" if p.line is None else str(p.line), f"[{style}]{p.severity}[/{style}]", p.message)
         _out.print(table)
+    from tailorlm.tune.data import LABELS
+
     s = report.stats
-    fmt = {"chat": "chat", "prompt_completion": "prompt/completion", None: "unknown"}[report.format]
+    pairs = report.format == "preference"
     rows = [
-        ("format", fmt),
+        ("format", LABELS[report.format] + (" (for method dpo)" if pairs else "")),
         ("model", f"{model} (context {context_length or 'unknown'})"),
-        ("examples", f"{s.examples}: {s.valid} valid, {len(s.dropped)} dropped"),
+        ("pairs" if pairs else "examples", f"{s.examples}: {s.valid} valid, {len(s.dropped)} "
+                                           f"{'invalid (a dpo job needs none)' if pairs else 'dropped'}"),
         ("tokens", f"{s.total_tokens:,} total, {s.trainable_tokens:,} trainable"),
         ("example length", f"min {s.min_tokens}, mean {s.mean_tokens:.1f}, max {s.max_tokens} tokens"),
         ("training", f"{s.training_tokens:,} tokens over {s.epochs} epochs" + (" (auto)" if auto else "")),

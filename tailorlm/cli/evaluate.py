@@ -1,4 +1,4 @@
-"""`tailor eval MODEL [MODEL…] --data FILE`: compare models on held-out chat examples."""
+"""`tailor eval MODEL [MODEL…] --data FILE`: compare models on held-out chat examples or preference pairs."""
 
 from __future__ import annotations
 
@@ -20,14 +20,16 @@ _err = Console(stderr=True, soft_wrap=True)
 @app.command("eval")
 def eval_(
     models: Annotated[list[str], typer.Argument(metavar="MODEL", help="Stored models or adapters (ft:...) to compare.")],
-    data: Annotated[Path, typer.Option("--data", "-d", help="Held-out chat JSONL (same format as training data).")],
+    data: Annotated[Path, typer.Option("--data", "-d", help="Held-out chat JSONL, or preference pairs (same formats as "
+                                                              "training data).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for report.md, loss.png and results.json.")] = Path("eval-report"),
     max_new_tokens: Annotated[Optional[int], typer.Option(
         "--max-new-tokens", min=1, help="Most tokens per answer (default: 2 × the longest reference, at least 64).")] = None,
     examples: Annotated[int, typer.Option("--examples", min=0, help="Answers shown side by side in the report.")] = 5,
 ) -> None:
-    """Validation loss, perplexity, exact match, token F1 and JSON validity of each MODEL on --data."""
-    from tailorlm.tune.eval_report import COLUMNS, table_rows, write_report
+    """Validation loss, perplexity, exact match, token F1 and JSON validity of each MODEL on --data; on preference
+    pairs, each MODEL's win rate and margin, and an adapter's reward accuracy and margin against its base."""
+    from tailorlm.tune.eval_report import table, write_report
     from tailorlm.tune.evaluate import evaluate
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -41,10 +43,12 @@ def eval_(
         run = evaluate(models, data, max_new_tokens=max_new_tokens, start=start)
     paths = write_report(run, out, shown=examples)
 
-    table = Table(title=f"{len(run.examples)} examples from {data}")
-    for i, col in enumerate(COLUMNS):
-        table.add_column(col, justify="left" if i == 0 else "right")
-    for row in table_rows(run.results):
-        table.add_row(*row)
-    _out.print(table)
+    columns, rows = table(run)
+    grid = Table(title=f"{len(run.pairs)} preference pairs from {data}" if run.kind == "preference"
+                 else f"{len(run.examples)} examples from {data}")
+    for i, col in enumerate(columns):
+        grid.add_column(col, justify="left" if i == 0 else "right")
+    for row in rows:
+        grid.add_row(*row)
+    _out.print(grid)
     _err.print("wrote " + ", ".join(str(p) for p in paths))

@@ -131,7 +131,8 @@ class JobSupervisor:
                 return
             if job.status == "running":
                 self._orphaned(job)
-        pending = [j for j in self.jobs.with_status("validating_files", "queued") if not j.cancel_requested]
+        pending = [j for j in self.jobs.with_status("validating_files", "queued")
+                   if not (j.cancel_requested or j.pause_requested)]
         if pending:
             self._worker = self._spawn(pending[0])
 
@@ -154,11 +155,11 @@ class JobSupervisor:
         return _Worker(job.id, proc.pid, proc)
 
     def _watch(self, worker: _Worker) -> None:
-        """A worker whose job is cancelled (or already over) gets a grace period, then SIGTERM, then SIGKILL."""
+        """A worker whose job is cancelled, paused (or already over) gets a grace period, then SIGTERM, then SIGKILL."""
         now = time.monotonic()
         if worker.deadline is None:
             job = self.jobs.get(worker.job_id)
-            if job.cancel_requested or job.status in TERMINAL:
+            if job.cancel_requested or job.status in (*TERMINAL, "paused"):
                 worker.deadline = now + self.cancel_grace_s
         elif now >= worker.deadline:
             if not worker.terminated:
@@ -174,9 +175,10 @@ class JobSupervisor:
         """Settle the job of a worker that exited without finishing it."""
         code = worker.proc.wait() if worker.proc is not None else None
         job = self.jobs.get(worker.job_id)
-        if job.status in TERMINAL or job.leased or (job.status == "running" and job.worker_pid not in (None, worker.pid)):
-            return  # done, or another trainer holds it (ours found it taken and left it alone)
-        if job.cancel_requested:
+        if job.status in (*TERMINAL, "paused") or job.leased or (
+                job.status == "running" and job.worker_pid not in (None, worker.pid)):
+            return  # done or paused, or another trainer holds it (ours found it taken and left it alone)
+        if job.cancel_requested or job.pause_requested:
             self._orphaned(job)
         elif worker.proc is None:  # adopted: its exit status is unknown
             if job.status == "running":
@@ -191,10 +193,14 @@ class JobSupervisor:
             self.jobs.event(job.id, message, level="error")
 
     def _orphaned(self, job: Job) -> None:
-        """A job whose worker is gone: cancelled if that was asked for, else queued again to resume."""
+        """A job whose worker is gone: cancelled or paused if that was asked for, else queued again to resume."""
         if job.cancel_requested:
             self.jobs.set_status(job.id, "cancelled")
             self.jobs.event(job.id, "Job cancelled")
+            return
+        if job.pause_requested:
+            self.jobs.paused(job.id, "Job paused (its worker stopped before it took the pause); it continues from "
+                                     "its last checkpoint when resumed")
             return
         self.jobs.set_status(job.id, "queued", worker_pid=None)
         self.jobs.event(job.id, f"The worker of this job (pid {job.worker_pid}) is gone, most likely because the "

@@ -1,8 +1,9 @@
-"""Validate fine-tuning JSONL files in OpenAI's formats (chat, prompt/completion), line by line.
+"""Validate fine-tuning JSONL files in OpenAI's formats (chat, prompt/completion, preference pairs), line by line.
 
 Nothing raises on bad data: every problem is collected as a `Problem` with its 1-based line, and
 every dropped example is named with its reason. Token counts come from the model's own chat
-template, rendered exactly as at serving time, so what is checked is what will be trained.
+template, rendered exactly as at serving time, so what is checked is what will be trained. Without a tokenizer
+only the lines' structure is checked (what the API does when a job is created).
 """
 
 from __future__ import annotations
@@ -14,13 +15,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tailorlm.chat import TextTokenizer
-from tailorlm.chat.template import ROLES
 from tailorlm.errors import InvalidRequestError, TailorError
-from tailorlm.tune.data_tokens import count_chat, count_completion
-from tailorlm.tune.data_stats import DataStats, summarize
+from tailorlm.tune.data_messages import check_message, check_tools, kind
+from tailorlm.tune.data_preference import check_preference, is_preference
+from tailorlm.tune.data_stats import DPO_COST, TRAIN_TOKENS_PER_SECOND, DataStats, summarize
+from tailorlm.tune.data_tokens import count_chat, count_completion, count_preference
 
 Severity = Literal["error", "warning"]
-Format = Literal["chat", "prompt_completion"]
+Format = Literal["chat", "prompt_completion", "preference"]
+LABELS: dict[str | None, str] = {"chat": "chat", "prompt_completion": "prompt/completion",
+                                 "preference": "preference pairs", None: "unknown"}
 MIN_EXAMPLES = 10  # fewer than this rarely teaches anything; OpenAI asks for at least 10
 
 
@@ -35,7 +39,7 @@ class Problem:
 
 @dataclass
 class Example:
-    """A valid example: its line, parsed JSON, and token counts (total, and trained on)."""
+    """A valid example: its line, parsed JSON, and token counts (total, and trained on; for a pair, both sides)."""
 
     line: int
     data: dict[str, Any]
@@ -78,9 +82,10 @@ class DataReport:
         }
 
 
-def check_file(path: str | Path, tokenizer: TextTokenizer, context_length: int | None,
+def check_file(path: str | Path, tokenizer: TextTokenizer | None, context_length: int | None,
                epochs: int | None = None) -> DataReport:
-    """Validate the JSONL file at `path`; InvalidRequestError only if it cannot be read at all."""
+    """Validate the JSONL file at `path` (its structure only when `tokenizer` is None); InvalidRequestError only
+    if it cannot be read at all."""
     path = Path(path)
     raw = _read(path)
     report = DataReport(path=path, format=None)
@@ -107,10 +112,39 @@ def check_file(path: str | Path, tokenizer: TextTokenizer, context_length: int |
     if count == 0:
         report.problems.append(Problem(None, "error", "the file has no examples"))
     elif len(report.examples) < MIN_EXAMPLES:
+        unit = "pairs" if report.format == "preference" else "examples"
         report.problems.append(Problem(
-            None, "warning", f"only {len(report.examples)} valid examples; at least {MIN_EXAMPLES} are recommended"))
-    report.stats = summarize(count, report.examples, dropped, epochs)
+            None, "warning", f"only {len(report.examples)} valid {unit}; at least {MIN_EXAMPLES} are recommended"))
+    speed = TRAIN_TOKENS_PER_SECOND / (DPO_COST if report.format == "preference" else 1.0)
+    report.stats = summarize(count, report.examples, dropped, epochs, speed)
     return report
+
+
+def method_mismatch(report: DataReport, method: str) -> str | None:
+    """Why `method` cannot train on the kind of lines this file holds, or None when it can."""
+    fmt = report.format
+    if method == "supervised" and fmt == "preference":
+        return f'holds preference pairs (from line {report.format_line}); train on them with method {{"type": "dpo"}}'
+    if method == "dpo" and fmt not in (None, "preference"):
+        return (f"holds {LABELS[fmt]} examples (from line {report.format_line}), not preference pairs: method dpo "
+                'trains on lines of {"input": {"messages": [...]}, "preferred_output": [...], "non_preferred_output": '
+                "[...]}")
+    return None
+
+
+def require_method(report: DataReport, method: str, param: str, name: str) -> None:
+    """Refuse a file that `method` cannot train on: preference pairs for supervised, anything else for dpo, and
+    for dpo any invalid line (a pair missing a side is a broken file, not a smaller one: docs/decisions.md).
+    The message names the file, the line and the field, as `tailor data check` does."""
+    mismatch = method_mismatch(report, method)
+    if mismatch:
+        raise InvalidRequestError(f"{param} {name} {mismatch}", param=param)
+    errors = report.errors
+    if method == "dpo" and errors:
+        first = errors[0]
+        where = f" line {first.line}" if first.line is not None else ""
+        more = f" ({len(errors) - 1} more errors; see `tailor data check`)" if len(errors) > 1 else ""
+        raise InvalidRequestError(f"{param} {name}{where}: {first.message}{more}", param=param)
 
 
 def _read(path: Path) -> bytes:
@@ -125,7 +159,7 @@ def _read(path: Path) -> bytes:
         raise InvalidRequestError(f"cannot read {path}: {exc.strerror or exc}", param="file") from exc
 
 
-def _check_line(number: int, line_bytes: bytes, tok: TextTokenizer, context_length: int | None,
+def _check_line(number: int, line_bytes: bytes, tok: TextTokenizer | None, context_length: int | None,
                 report: DataReport, errors: list[str]) -> Example | None:
     """Parse and validate one line, appending its errors; the example when it is valid."""
     try:
@@ -137,50 +171,43 @@ def _check_line(number: int, line_bytes: bytes, tok: TextTokenizer, context_leng
         errors.append(f"invalid JSON: {exc.msg} (column {exc.colno})")
         return None
     if not isinstance(data, dict):
-        errors.append(f"not a JSON object (got {_kind(data)})")
+        errors.append(f"not a JSON object (got {kind(data)})")
         return None
     fmt = _format_of(data)
     if fmt is None:
-        errors.append("unknown format: expected 'messages' (chat) or 'prompt' and 'completion'")
+        errors.append("unknown format: expected 'messages' (chat), 'prompt' and 'completion', or 'input', "
+                      "'preferred_output' and 'non_preferred_output' (preference pairs)")
         return None
     if report.format is None:
         report.format, report.format_line = fmt, number
     elif fmt != report.format:
-        errors.append(f"mixed formats: this line is {_label(fmt)} but the file is {_label(report.format)} "
+        errors.append(f"mixed formats: this line is {LABELS[fmt]} but the file is {LABELS[report.format]} "
                       f"(from line {report.format_line})")
         return None
-    if fmt == "chat":
-        _check_chat(data, errors)
-    else:
-        _check_completion(data, errors)
+    CHECKS[fmt](data, errors)
     if errors:
         return None
+    if tok is None:
+        return Example(line=number, data=data, tokens=0, trainable_tokens=0)
     try:
-        tokens, trainable = count_chat(tok, data) if fmt == "chat" else count_completion(tok, data)
+        tokens, trainable, longest = COUNTS[fmt](tok, data)
     except TailorError as exc:
         errors.append(exc.message)
         return None
-    if context_length is not None and tokens > context_length:
-        errors.append(f"too long: {tokens} tokens, more than the model's context of {context_length}")
+    if context_length is not None and longest > context_length:
+        errors.append(f"too long: {longest} tokens, more than the model's context of {context_length}")
         return None
     return Example(line=number, data=data, tokens=tokens, trainable_tokens=trainable)
 
 
 def _format_of(data: Mapping[str, Any]) -> Format | None:
+    if is_preference(data):
+        return "preference"
     if "messages" in data:
         return "chat"
     if "prompt" in data or "completion" in data:
         return "prompt_completion"
     return None
-
-
-def _label(fmt: Format) -> str:
-    return "chat" if fmt == "chat" else "prompt/completion"
-
-
-def _kind(value: Any) -> str:
-    return {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean",
-            type(None): "null"}.get(type(value), type(value).__name__)
 
 
 def _check_chat(data: Mapping[str, Any], errors: list[str]) -> None:
@@ -191,21 +218,14 @@ def _check_chat(data: Mapping[str, Any], errors: list[str]) -> None:
         return
     if "prompt" in data or "completion" in data:
         errors.append("mixed formats: a line has 'messages' and 'prompt'/'completion'")
-    tools = data.get("tools")
-    if tools is not None and not (isinstance(tools, list) and all(isinstance(t, dict) for t in tools)):
-        errors.append("'tools' must be an array of tool objects")
+    check_tools(data.get("tools"), "tools", errors)
     assistants = trainable = 0
     bad_weight = False
     for i, m in enumerate(messages):
         where = f"messages[{i}]"
-        if not isinstance(m, dict):
-            errors.append(f"{where} is not an object (got {_kind(m)})")
+        role = check_message(m, where, errors)
+        if role is None:
             continue
-        role = m.get("role")
-        if role not in ROLES:
-            errors.append(f"{where} has unknown role {role!r}; expected one of {', '.join(ROLES)}")
-            continue
-        _check_content(m, where, errors)
         if "weight" in m:
             if role != "assistant":
                 errors.append(f"{where} has 'weight', which only assistant messages may have")
@@ -221,37 +241,16 @@ def _check_chat(data: Mapping[str, Any], errors: list[str]) -> None:
         errors.append("no trainable assistant message: every assistant message has weight 0")
 
 
-def _check_content(m: Mapping[str, Any], where: str, errors: list[str]) -> None:
-    """Content must be non-empty text (a string or text parts); an assistant with tool_calls may have none."""
-    content = m.get("content")
-    tool_calls = m.get("tool_calls")
-    if tool_calls is not None:
-        if m.get("role") != "assistant":
-            errors.append(f"{where} has 'tool_calls', which only assistant messages may have")
-        elif not isinstance(tool_calls, list) or not tool_calls:
-            errors.append(f"{where}.tool_calls must be a non-empty array")
-        if content is None:
-            return
-    if isinstance(content, list):
-        texts = [p.get("text") if isinstance(p, dict) and p.get("type") == "text" else None for p in content]
-        if any(not isinstance(t, str) for t in texts):
-            errors.append(f"{where}.content must be a string or a list of text parts")
-            return
-        content = "".join(texts)
-    if content is None:
-        errors.append(f"{where} has no content")
-    elif not isinstance(content, str):
-        errors.append(f"{where}.content must be a string or a list of text parts (got {_kind(content)})")
-    elif not content.strip():
-        errors.append(f"{where} has empty content")
-
-
 def _check_completion(data: Mapping[str, Any], errors: list[str]) -> None:
     """Prompt/completion format: both present as strings, a non-empty completion."""
     for key in ("prompt", "completion"):
         if key not in data:
             errors.append(f"missing '{key}'")
         elif not isinstance(data[key], str):
-            errors.append(f"'{key}' must be a string (got {_kind(data[key])})")
+            errors.append(f"'{key}' must be a string (got {kind(data[key])})")
     if isinstance(data.get("completion"), str) and not data["completion"].strip():
         errors.append("empty completion")
+
+
+CHECKS = {"chat": _check_chat, "prompt_completion": _check_completion, "preference": check_preference}
+COUNTS = {"chat": count_chat, "prompt_completion": count_completion, "preference": count_preference}

@@ -8,6 +8,9 @@ from typing import Any, Protocol
 
 # Training throughput of the default model (SmolLM2-135M) on a 2-core CPU: an estimate, not a promise.
 TRAIN_TOKENS_PER_SECOND = 600.0
+# A DPO step runs the reference (the base, adapter off) forward over the pair besides the policy's forward and
+# backward: about 4/3 of a supervised step's work per token.
+DPO_COST = 4 / 3
 # OpenAI's "auto" epochs: aim for 3 passes, but see at least ~100 and at most ~25,000 examples in all.
 TARGET_EPOCHS, MIN_TARGET_EXAMPLES, MAX_TARGET_EXAMPLES, MIN_EPOCHS, MAX_EPOCHS = 3, 100, 25_000, 1, 25
 

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tailorlm.chat import TextTokenizer, render_chat
+from tailorlm.tune.data_preference import OUTPUTS, pair_messages
 
 
 def assistant_spans(tok: TextTokenizer, messages: list[Mapping[str, Any]],
@@ -28,10 +29,10 @@ def assistant_spans(tok: TextTokenizer, messages: list[Mapping[str, Any]],
     return ids, spans
 
 
-def count_chat(tok: TextTokenizer, data: Mapping[str, Any]) -> tuple[int, int]:
-    """(total, trainable) tokens of a chat example."""
+def count_chat(tok: TextTokenizer, data: Mapping[str, Any]) -> tuple[int, int, int]:
+    """(total, trainable, longest sequence) tokens of a chat example."""
     ids, spans = assistant_spans(tok, data["messages"], data.get("tools"))
-    return len(ids), sum(end - start for start, end in spans)
+    return len(ids), sum(end - start for start, end in spans), len(ids)
 
 
 def completion_ids(tok: TextTokenizer, data: Mapping[str, Any]) -> tuple[list[int], list[int]]:
@@ -41,7 +42,13 @@ def completion_ids(tok: TextTokenizer, data: Mapping[str, Any]) -> tuple[list[in
     return prompt, completion + tok.eos_token_ids[:1]
 
 
-def count_completion(tok: TextTokenizer, data: Mapping[str, Any]) -> tuple[int, int]:
-    """(total, trainable) tokens of a prompt/completion example: only the completion is trained."""
+def count_completion(tok: TextTokenizer, data: Mapping[str, Any]) -> tuple[int, int, int]:
+    """(total, trainable, longest) tokens of a prompt/completion example: only the completion is trained."""
     prompt, completion = completion_ids(tok, data)
-    return len(prompt) + len(completion), len(completion)
+    return len(prompt) + len(completion), len(completion), len(prompt) + len(completion)
+
+
+def count_preference(tok: TextTokenizer, data: Mapping[str, Any]) -> tuple[int, int, int]:
+    """(total, trainable, longest) tokens of a preference pair: both sides, each rendered as a chat example."""
+    sides = [count_chat(tok, pair_messages(data, key)) for key in OUTPUTS]
+    return sum(s[0] for s in sides), sum(s[1] for s in sides), max(s[0] for s in sides)

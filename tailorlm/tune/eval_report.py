@@ -1,4 +1,5 @@
-"""Write what `evaluate` measured: report.md (a table, then answers side by side), loss.png, results.json."""
+"""Write what `evaluate` measured: report.md (a table, then answers side by side — or, on preference pairs, the
+preference shift and the pairs), loss.png, results.json."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tailorlm.tune.evaluate import EvalRun, ModelResult
+from tailorlm.tune.evaluate import EvalRun, ModelResult, message_text
+from tailorlm.tune.evaluate_preference import PreferenceResult
 from tailorlm.tune.metrics import read_metrics
 
 REPORT_FILE, CHART_FILE, RESULTS_FILE = "report.md", "loss.png", "results.json"
@@ -24,12 +26,17 @@ def write_report(run: EvalRun, out: Path, shown: int = SHOWN_EXAMPLES) -> list[P
         written.append(chart)
     elif chart.exists():
         chart.unlink()  # a chart left by an earlier report would not belong to this one
-    _write(out / REPORT_FILE, markdown(run, shown, chart.name if written else None))
+    text = (preference_markdown if run.kind == "preference" else markdown)(run, shown, chart.name if written else None)
+    _write(out / REPORT_FILE, text)
     _write(out / RESULTS_FILE, json.dumps(results_dict(run), indent=1, ensure_ascii=False, allow_nan=False) + "\n")
     return [out / REPORT_FILE, *written, out / RESULTS_FILE]
 
 
 def results_dict(run: EvalRun) -> dict[str, Any]:
+    if run.kind == "preference":
+        return {"data": str(run.data), "kind": "preference", "pairs": len(run.pairs),
+                "lines": [e.line for e in run.pairs], "models": [_finite(r.to_dict()) for r in run.preference],
+                "metrics_files": {name: str(path) for name, path in run.metrics_files.items()}}
     return {
         "data": str(run.data),
         "examples": len(run.examples),
@@ -53,6 +60,26 @@ def table_rows(results: list[ModelResult]) -> list[tuple[str, ...]]:
     """One row of formatted cells per model, in COLUMNS order (the Markdown and the console table share it)."""
     return [(r.name, f"{r.valid_loss:.4f}", f"{r.perplexity:.2f}", f"{r.scores.exact_match:.1%}",
              f"{r.scores.token_f1:.3f}", json_rate(r)) for r in results]
+
+
+PREFERENCE_COLUMNS = ("model", "pairs", "win rate", "mean log-prob margin", "reward accuracy vs base",
+                      "mean reward margin vs base")
+
+
+def table(run: EvalRun) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+    """The run's columns and rows (the Markdown and the console table share them)."""
+    if run.kind == "preference":
+        return PREFERENCE_COLUMNS, preference_rows(run.preference)
+    return COLUMNS, table_rows(run.results)
+
+
+def preference_rows(results: list[PreferenceResult]) -> list[tuple[str, ...]]:
+    def reward(value: float | None, fmt: str) -> str:
+        return "— (the base itself)" if value is None else format(value, fmt)
+
+    return [(r.name, str(r.pairs), f"{r.win_rate:.1%}", f"{r.mean_margin:+.2f}", reward(r.reward_accuracy, ".1%"),
+             reward(r.reward_margin, "+.3f") + (f" (β {r.beta:g})" if r.beta is not None else ""))
+            for r in results]
 
 
 def json_rate(r: ModelResult) -> str:
@@ -85,6 +112,29 @@ def markdown(run: EvalRun, shown: int, chart: str | None) -> str:
                   + " |", "|" + "---|" * (2 + len(run.results))]
         for i, example in enumerate(run.examples[:shown]):
             cells = [example.question, example.reference, *(r.predictions[i] for r in run.results)]
+            lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def preference_markdown(run: EvalRun, shown: int, chart: str | None) -> str:
+    lines = [f"# Preference evaluation on `{run.data.name}`", "",
+             f"{len(run.pairs)} held-out preference pairs from `{run.data}`. Each answer is scored by the summed "
+             "log-probability of its tokens after the rendered input, as DPO trains on it. Win rate: the share of "
+             "pairs whose preferred answer the model finds more likely; margin: log p(preferred) − "
+             "log p(non-preferred), in nats. For an adapter, DPO's implicit reward against its base (the adapter "
+             "switched off): β × (its margin − the base's); reward accuracy is the share of pairs it moved the "
+             "right way.", "", "| " + " | ".join(PREFERENCE_COLUMNS) + " |", "|" + "---|" * len(PREFERENCE_COLUMNS)]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in preference_rows(run.preference)]
+    if chart:
+        lines += ["", "## Training curves", "", f"![training and validation loss]({chart})"]
+    if shown > 0 and run.pairs:
+        lines += ["", "## Pairs", "", "| question | preferred | non-preferred | "
+                  + " | ".join(_cell(f"{r.name} margin") for r in run.preference) + " |",
+                  "|" + "---|" * (3 + len(run.preference))]
+        for i, pair in enumerate(run.pairs[:shown]):
+            data = pair.data
+            cells = [message_text(data["input"]["messages"][-1]), message_text(data["preferred_output"][0]),
+                     message_text(data["non_preferred_output"][0]), *(f"{r.margins[i]:+.2f}" for r in run.preference)]
             lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
 

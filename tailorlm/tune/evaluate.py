@@ -5,7 +5,8 @@ of the reference answers, computed exactly as training computes them (`encode_ex
 `mean_loss`, fp32, PEFT for adapters); then the engine's greedy answer to each example's prompt (its
 messages before the last assistant message, rendered as at serving time), scored against the
 reference by exact match, token F1 and, where the reference is JSON, whether the answer parses.
-`eval_report` writes the results; the CLI (`tailor eval`) only drives this module.
+`eval_report` writes the results; the CLI (`tailor eval`) only drives this module. A file of preference pairs
+is scored instead by evaluate_preference.py: how often, and by how much, each model prefers the preferred answer.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from tailorlm.chat import TextTokenizer, load_tokenizer
 from tailorlm.config import Settings, get_settings
@@ -27,6 +28,7 @@ from tailorlm.hf_load import pretrained
 from tailorlm.presets import Preset
 from tailorlm.runtime.resolve import resolve
 from tailorlm.store import AdapterStore, Manifest, ModelStore
+from tailorlm.tune.data import DataReport, check_file
 
 MIN_NEW_TOKENS = 64  # the default answer budget: twice the longest reference, at least this
 
@@ -151,9 +153,11 @@ class HeldOut:
 
 def load_heldout(path: Path, tokenizer: TextTokenizer, context_length: int | None) -> list[HeldOut]:
     """The valid chat examples of `path` (checked as `tailor data check` does); InvalidRequestError if none."""
-    from tailorlm.tune.data import check_file
+    return heldout_of(check_file(path, tokenizer, context_length), path)
 
-    report = check_file(path, tokenizer, context_length)
+
+def heldout_of(report: DataReport, path: Path) -> list[HeldOut]:
+    """The held-out chat examples of a checked file."""
     if report.format == "prompt_completion":
         raise InvalidRequestError(f"{path} is in prompt/completion format; eval takes chat examples "
                                   '({"messages": [...]})', param="data")
@@ -179,6 +183,7 @@ class EvalTarget:
     adapter_path: Path | None = None
     job: str | None = None  # the fine-tuning job that made it, when known
     preset: Preset | None = None
+    beta: float | None = None  # the DPO beta it was tuned with, when it was (its implicit rewards' scale)
 
 
 def resolve_target(name: str, settings: Settings) -> EvalTarget:
@@ -187,10 +192,12 @@ def resolve_target(name: str, settings: Settings) -> EvalTarget:
     models = ModelStore(settings.home)
     base = found.manifest or models.ensure(found.model, show_progress=False)
     adapter = found.adapter
-    job = adapter.extra.get("job") if adapter is not None else None
+    extra = adapter.extra if adapter is not None else {}
+    job, beta = extra.get("job"), extra.get("beta")
     return EvalTarget(found.name, base, models.path(base.name),
                       AdapterStore(settings.home).path(adapter.name) if adapter is not None else None,
-                      job if isinstance(job, str) else _job_of(found.target), found.preset)
+                      job if isinstance(job, str) else _job_of(found.target), found.preset,
+                      float(beta) if isinstance(beta, (int, float)) else None)
 
 
 def under_preset(target: EvalTarget, examples: Sequence[HeldOut], settings: Settings) -> list[HeldOut]:
@@ -249,23 +256,29 @@ class ModelResult:
                 "predictions": self.predictions}
 
 
-def loss_pass(target: EvalTarget, examples: Sequence[HeldOut], tokenizer: TextTokenizer,
-              start: StartPhase = _no_progress) -> tuple[float, float]:
-    """Mean loss and token accuracy on the examples' assistant tokens, the model in training form (fp32)."""
+def training_form(target: EvalTarget):  # -> torch.nn.Module (a PeftModel for an adapter)
+    """The model as training computes it: fp32, with its LoRA adapter through PEFT when it has one."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    from tailorlm.tune.packing import encode_example
-    from tailorlm.tune.trainer import mean_loss
-
-    sequences = [encode_example(tokenizer, e.data) for e in examples]
     model = pretrained(AutoModelForCausalLM, target.base_path, dtype=torch.float32, attn_implementation="sdpa")
     if target.adapter_path is not None:
         from peft import PeftModel
 
         model = pretrained(PeftModel, model, target.adapter_path)
+    return model
+
+
+def loss_pass(target: EvalTarget, examples: Sequence[HeldOut], tokenizer: TextTokenizer,
+              start: StartPhase = _no_progress) -> tuple[float, float]:
+    """Mean loss and token accuracy on the examples' assistant tokens, the model in training form (fp32)."""
+    from tailorlm.tune.objective import mean_loss
+    from tailorlm.tune.packing import MAX_MICRO_TOKENS, encode_example
+
+    sequences = [encode_example(tokenizer, e.data) for e in examples]
+    model = training_form(target)
     advance = start(f"loss {target.name}", len(sequences))
-    return mean_loss(model, sequences, on_scored=advance)
+    return mean_loss(model, sequences, MAX_MICRO_TOKENS, on_scored=advance)
 
 
 def generation_pass(target: EvalTarget, examples: Sequence[HeldOut], max_new_tokens: int | None,
@@ -300,12 +313,18 @@ def evaluate_model(target: EvalTarget, examples: Sequence[HeldOut], max_new_toke
 
 @dataclass
 class EvalRun:
-    """Everything one `tailor eval` measured: the data, each model's result, and their jobs' metrics files."""
+    """Everything one `tailor eval` measured: the data, each model's result, and their jobs' metrics files.
+
+    On preference pairs (`kind` "preference") `examples` and `results` are empty and `preference` holds the
+    results (evaluate_preference.py)."""
 
     data: Path
     examples: list[HeldOut]
     results: list[ModelResult]
     metrics_files: dict[str, Path]  # model name -> its job's metrics.csv (fine-tuned models that have one)
+    kind: Literal["chat", "preference"] = "chat"
+    preference: list[Any] = field(default_factory=list)  # PreferenceResult
+    pairs: list[Any] = field(default_factory=list)  # the held-out pairs' checked lines (tune.data.Example)
 
 
 def evaluate(names: Sequence[str], data: Path, *, max_new_tokens: int | None = None,
@@ -322,7 +341,14 @@ def evaluate(names: Sequence[str], data: Path, *, max_new_tokens: int | None = N
         torch.set_num_threads(settings.threads)
     targets = [resolve_target(n, settings) for n in dict.fromkeys(names)]  # every name checked before any work
     first = targets[0].base
-    examples = load_heldout(data, load_tokenizer(targets[0].base_path, name=first.name), first.context_length)
-    results = [evaluate_model(t, examples, max_new_tokens, settings, start) for t in targets]
+    tokenizer = load_tokenizer(targets[0].base_path, name=first.name)
+    report = check_file(data, tokenizer, first.context_length)
     metrics = {t.name: settings.jobs_dir / t.job / "metrics.csv" for t in targets if t.job}
-    return EvalRun(data, examples, results, {k: p for k, p in metrics.items() if p.is_file()})
+    metrics = {k: p for k, p in metrics.items() if p.is_file()}
+    if report.format == "preference":
+        from tailorlm.tune.evaluate_preference import evaluate_pairs
+
+        return evaluate_pairs(targets, data, report, metrics, start)
+    examples = heldout_of(report, data)
+    results = [evaluate_model(t, examples, max_new_tokens, settings, start) for t in targets]
+    return EvalRun(data, examples, results, metrics)

@@ -21,10 +21,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tailorlm.errors import InvalidRequestError, NotFoundError
 from tailorlm.tune import lease
 
-Status = Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled"]
+# `paused`: stopped at a step with its checkpoint, by a pause request; it trains again only once resumed.
+Status = Literal["validating_files", "queued", "running", "paused", "succeeded", "failed", "cancelled"]
 ACTIVE: tuple[str, ...] = ("validating_files", "queued", "running")
 TERMINAL: tuple[str, ...] = ("succeeded", "failed", "cancelled")
 Auto = Literal["auto"]
+Method = Literal["supervised", "dpo"]
+DEFAULT_BETA = 0.1  # DPO's "auto" beta: the paper's and TRL's default
+VALIDATED = "Files validated"  # the event that says a worker has checked the job's files
 
 
 class Hyperparameters(BaseModel):
@@ -61,6 +65,33 @@ class Hyperparameters(BaseModel):
                 "learning_rate_multiplier": self.learning_rate_multiplier}
 
 
+class DPOHyperparameters(Hyperparameters):
+    """A DPO job's: OpenAI's `beta` besides the rest. DPO trains a LoRA adapter only: its reference model is the
+    base with the adapter switched off, so that no second copy of the weights is needed (docs/decisions.md)."""
+
+    beta: float | Auto = "auto"
+
+    @field_validator("beta")
+    @classmethod
+    def _beta_range(cls, v: float | str) -> float | str:
+        if v != "auto" and not 0 < float(v) <= 2:
+            raise ValueError("must be greater than 0 and at most 2, or 'auto'")
+        return v
+
+    @field_validator("tuning")
+    @classmethod
+    def _lora_only(cls, v: str) -> str:
+        if v != "lora":
+            raise ValueError("dpo trains a LoRA adapter only (its reference model is the base with the adapter off)")
+        return v
+
+    def openai(self) -> dict[str, Any]:
+        return {"beta": self.beta, **super().openai()}
+
+
+HYPERPARAMETERS: dict[str, type[Hyperparameters]] = {"supervised": Hyperparameters, "dpo": DPOHyperparameters}
+
+
 @dataclass
 class Job:
     id: str
@@ -70,8 +101,9 @@ class Job:
     validation_file: str | None
     suffix: str | None
     seed: int
-    hyperparameters: Hyperparameters
+    hyperparameters: Hyperparameters  # DPOHyperparameters for a dpo job
     status: str
+    method: Method = "supervised"
     error: dict[str, Any] | None = None
     fine_tuned_model: str | None = None
     finished_at: int | None = None
@@ -80,6 +112,7 @@ class Job:
     result_files: list[str] = field(default_factory=list)
     metadata: dict[str, str] | None = None
     cancel_requested: bool = False
+    pause_requested: bool = False
     worker_pid: int | None = None
     lease_owner: str | None = None  # who trains it now (tailorlm/tune/lease.py), while `leased`
     lease_expires: float | None = None
@@ -136,19 +169,19 @@ class JobStore:
     # -- jobs -----------------------------------------------------------------------------------
     def create(self, model: str, training_file: str, validation_file: str | None = None,
                hyperparameters: Hyperparameters | None = None, suffix: str | None = None,
-               seed: int | None = None, metadata: dict[str, str] | None = None) -> Job:
+               seed: int | None = None, metadata: dict[str, str] | None = None, method: Method = "supervised") -> Job:
         job_id = f"ftjob-{uuid.uuid4().hex[:24]}"
         seed = int(seed) if seed is not None else int.from_bytes(uuid.uuid4().bytes[:4], "little") % (2**31)
-        hp = hyperparameters or Hyperparameters()
+        hp = HYPERPARAMETERS[method].model_validate(hyperparameters.model_dump() if hyperparameters else {})
         now = int(time.time())
         # One statement, so atomic on its own: no explicit transaction on a connection that the
         # server shares between threads (a second BEGIN there would fail).
         self.conn.execute(
             "INSERT INTO fine_tuning_jobs (id, seq, created_at, model, training_file, validation_file, suffix,"
-            " seed, config, status, metadata) SELECT ?, COALESCE(MAX(seq), 0) + 1, ?, ?, ?, ?, ?, ?, ?, ?, ?"
+            " seed, config, status, metadata, method) SELECT ?, COALESCE(MAX(seq), 0) + 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?"
             " FROM fine_tuning_jobs",
             (job_id, now, model, training_file, validation_file, clean_suffix(suffix), seed,
-             hp.model_dump_json(), "validating_files", json.dumps(metadata) if metadata else None),
+             hp.model_dump_json(), "validating_files", json.dumps(metadata) if metadata else None, method),
         )
         self.event(job_id, f"Created fine-tuning job: {job_id}")
         return self.get(job_id)
@@ -201,16 +234,28 @@ class JobStore:
             fields.setdefault("worker_pid", None)
         return self.update(job_id, status=status, **fields)
 
+    def files_validated(self, job_id: str) -> bool:
+        """Whether a worker has checked the job's files (a job that stopped before then checks them again)."""
+        return self.conn.execute("SELECT 1 FROM fine_tuning_events WHERE job_id = ? AND message LIKE ? LIMIT 1",
+                                 (job_id, VALIDATED + "%")).fetchone() is not None
+
+    def validated(self, job_id: str) -> bool:
+        """validating_files -> queued, only from there (a job paused or cancelled meanwhile stays so)."""
+        cur = self.conn.execute(
+            "UPDATE fine_tuning_jobs SET status = 'queued' WHERE id = ? AND status = 'validating_files'", (job_id,))
+        return cur.rowcount == 1
+
     def claim(self, job_id: str, pid: int) -> bool:
         """Atomically move a queued job to running for worker `pid`, which must hold its lease (lease.take);
-        False if it does not, or the job was cancelled or is no longer pending."""
+        False if it does not, or the job was cancelled or paused or is no longer pending."""
         cur = self.conn.execute(
             "UPDATE fine_tuning_jobs SET status = 'running', worker_pid = ? WHERE id = ? AND lease_owner = ? "
-            "AND status IN ('validating_files', 'queued') AND cancel_requested = 0", (pid, job_id, lease.owner_id(pid)))
+            "AND status IN ('validating_files', 'queued') AND cancel_requested = 0 AND pause_requested = 0",
+            (pid, job_id, lease.owner_id(pid)))
         return cur.rowcount == 1
 
     def request_cancel(self, job_id: str) -> Job:
-        """Cancel a job: at once if it has not started, else flag it for its worker to stop at a step."""
+        """Cancel a job: at once if it has not started (or is paused), else flag it for its worker to stop at a step."""
         job = self.get(job_id)
         if job.status in TERMINAL:
             raise InvalidRequestError(f"Job {job_id} has already {job.status}; it cannot be cancelled",
@@ -218,14 +263,64 @@ class JobStore:
         self.conn.execute("UPDATE fine_tuning_jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
         cur = self.conn.execute(
             "UPDATE fine_tuning_jobs SET status = 'cancelled', finished_at = ? "
-            "WHERE id = ? AND status IN ('validating_files', 'queued')", (int(time.time()), job_id))
+            "WHERE id = ? AND status IN ('validating_files', 'queued', 'paused')", (int(time.time()), job_id))
         if cur.rowcount:
-            self.event(job_id, "Job cancelled before it started")
+            self.event(job_id, "Job cancelled while paused" if job.status == "paused" else "Job cancelled before it started")
         return self.get(job_id)
 
     def cancel_requested(self, job_id: str) -> bool:
         row = self.conn.execute("SELECT cancel_requested FROM fine_tuning_jobs WHERE id = ?", (job_id,)).fetchone()
         return bool(row and row[0])
+
+    def stop_requested(self, job_id: str) -> bool:
+        """Whether its trainer should stop at the next step: the job is to be cancelled or paused."""
+        row = self.conn.execute("SELECT cancel_requested OR pause_requested FROM fine_tuning_jobs WHERE id = ?",
+                                (job_id,)).fetchone()
+        return bool(row and row[0])
+
+    def request_pause(self, job_id: str) -> Job:
+        """Pause a job: at once if no trainer holds it yet, else flag it for its trainer to stop at the next step
+        with a checkpoint. Pausing a paused job changes nothing; a finished one cannot be paused."""
+        job = self.get(job_id)
+        if job.status in TERMINAL:
+            raise InvalidRequestError(f"Job {job_id} has already {job.status}; it cannot be paused",
+                                      param="fine_tuning_job_id")
+        if job.cancel_requested:
+            raise InvalidRequestError(f"Job {job_id} is being cancelled; it cannot be paused",
+                                      param="fine_tuning_job_id")
+        if job.status == "paused":
+            return job
+        self.conn.execute("UPDATE fine_tuning_jobs SET pause_requested = 1 WHERE id = ?", (job_id,))
+        # not started (or its trainer is gone): nobody will see the flag, so it is paused here; a trainer that
+        # holds the lease and has not claimed the job yet finds `claim` refused and pauses it itself
+        if job.status in ("validating_files", "queued") and not job.leased:
+            self.paused(job_id, f"Job paused before {'it started' if job.status == 'queued' else 'its files were checked'}")
+        return self.get(job_id)
+
+    def paused(self, job_id: str, message: str) -> Job:
+        """Settle a job whose pause was asked for as paused (its trainer stopped, or it had none)."""
+        cur = self.conn.execute(
+            "UPDATE fine_tuning_jobs SET status = 'paused', worker_pid = NULL, estimated_finish = NULL "
+            "WHERE id = ? AND pause_requested = 1 AND status NOT IN (?, ?, ?)", (job_id, *TERMINAL))
+        if cur.rowcount:
+            self.event(job_id, message)
+        return self.get(job_id)
+
+    def request_resume(self, job_id: str) -> Job:
+        """Resume a paused job: back in the queue, to continue from its last checkpoint; a pause not yet taken
+        (its trainer has not reached the next step) is simply withdrawn."""
+        job = self.get(job_id)
+        if job.status in TERMINAL or (job.status != "paused" and not job.pause_requested):
+            raise InvalidRequestError(f"Job {job_id} is {job.status}, not paused; only a paused job can be resumed",
+                                      param="fine_tuning_job_id")
+        back = "queued" if self.files_validated(job_id) else "validating_files"  # where it paused from
+        cur = self.conn.execute(
+            "UPDATE fine_tuning_jobs SET pause_requested = 0, status = CASE status WHEN 'paused' THEN ? "
+            "ELSE status END WHERE id = ? AND (status = 'paused' OR pause_requested = 1)", (back, job_id))
+        if cur.rowcount:
+            self.event(job_id, "Job resumed" + (": queued to continue from its last checkpoint"
+                                                if job.status == "paused" else " before it paused"))
+        return self.get(job_id)
 
     # -- events ---------------------------------------------------------------------------------
     def event(self, job_id: str, message: str, level: str = "info", type: str = "message",
@@ -267,11 +362,13 @@ def _job(row: sqlite3.Row) -> Job:
     return Job(
         id=row["id"], created_at=row["created_at"], model=row["model"], training_file=row["training_file"],
         validation_file=row["validation_file"], suffix=row["suffix"], seed=row["seed"],
-        hyperparameters=Hyperparameters.model_validate_json(row["config"]), status=row["status"],
+        hyperparameters=HYPERPARAMETERS[row["method"]].model_validate_json(row["config"]), status=row["status"],
+        method=row["method"],
         error=json.loads(row["error"]) if row["error"] else None, fine_tuned_model=row["fine_tuned_model"],
         finished_at=row["finished_at"], estimated_finish=row["estimated_finish"],
         trained_tokens=row["trained_tokens"], result_files=json.loads(row["result_files"] or "[]"),
         metadata=json.loads(row["metadata"]) if row["metadata"] else None,
-        cancel_requested=bool(row["cancel_requested"]), worker_pid=row["worker_pid"],
+        cancel_requested=bool(row["cancel_requested"]), pause_requested=bool(row["pause_requested"]),
+        worker_pid=row["worker_pid"],
         lease_owner=row["lease_owner"], lease_expires=row["lease_expires"],
     )

@@ -13,18 +13,19 @@ COLUMNS = ["step", "epoch", "train_loss", "train_accuracy", "valid_loss", "valid
 
 
 class MetricsFile:
-    """Append-only CSV; `truncate_after(step)` drops rows a resumed run will write again."""
+    """Append-only CSV of `columns` (COLUMNS: supervised; a DPO job's: tune/dpo.py); `truncate_after(step)`
+    drops rows a resumed run will write again."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: Path, columns: list[str] = COLUMNS) -> None:
+        self.path, self.columns = path, columns
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(path, "w", newline="") as fh:
-                csv.writer(fh).writerow(COLUMNS)
+                csv.writer(fh).writerow(columns)
 
     def append(self, row: dict[str, Any]) -> None:
         with open(self.path, "a", newline="") as fh:
-            csv.writer(fh).writerow([_fmt(row.get(c)) for c in COLUMNS])
+            csv.writer(fh).writerow([_fmt(row.get(c)) for c in self.columns])
             fh.flush()
             os.fsync(fh.fileno())
 

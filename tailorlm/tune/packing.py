@@ -15,13 +15,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence as Seq
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sized, TypeVar
 
 import numpy as np
 import torch
 
 from tailorlm.chat import TextTokenizer
 from tailorlm.tune.data_tokens import assistant_spans, completion_ids
+
+T = TypeVar("T", bound=Sized)
+MAX_MICRO_TOKENS = 1024  # packed tokens per forward; longer steps accumulate gradients
 
 
 @dataclass(frozen=True)
@@ -117,14 +120,15 @@ def epoch_batches(n_examples: int, batch_size: int, seed: int, epoch: int) -> li
     return [order[i : i + batch_size] for i in range(0, n_examples, batch_size)]
 
 
-def plan_micro_batches(sequences: Seq[Sequence], max_tokens: int) -> list[list[Sequence]]:
-    """Split one step's examples into micro-batches of at most `max_tokens` packed tokens each.
+def plan_micro_batches(sequences: Seq[T], max_tokens: int) -> list[list[T]]:
+    """Split one step's examples (sequences, or anything with a length in tokens) into micro-batches of at most
+    `max_tokens` packed tokens each.
 
     Order is kept (greedy, first come first packed); an example longer than `max_tokens` on its
     own gets a micro-batch to itself rather than being cut.
     """
-    groups: list[list[Sequence]] = []
-    current: list[Sequence] = []
+    groups: list[list[T]] = []
+    current: list[T] = []
     size = 0
     for seq in sequences:
         if current and size + len(seq) > max_tokens:

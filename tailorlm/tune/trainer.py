@@ -1,5 +1,8 @@
 """The training loop: LoRA (PEFT) or full fine-tuning over packed batches, resumable and deterministic.
 
+What a step optimizes is its `Objective` (objective.py: supervised cross-entropy; dpo.py: DPO on preference
+pairs); the loop, the schedule, clipping and checkpoints are the same for both.
+
 Determinism: the LoRA init is seeded, the batches of each epoch depend only on (seed, epoch)
 (`packing.epoch_batches`), there is no dropout, and the learning rate is a pure function of the
 step. A checkpoint saves weights, optimizer moments and RNG state, so a run resumed from step N
@@ -23,14 +26,13 @@ from tailorlm.store.architectures import architecture
 from tailorlm.tune import attention, checkpoint
 from tailorlm.tune.checkpoint import Progress
 from tailorlm.tune.frozen import freeze_base_layers, resolve_compute_dtype
-from tailorlm.tune.loss import packed_loss
 from tailorlm.tune.metrics import MetricsFile
-from tailorlm.tune.packing import Sequence, epoch_batches, pack, plan_micro_batches
+from tailorlm.tune.objective import Objective, StepResult, Supervised, openai_names
+from tailorlm.tune.packing import MAX_MICRO_TOKENS, epoch_batches
 
 # Peak learning rates at multiplier 1: LoRA adapters start from zero and need a large step;
 # full fine-tuning moves pretrained weights and needs a small one.
 BASE_LEARNING_RATE = {"lora": 1e-3, "full": 2e-5}
-MAX_MICRO_TOKENS = 1024  # packed tokens per forward; longer steps accumulate gradients
 WARMUP_FRACTION, MIN_LR_FRACTION, CLIP_NORM = 0.05, 0.1, 1.0
 
 
@@ -60,7 +62,7 @@ class StepMetrics:
     step: int
     epoch: int
     train_loss: float
-    train_accuracy: float
+    scores: dict[str, float]  # the objective's other scores, named as in the metrics file
     learning_rate: float
     tokens: int
     trained_tokens: int
@@ -69,7 +71,8 @@ class StepMetrics:
     total_steps: int
 
     def row(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "total_steps"}
+        row = {k: v for k, v in self.__dict__.items() if k not in ("total_steps", "scores")}
+        return {**row, **self.scores}
 
 
 @dataclass
@@ -77,7 +80,7 @@ class TrainHooks:
     """What a run reports to whoever drives it (the job worker: events, progress bar, DB)."""
 
     on_step: Callable[[StepMetrics], None] = lambda m: None
-    on_validation: Callable[[int, int, float, float], None] = lambda step, epoch, loss, acc: None
+    on_validation: Callable[[int, int, dict[str, float]], None] = lambda step, epoch, scores: None
     on_checkpoint: Callable[[int, Path, dict[str, float]], None] = lambda step, path, metrics: None
     should_stop: Callable[[], bool] = lambda: False
 
@@ -128,19 +131,23 @@ def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
 
 
 class Trainer:
-    """Runs `spec` over `train` (and scores `valid` at each epoch's end), checkpointing in `workdir`."""
+    """Runs `spec` over `train` (and scores `valid` at each epoch's end), checkpointing in `workdir`.
 
-    def __init__(self, spec: TrainSpec, train: list[Sequence], valid: list[Sequence] | None,
-                 workdir: Path, hooks: TrainHooks | None = None) -> None:
+    The examples are whatever `objective` takes: training `Sequence`s (supervised) or `PreferencePair`s (DPO).
+    """
+
+    def __init__(self, spec: TrainSpec, train: list[Any], valid: list[Any] | None,
+                 workdir: Path, hooks: TrainHooks | None = None, objective: Objective | None = None) -> None:
         if not train:
             raise ValueError("no training examples")
         self.spec, self.train, self.valid = spec, train, valid or []
+        self.objective: Objective = objective or Supervised()
         self.workdir = workdir
         self.hooks = hooks or TrainHooks()
         self.steps_per_epoch = spec.steps_per_epoch(len(train))
         self.total_steps = self.steps_per_epoch * spec.epochs
         self.checkpoint_every = spec.checkpoint_every or max(1, self.steps_per_epoch // 4)
-        self.metrics = MetricsFile(workdir / "metrics.csv")
+        self.metrics = MetricsFile(workdir / "metrics.csv", self.objective.columns)
 
     @property
     def checkpoints_dir(self) -> Path:
@@ -170,81 +177,48 @@ class Trainer:
                 lr = lr_at(progress.step, self.total_steps, spec.learning_rate)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                loss, acc, tokens, trained = self._step(model, optimizer, [self.train[i] for i in batches[progress.batch]])
+                result = self._step(model, optimizer, [self.train[i] for i in batches[progress.batch]])
                 dt = time.perf_counter() - t0
                 progress.step += 1
                 progress.batch += 1
-                progress.tokens += tokens
-                progress.trained_tokens += trained
+                progress.tokens += result.tokens
+                progress.trained_tokens += result.trained_tokens
                 progress.elapsed = resumed_elapsed + time.perf_counter() - started
-                last_loss = loss
-                m = StepMetrics(progress.step, progress.epoch + 1, loss, acc, lr, progress.tokens,
-                                progress.trained_tokens, tokens / dt if dt > 0 else 0.0, progress.elapsed,
+                last_loss = result.loss
+                m = StepMetrics(progress.step, progress.epoch + 1, result.loss, result.scores, lr, progress.tokens,
+                                progress.trained_tokens, result.tokens / dt if dt > 0 else 0.0, progress.elapsed,
                                 self.total_steps)
                 self.metrics.append(m.row())
                 self.hooks.on_step(m)
                 epoch_done = progress.batch == len(batches)
+                valid: dict[str, float] = {}
                 if epoch_done and self.valid:
-                    last_valid, valid_acc = self.evaluate(model)
-                    progress.extra["valid_loss"] = last_valid
-                    self.metrics.append({"step": progress.step, "epoch": progress.epoch + 1,
-                                         "valid_loss": last_valid, "valid_mean_token_accuracy": valid_acc})
-                    self.hooks.on_validation(progress.step, progress.epoch + 1, last_valid, valid_acc)
+                    valid = self.evaluate(model)
+                    last_valid = progress.extra["valid_loss"] = valid["valid_loss"]
+                    self.metrics.append({"step": progress.step, "epoch": progress.epoch + 1, **valid})
+                    self.hooks.on_validation(progress.step, progress.epoch + 1, valid)
                 if epoch_done:
                     progress.epoch += 1
                     progress.batch = 0
                 if epoch_done or progress.step % self.checkpoint_every == 0:
                     path = checkpoint.save(self.checkpoints_dir, progress.step, model, optimizer, progress)
-                    metrics = {"step": float(progress.step), "train_loss": loss, "train_mean_token_accuracy": acc}
-                    if epoch_done and self.valid:
-                        metrics.update(valid_loss=last_valid, valid_mean_token_accuracy=valid_acc)
+                    metrics = {"step": float(progress.step), "train_loss": result.loss,
+                               **openai_names(self.objective, result.scores), **valid}
                     self.hooks.on_checkpoint(progress.step, path, metrics)
                 if epoch_done:  # progress.batch is 0 again: the next epoch needs its own batches
                     break
         return TrainOutcome(True, progress, last_loss, last_valid, model)
 
-    def _step(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-              examples: list[Sequence]) -> tuple[float, float, int, int]:
-        """One optimizer step over `examples`: mean loss per trained token, accumulated over micro-batches."""
-        total = sum(e.trained_tokens for e in examples)
-        loss_sum = 0.0
-        correct = tokens = 0
-        for group in plan_micro_batches(examples, self.spec.max_micro_tokens):
-            parts = packed_loss(model, pack(group))
-            (parts.loss_sum / max(total, 1)).backward()
-            loss_sum += float(parts.loss_sum.detach())
-            correct += parts.correct
-            tokens += sum(len(e) for e in group)
+    def _step(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, examples: list[Any]) -> StepResult:
+        """One optimizer step over `examples`: the objective's gradient (accumulated over micro-batches), clipped."""
+        result = self.objective.backward(model, examples, self.spec.max_micro_tokens)
         params = [p for p in model.parameters() if p.requires_grad]
         torch.nn.utils.clip_grad_norm_(params, CLIP_NORM)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return loss_sum / max(total, 1), correct / max(total, 1), tokens, total
+        return result
 
     @torch.no_grad()
-    def evaluate(self, model: torch.nn.Module) -> tuple[float, float]:
-        """Mean loss and token accuracy over the validation examples' trained tokens."""
-        return mean_loss(model, self.valid, self.spec.max_micro_tokens)
-
-
-@torch.no_grad()
-def mean_loss(model: torch.nn.Module, sequences: list[Sequence], max_micro_tokens: int = MAX_MICRO_TOKENS,
-              on_scored: Callable[[int], None] | None = None) -> tuple[float, float]:
-    """Mean cross-entropy and token accuracy of `model` on the trained tokens of `sequences`.
-
-    `on_scored(n)` is called after each forward with the number of sequences it scored (progress).
-    """
-    was_training = model.training
-    model.eval()
-    loss_sum, correct, total = 0.0, 0, 0
-    try:
-        for group in plan_micro_batches(sequences, max_micro_tokens):
-            parts = packed_loss(model, pack(group))
-            loss_sum += float(parts.loss_sum)
-            correct += parts.correct
-            total += parts.tokens
-            if on_scored is not None:
-                on_scored(len(group))
-    finally:
-        model.train(was_training)
-    return loss_sum / max(total, 1), correct / max(total, 1)
+    def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
+        """The objective's validation scores ({"valid_loss": …, …}) over the validation examples."""
+        return self.objective.evaluate(model, self.valid, self.spec.max_micro_tokens)

@@ -26,10 +26,12 @@ from tailorlm.errors import InvalidRequestError, TailorError
 from tailorlm.files import FileStore
 from tailorlm.tune import checkpoint as ckpt
 from tailorlm.tune import lease
-from tailorlm.tune.data import DataReport, check_file
+from tailorlm.tune.data import DataReport, check_file, require_method
 from tailorlm.tune.data_stats import auto_epochs
-from tailorlm.tune.jobs import TERMINAL, Hyperparameters, Job, JobStore
-from tailorlm.tune.packing import Sequence, encode_example
+from tailorlm.tune.dpo import DPO, encode_pair
+from tailorlm.tune.jobs import DEFAULT_BETA, TERMINAL, VALIDATED, DPOHyperparameters, Hyperparameters, Job, JobStore
+from tailorlm.tune.objective import Objective, Supervised, openai_names
+from tailorlm.tune.packing import encode_example
 from tailorlm.tune.progress import TrainProgress
 from tailorlm.tune.trainer import BASE_LEARNING_RATE, StepMetrics, TrainHooks, Trainer, TrainOutcome, TrainSpec
 
@@ -112,22 +114,17 @@ def _run(job: Job, settings: Settings, jobs: JobStore, files: FileStore, show_pr
     if job.validation_file:
         valid = _load_file(jobs, files, job, job.validation_file, "validation_file", tokenizer,
                            manifest.context_length, fresh)
-    if fresh:
-        jobs.set_status(job.id, "queued")
-        jobs.event(job.id, "Files validated, moving job to queued state")
+    if fresh and jobs.validated(job.id):
+        jobs.event(job.id, f"{VALIDATED}, moving job to queued state")
     if not jobs.claim(job.id, os.getpid()):
         current = jobs.get(job.id)
+        if current.pause_requested and current.status in ("validating_files", "queued"):
+            return jobs.paused(job.id, "Job paused before training started")
         if current.status != "running" or current.worker_pid not in (None, os.getpid()):
-            return current  # cancelled meanwhile, or taken by another worker
+            return current  # cancelled or paused meanwhile, or taken by another worker
         jobs.update(job.id, worker_pid=os.getpid())
 
-    hp = job.hyperparameters
-    resolved = Hyperparameters(
-        n_epochs=hp.n_epochs if hp.n_epochs != "auto" else auto_epochs(len(train)),
-        batch_size=hp.batch_size if hp.batch_size != "auto" else auto_batch_size(len(train)),
-        learning_rate_multiplier=hp.learning_rate_multiplier if hp.learning_rate_multiplier != "auto" else 1.0,
-        tuning=hp.tuning, lora_rank=hp.lora_rank,
-    )
+    resolved = _resolve(job.hyperparameters, len(train))
     job = jobs.update(job.id, hyperparameters=resolved)
     spec = TrainSpec(
         base_path=base_path, method=resolved.tuning, epochs=int(resolved.n_epochs),
@@ -135,36 +132,39 @@ def _run(job: Job, settings: Settings, jobs: JobStore, files: FileStore, show_pr
         train_dtype=settings.train_dtype,
         learning_rate=BASE_LEARNING_RATE[resolved.tuning] * float(resolved.learning_rate_multiplier),
     )
+    objective: Objective = DPO(float(resolved.beta)) if isinstance(resolved, DPOHyperparameters) else Supervised()
     workdir = job_dir(settings, job.id)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(json.dumps({
-        "job": job.id, "model": job.model, "base_path": str(base_path), "seed": job.seed,
+        "job": job.id, "model": job.model, "base_path": str(base_path), "seed": job.seed, "method": job.method,
         "hyperparameters": resolved.model_dump(), "learning_rate": spec.learning_rate,
         "train_examples": len(train), "valid_examples": len(valid or []),
     }, indent=1))
-    trainer = Trainer(spec, train, valid, workdir)
+    trainer = Trainer(spec, train, valid, workdir, objective=objective)
     last = ckpt.latest(trainer.checkpoints_dir)
     first_step = int(last.name.removeprefix("step-")) if last else 0
-    jobs.event(job.id, (f"Resuming from step {first_step}:" if last else "Fine-tuning") + f" {job.model} with {resolved.tuning}: "
-               f"{len(train)} examples, {spec.epochs} epochs, batch size {spec.batch_size}, "
-               f"{trainer.total_steps} steps")
+    what = f"{resolved.tuning}, dpo (beta {resolved.beta})" if job.method == "dpo" else resolved.tuning
+    jobs.event(job.id, (f"Resuming from step {first_step}:" if last else "Fine-tuning") + f" {job.model} with {what}: "
+               f"{len(train)} {'pairs' if job.method == 'dpo' else 'examples'}, {spec.epochs} epochs, "
+               f"batch size {spec.batch_size}, {trainer.total_steps} steps")
     known_checkpoints = {c.step_number for c in jobs.checkpoints(job.id)}
     started = time.time()
 
     with TrainProgress(trainer.total_steps, enabled=show_progress) as bar:
         def on_step(m: StepMetrics) -> None:
             bar.update(m)
-            jobs.event(job.id, f"Step {m.step}/{m.total_steps}: training loss={m.train_loss:.4f}", type="metrics",
-                       data={"step": m.step, "total_steps": m.total_steps, "train_loss": m.train_loss,
-                             "train_mean_token_accuracy": m.train_accuracy, "learning_rate": m.learning_rate})
+            scores = f", {objective.describe(m.scores)}" if job.method == "dpo" else ""
+            jobs.event(job.id, f"Step {m.step}/{m.total_steps}: training loss={m.train_loss:.4f}{scores}",
+                       type="metrics", data={"step": m.step, "total_steps": m.total_steps, "train_loss": m.train_loss,
+                                             **openai_names(objective, m.scores), "learning_rate": m.learning_rate})
             left = (m.total_steps - m.step) * (time.time() - started) / max(1, m.step - first_step)
             jobs.update(job.id, estimated_finish=int(time.time() + left), trained_tokens=m.tokens)
 
-        def on_validation(step: int, epoch: int, loss: float, acc: float) -> None:
+        def on_validation(step: int, epoch: int, scores: dict[str, float]) -> None:
+            loss = scores["valid_loss"]
             bar.note(f"epoch {epoch}: validation loss {loss:.4f}")
-            jobs.event(job.id, f"Epoch {epoch}: validation loss={loss:.4f}, token accuracy={acc:.3f}",
-                       type="metrics", data={"step": step, "epoch": epoch, "valid_loss": loss,
-                                             "valid_mean_token_accuracy": acc})
+            jobs.event(job.id, f"Epoch {epoch}: validation loss={loss:.4f}, {objective.describe(scores)}",
+                       type="metrics", data={"step": step, "epoch": epoch, **scores})
 
         def on_checkpoint(step: int, path: Path, metrics: dict[str, float]) -> None:
             if step in known_checkpoints or step == 0:
@@ -174,7 +174,7 @@ def _run(job: Job, settings: Settings, jobs: JobStore, files: FileStore, show_pr
             jobs.event(job.id, f"Checkpoint saved at step {step}")
 
         def should_stop() -> bool:
-            return stop.is_set() or jobs.cancel_requested(job.id)
+            return stop.is_set() or jobs.stop_requested(job.id)
 
         trainer.hooks = TrainHooks(on_step, on_validation, on_checkpoint, should_stop)
         bar.start_at(first_step)
@@ -191,21 +191,40 @@ def _run(job: Job, settings: Settings, jobs: JobStore, files: FileStore, show_pr
                            estimated_finish=None)
 
 
+def _resolve(hp: Hyperparameters, n_examples: int) -> Hyperparameters:
+    """The hyperparameters with every "auto" decided for `n_examples` (as OpenAI reports them once training starts)."""
+    values = hp.model_dump()
+    values.update(
+        n_epochs=hp.n_epochs if hp.n_epochs != "auto" else auto_epochs(n_examples),
+        batch_size=hp.batch_size if hp.batch_size != "auto" else auto_batch_size(n_examples),
+        learning_rate_multiplier=hp.learning_rate_multiplier if hp.learning_rate_multiplier != "auto" else 1.0)
+    if isinstance(hp, DPOHyperparameters):
+        values["beta"] = hp.beta if hp.beta != "auto" else DEFAULT_BETA
+    return type(hp).model_validate(values)
+
+
 def _stopped(jobs: JobStore, job: Job, outcome: TrainOutcome, on_stop: OnStop) -> Job:
     step = outcome.progress.step
-    if jobs.cancel_requested(job.id) or on_stop == "cancel":
+    current = jobs.get(job.id)
+    if current.pause_requested and not current.cancel_requested:
+        return jobs.paused(job.id, f"Job paused at step {step}; its checkpoint is kept and it continues from there "
+                                   "when resumed")
+    if current.cancel_requested or on_stop == "cancel":
         jobs.event(job.id, f"Job cancelled at step {step}; its checkpoint is kept "
                    f"(`tailor tune --resume {job.id}` continues it)")
         return jobs.set_status(job.id, "cancelled", estimated_finish=None)
-    jobs.event(job.id, f"Job paused at step {step} (worker stopped); it resumes from this checkpoint")
+    jobs.event(job.id, f"Job stopped at step {step} (its worker was stopped); it is queued again and resumes from "
+               "this checkpoint")
     return jobs.set_status(job.id, "queued", worker_pid=None)
 
 
 def _load_file(jobs: JobStore, files: FileStore, job: Job, file_id: str, param: str, tokenizer,
-               context_length: int | None, report_events: bool) -> list[Sequence]:
-    """Check an uploaded file as `tailor data check` does; its valid examples as training sequences."""
+               context_length: int | None, report_events: bool) -> list:
+    """Check an uploaded file as `tailor data check` does; its valid examples as training sequences (a dpo job's:
+    as preference pairs, all of which must be valid)."""
     path = files.path(file_id)
     report: DataReport = check_file(path, tokenizer, context_length)
+    require_method(report, job.method, param, file_id)
     if report_events:
         for n, (line, reason) in enumerate(report.stats.dropped):
             if n == MAX_DROPPED_EVENTS:
@@ -217,7 +236,8 @@ def _load_file(jobs: JobStore, files: FileStore, job: Job, file_id: str, param: 
         where = f" (line {first.line}: {first.message})" if first and first.line else (
             f" ({first.message})" if first else "")
         raise InvalidRequestError(f"{param} {file_id} has no valid examples{where}", param=param)
-    return [encode_example(tokenizer, e.data) for e in report.examples]
+    encode = encode_pair if job.method == "dpo" else encode_example
+    return [encode(tokenizer, e.data) for e in report.examples]
 
 
 def _register(settings: Settings, job: Job, spec: TrainSpec, outcome: TrainOutcome, workdir: Path) -> str:
@@ -230,7 +250,9 @@ def _register(settings: Settings, job: Job, spec: TrainSpec, outcome: TrainOutco
     assert model is not None
     name = job.target_model
     extra = {"job": job.id, "train_loss": outcome.final_train_loss, "valid_loss": outcome.final_valid_loss,
-             "seed": job.seed}
+             "seed": job.seed, "method": job.method}
+    if isinstance(job.hyperparameters, DPOHyperparameters):
+        extra["beta"] = job.hyperparameters.beta  # what `tailor eval` scores the adapter's implicit rewards with
     if spec.method == "lora":
         model.peft_config["default"].base_model_name_or_path = job.model
         model.save_pretrained(result)
@@ -261,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc.message}", file=sys.stderr)
         return 1
     print(f"{job.id}: {job.status}", file=sys.stderr)
-    return 0 if job.status in ("succeeded", "queued", "cancelled") else 1
+    return 0 if job.status in ("succeeded", "queued", "paused", "cancelled") else 1
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """/v1/fine_tuning/jobs: the create request, the job, its events and checkpoints (their lists: pagination.py).
 
 Hyperparameters are `tailorlm.tune.jobs.Hyperparameters`: OpenAI's three knobs plus our
-`tuning` (lora|full) and `lora_rank`, accepted in either place OpenAI takes them.
+`tuning` (lora|full) and `lora_rank`, accepted in either place OpenAI takes them; a dpo job's are
+`DPOHyperparameters` (OpenAI's `beta` besides), under `method.dpo` only.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from tailorlm.errors import InvalidRequestError
 from tailorlm.server.protocol.common import OpenAIRequest, OpenAIResponse
-from tailorlm.tune.jobs import Hyperparameters
+from tailorlm.tune.jobs import HYPERPARAMETERS, DPOHyperparameters, Hyperparameters, Method
 
 if TYPE_CHECKING:
     from tailorlm.tune.jobs import Checkpoint, Event, Job
@@ -27,12 +28,18 @@ class SupervisedConfig(BaseModel):
     hyperparameters: Hyperparameters | None = None
 
 
+class DPOConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    hyperparameters: DPOHyperparameters | None = None
+
+
 class MethodRequest(BaseModel):
-    """`method`: only `supervised` trains here; the other types' bodies are kept just to refuse them."""
+    """`method`: `supervised` and `dpo` train here; other types' bodies (reinforcement) are kept just to refuse them."""
 
     model_config = ConfigDict(extra="allow")
     type: str
     supervised: SupervisedConfig | None = None
+    dpo: DPOConfig | None = None
 
 
 class CreateFineTuningJobRequest(OpenAIRequest):
@@ -46,27 +53,41 @@ class CreateFineTuningJobRequest(OpenAIRequest):
     metadata: MetadataMap | None = Field(None, max_length=16)
     integrations: list[dict[str, Any]] | None = None
 
-    def resolved_hyperparameters(self) -> Hyperparameters:
-        """The hyperparameters from `method.supervised` or the deprecated top-level field."""
+    def resolved_method(self) -> tuple[Method, Hyperparameters]:
+        """The method and its hyperparameters, from `method.<type>` or (supervised) the deprecated top-level field."""
         if self.integrations:
             raise InvalidRequestError(
                 "integrations (Weights & Biases) are not supported: tailorlm records metrics itself, "
                 "see the job's events and checkpoints; omit `integrations`", param="integrations")
         if self.method is None:
-            return self.hyperparameters or Hyperparameters()
-        if self.method.type != "supervised":
+            return "supervised", self.hyperparameters or Hyperparameters()
+        kind = self.method.type
+        if kind not in HYPERPARAMETERS:
             raise InvalidRequestError(
-                f"method.type {self.method.type!r} is not supported: only 'supervised' fine-tuning is",
-                param="method.type")
-        nested = self.method.supervised.hyperparameters if self.method.supervised else None
-        if nested is not None and self.hyperparameters is not None:
-            raise InvalidRequestError(
-                "hyperparameters were given both at the top level and in method.supervised; "
-                "give them once, in method.supervised", param="hyperparameters")
-        return nested or self.hyperparameters or Hyperparameters()
+                f"method.type {kind!r} is not supported: 'supervised' and 'dpo' fine-tuning are", param="method.type")
+        for other in HYPERPARAMETERS:
+            if other != kind and getattr(self.method, other) is not None:
+                raise InvalidRequestError(f"method.{other} configures method type {other!r}, but method.type is "
+                                          f"{kind!r}", param=f"method.{other}")
+        config = getattr(self.method, kind)
+        nested = config.hyperparameters if config is not None else None
+        if self.hyperparameters is not None:
+            if kind != "supervised":
+                raise InvalidRequestError(f"the top-level hyperparameters (deprecated) are for supervised jobs; give "
+                                          f"this job's in method.{kind}.hyperparameters", param="hyperparameters")
+            if nested is not None:
+                raise InvalidRequestError(
+                    "hyperparameters were given both at the top level and in method.supervised; "
+                    "give them once, in method.supervised", param="hyperparameters")
+        return kind, nested or self.hyperparameters or HYPERPARAMETERS[kind]()
 
 
 # -- the job --------------------------------------------------------------------------------------
+# The spec's job status has no `paused` (OpenAI's own pause example answers with one): a paused job is reported as
+# `queued` — not finished, not training, and it trains again from its checkpoint once resumed — and the
+# job's newest event says that it is paused and at which step (docs/decisions.md).
+REPORTED = {"paused": "queued"}
+
 class JobError(OpenAIResponse):
     code: str
     message: str
@@ -79,13 +100,31 @@ class JobHyperparameters(OpenAIResponse):
     learning_rate_multiplier: float | Auto
 
 
+class JobDPOHyperparameters(JobHyperparameters):
+    beta: float | Auto
+
+
 class SupervisedMethod(OpenAIResponse):
     hyperparameters: JobHyperparameters
 
 
+class DPOMethod(OpenAIResponse):
+    hyperparameters: JobDPOHyperparameters
+
+
 class JobMethod(OpenAIResponse):
-    type: Literal["supervised"] = "supervised"
-    supervised: SupervisedMethod
+    omit_if_none = frozenset({"supervised", "dpo"})
+
+    type: Literal["supervised", "dpo"]
+    supervised: SupervisedMethod | None = None
+    dpo: DPOMethod | None = None
+
+    @classmethod
+    def from_record(cls, job: Job) -> Self:
+        hp = job.hyperparameters.openai()
+        if job.method == "dpo":
+            return cls(type="dpo", dpo=DPOMethod(hyperparameters=JobDPOHyperparameters(**hp)))
+        return cls(type="supervised", supervised=SupervisedMethod(hyperparameters=JobHyperparameters(**hp)))
 
 
 class FineTuningJob(OpenAIResponse):
@@ -95,7 +134,7 @@ class FineTuningJob(OpenAIResponse):
     model: str
     training_file: str
     validation_file: str | None
-    status: Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled"]
+    status: Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled"]  # see REPORTED
     error: JobError | None
     fine_tuned_model: str | None
     finished_at: int | None
@@ -112,13 +151,13 @@ class FineTuningJob(OpenAIResponse):
 
     @classmethod
     def from_record(cls, job: Job) -> Self:
-        hp = JobHyperparameters(**job.hyperparameters.openai())
+        common = Hyperparameters.openai(job.hyperparameters)  # OpenAI's three, whatever the method
         return cls(id=job.id, created_at=job.created_at, model=job.model, training_file=job.training_file,
-                   validation_file=job.validation_file, status=job.status, error=job.error,
+                   validation_file=job.validation_file, status=REPORTED.get(job.status, job.status), error=job.error,
                    fine_tuned_model=job.fine_tuned_model, finished_at=job.finished_at,
                    estimated_finish=job.estimated_finish, trained_tokens=job.trained_tokens,
-                   result_files=list(job.result_files), hyperparameters=hp,
-                   method=JobMethod(supervised=SupervisedMethod(hyperparameters=hp)), seed=job.seed,
+                   result_files=list(job.result_files), hyperparameters=JobHyperparameters(**common),
+                   method=JobMethod.from_record(job), seed=job.seed,
                    organization_id="org-local", integrations=[], metadata=job.metadata,
                    user_provided_suffix=job.suffix)
 

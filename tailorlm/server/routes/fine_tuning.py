@@ -1,7 +1,7 @@
-"""/v1/fine_tuning/jobs: create, list, retrieve, cancel, events, checkpoints.
+"""/v1/fine_tuning/jobs: create, list, retrieve, cancel, pause, resume, events, checkpoints.
 
-Creating a job only records it (status `validating_files`); the server's JobSupervisor runs it
-in a worker process, so training never blocks serving.
+Creating a job records it (status `validating_files`) once its files' lines have the structure its method
+trains on; the server's JobSupervisor runs it in a worker process, so training never blocks serving.
 """
 
 from __future__ import annotations
@@ -19,13 +19,16 @@ from tailorlm.server.protocol.fine_tuning import (
 )
 from tailorlm.server.protocol.pagination import CursorPage, ListPage, PageQuery, page
 from tailorlm.server.state import ServerState, get_state
+from tailorlm.tune.data import check_file, require_method
+from tailorlm.tune.jobs import Method
 
 router = APIRouter()
 JOBS = "/v1/fine_tuning/jobs"
 
 
-def _training_file(files: FileStore, file_id: str, param: str) -> str:
-    """`file_id` if it names an uploaded file with purpose fine-tune, else a 400 naming `param`."""
+def _training_file(files: FileStore, file_id: str, param: str, method: Method) -> str:
+    """`file_id` if it names an uploaded file with purpose fine-tune whose lines `method` can train on (their
+    structure: the tokens are counted by the worker), else a 400 naming `param` (and the line and field)."""
     try:
         record = files.get(file_id)
     except NotFoundError:
@@ -33,21 +36,23 @@ def _training_file(files: FileStore, file_id: str, param: str) -> str:
     if record.purpose != "fine-tune":
         raise InvalidRequestError(
             f"invalid {param}: {file_id} was uploaded with purpose {record.purpose!r}, not 'fine-tune'", param=param)
+    require_method(check_file(files.path(record.id), None, None), method, param, record.id)
     return record.id
 
 
 @router.post(JOBS)
 def create_job(body: CreateFineTuningJobRequest, state: ServerState = Depends(get_state)) -> dict:
-    hyperparameters = body.resolved_hyperparameters()
+    method, hyperparameters = body.resolved_method()
     try:
         model = base_model(body.model, state.settings, "fine-tuning").name
     except TailorError as exc:  # not in the store (404 model_not_found), or not a possible name (400)
         exc.param = "model"
         raise
-    training = _training_file(state.files, body.training_file, "training_file")
-    validation = _training_file(state.files, body.validation_file, "validation_file") if body.validation_file else None
+    training = _training_file(state.files, body.training_file, "training_file", method)
+    validation = (_training_file(state.files, body.validation_file, "validation_file", method)
+                  if body.validation_file else None)
     job = state.jobs.create(model, training, validation, hyperparameters, suffix=body.suffix, seed=body.seed,
-                            metadata=body.metadata)
+                            metadata=body.metadata, method=method)
     state.supervisor.wake()
     return FineTuningJob.from_record(job).model_dump(mode="json")
 
@@ -73,6 +78,22 @@ def retrieve_job(job_id: str, state: ServerState = Depends(get_state)) -> dict:
 def cancel_job(job_id: str, state: ServerState = Depends(get_state)) -> dict:
     """A job that has not started is cancelled at once; a running one stops at its next step."""
     job = state.jobs.request_cancel(job_id)
+    state.supervisor.wake()
+    return FineTuningJob.from_record(job).model_dump(mode="json")
+
+
+@router.post(JOBS + "/{job_id}/pause")
+def pause_job(job_id: str, state: ServerState = Depends(get_state)) -> dict:
+    """A job that has not started is paused at once; a running one stops at its next step, with a checkpoint."""
+    job = state.jobs.request_pause(job_id)
+    state.supervisor.wake()
+    return FineTuningJob.from_record(job).model_dump(mode="json")
+
+
+@router.post(JOBS + "/{job_id}/resume")
+def resume_job(job_id: str, state: ServerState = Depends(get_state)) -> dict:
+    """A paused job is queued again and continues from its last checkpoint."""
+    job = state.jobs.request_resume(job_id)
     state.supervisor.wake()
     return FineTuningJob.from_record(job).model_dump(mode="json")
 
