@@ -74,7 +74,7 @@ def run_ours(path: Path, batches: list[list], warmup: int, precision: str) -> tu
         for i, batch in enumerate(batches):
             if i == warmup:
                 t0 = time.perf_counter()
-            losses.append(trainer._step(model, optimizer, batch)[0])  # one optimizer step, as Trainer.run takes it
+            losses.append(trainer._step(model, optimizer, batch).loss)  # one optimizer step, as Trainer.run takes it
         return time.perf_counter() - t0, losses, loaded_rss
 
 
